@@ -1,0 +1,32 @@
+# sagabox — run `make help` for the targets.
+GO       ?= go
+PKGS     ?= ./...
+TIMEOUT  ?= 20m
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+demo: ## Run the demo order flow (throwaway PostgreSQL + in-process Kafka unless DATABASE_URL/KAFKA_BROKERS are set).
+	$(GO) run ./cmd/orderdemo $(ARGS)
+
+test: ## Run the tests against real PostgreSQL and a Kafka-protocol broker (started for you).
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout $(TIMEOUT) $(PKGS)
+
+test-race: ## Run the tests with the race detector.
+	$(GO) test -race -count=1 -timeout $(TIMEOUT) $(PKGS)
+
+bench: ## Run the benchmarks; each prints its figures beside a baseline measured in the same run.
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m $(PKGS)
+
+lint: ## gofmt, go vet and staticcheck.
+	@test -z "$$(gofmt -l . | tee /dev/stderr)"
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
+
+build: ## Build the binaries into bin/.
+	$(GO) build -o bin/ ./cmd/...
+
+.PHONY: help demo test test-race bench lint build

@@ -1,0 +1,13 @@
+// Package outbox writes messages into the caller's PostgreSQL transaction so
+// that a business change and the messages announcing it commit or roll back
+// together.
+//
+// Guarantee: a message enqueued in a transaction that rolls back is never
+// published; a message enqueued in a transaction that commits is published at
+// least once by the relay (package relay), in commit order per key. Consumers
+// get exactly-once effects by deduplicating on the message id (package inbox).
+//
+// Enqueue validates every message before writing any of them: an empty or
+// invalid topic, an oversized payload or an invalid header is rejected with an
+// error naming the message and the problem, and nothing is written.
+package outbox

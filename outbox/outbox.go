@@ -1,0 +1,208 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// HeaderMessageID is the Kafka header that carries the outbox message id. The relay
+// sets it on every record; consumers deduplicate on it.
+const HeaderMessageID = "message-id"
+
+// DefaultSchema is the schema holding the outbox table unless Options say otherwise.
+const DefaultSchema = "sagabox"
+
+// DefaultMaxPayloadBytes is the payload limit unless Options say otherwise: Kafka's
+// default message.max.bytes is about 1 MiB, and a larger payload could never be published.
+const DefaultMaxPayloadBytes = 1 << 20
+
+// Errors returned by Enqueue. Each is wrapped in a *ValidationError naming the message.
+var (
+	// ErrInvalidTopic means a message's topic is empty or not a valid Kafka topic name.
+	ErrInvalidTopic = errors.New("invalid topic")
+	// ErrPayloadTooLarge means a message's payload exceeds the writer's MaxPayloadBytes.
+	ErrPayloadTooLarge = errors.New("payload too large")
+	// ErrInvalidHeader means a header name or value cannot be stored or sent.
+	ErrInvalidHeader = errors.New("invalid header")
+	// ErrInvalidKey means a message key cannot be stored.
+	ErrInvalidKey = errors.New("invalid key")
+)
+
+// Message is one record to publish.
+type Message struct {
+	// ID identifies the message end to end; consumers deduplicate on it. Enqueue
+	// assigns a UUIDv7 when it is the zero UUID and writes the assigned id back.
+	ID uuid.UUID
+	// Topic is the Kafka topic. Required.
+	Topic string
+	// Key is the Kafka record key. Messages with the same key are published in
+	// commit order. Empty means no key.
+	Key string
+	// Payload is the record value.
+	Payload []byte
+	// Headers are copied to the Kafka record, next to the message-id header.
+	Headers map[string]string
+}
+
+// ValidationError reports which message of an Enqueue call was rejected and why.
+type ValidationError struct {
+	Index int    // position in the Enqueue call
+	Topic string // the message's topic, as given
+	Err   error  // one of the Err* sentinels, wrapped with detail
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("outbox: message %d (topic %q): %v", e.Index, e.Topic, e.Err)
+}
+
+func (e *ValidationError) Unwrap() error { return e.Err }
+
+// Execer is the part of pgx.Tx that Enqueue needs. Pass the transaction that makes the
+// business change; passing a pool or connection writes the messages in a transaction of
+// their own and loses the all-or-nothing guarantee.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Options configure a Writer.
+type Options struct {
+	// Schema holds the outbox_messages table. Defaults to "sagabox".
+	Schema string
+	// MaxPayloadBytes rejects larger payloads at Enqueue. Defaults to 1 MiB
+	// (Kafka's default message.max.bytes). Set it to match the broker's limit.
+	MaxPayloadBytes int
+}
+
+// Writer enqueues messages into one schema's outbox. It is safe for concurrent use.
+type Writer struct {
+	opts      Options
+	insertSQL string
+}
+
+// NewWriter returns a Writer with opts' defaults applied, or an error if opts are invalid.
+func NewWriter(opts Options) (*Writer, error) {
+	if opts.Schema == "" {
+		opts.Schema = DefaultSchema
+	}
+	if opts.MaxPayloadBytes == 0 {
+		opts.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if opts.MaxPayloadBytes < 0 {
+		return nil, fmt.Errorf("outbox: MaxPayloadBytes is %d; it must be positive (or 0 for the 1 MiB default)", opts.MaxPayloadBytes)
+	}
+	table := pgx.Identifier{opts.Schema, "outbox_messages"}.Sanitize()
+	return &Writer{
+		opts: opts,
+		insertSQL: `INSERT INTO ` + table + ` ("id", "topic", "key", "payload", "headers")
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])`,
+	}, nil
+}
+
+var defaultWriter, _ = NewWriter(Options{})
+
+// Enqueue writes msgs into the outbox of the default schema ("sagabox") within tx.
+// See Writer.Enqueue.
+func Enqueue(ctx context.Context, tx Execer, msgs ...Message) error {
+	return defaultWriter.Enqueue(ctx, tx, msgs...)
+}
+
+// Enqueue validates msgs, assigns missing ids (written back into msgs) and inserts
+// them in one statement within tx. Nothing is published unless tx commits.
+// If any message is invalid, nothing is written and the error is a *ValidationError.
+func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, len(msgs))
+	topics := make([]string, len(msgs))
+	keys := make([]string, len(msgs))
+	payloads := make([][]byte, len(msgs))
+	headers := make([][]byte, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		if err := w.validate(m); err != nil {
+			return &ValidationError{Index: i, Topic: m.Topic, Err: err}
+		}
+		h, err := json.Marshal(m.Headers)
+		if err != nil {
+			return &ValidationError{Index: i, Topic: m.Topic, Err: fmt.Errorf("%w: %v", ErrInvalidHeader, err)}
+		}
+		if m.Headers == nil {
+			h = []byte("{}")
+		}
+		payload := m.Payload
+		if payload == nil {
+			payload = []byte{}
+		}
+		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, payload, h
+	}
+	for i := range msgs {
+		if msgs[i].ID == uuid.Nil {
+			id, err := uuid.NewV7()
+			if err != nil {
+				return fmt.Errorf("outbox: generate message id: %w", err)
+			}
+			ids[i] = id
+		}
+	}
+	if _, err := tx.Exec(ctx, w.insertSQL, ids, topics, keys, payloads, headers); err != nil {
+		return fmt.Errorf("outbox: enqueue %d message(s) into %s: %w", len(msgs), w.opts.Schema, err)
+	}
+	for i := range msgs {
+		msgs[i].ID = ids[i]
+	}
+	return nil
+}
+
+// Kafka's rule for topic names: ASCII letters, digits, '.', '_' and '-', at most 249 bytes.
+var topicName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
+
+func (w *Writer) validate(m *Message) error {
+	switch {
+	case m.Topic == "":
+		return fmt.Errorf("%w: topic is empty; every message needs the Kafka topic to publish to", ErrInvalidTopic)
+	case !topicName.MatchString(m.Topic) || m.Topic == "." || m.Topic == "..":
+		return fmt.Errorf("%w: %q is not a Kafka topic name (use ASCII letters, digits, '.', '_' and '-', at most 249 characters)", ErrInvalidTopic, m.Topic)
+	case len(m.Payload) > w.opts.MaxPayloadBytes:
+		return fmt.Errorf("%w: %d bytes exceeds the limit of %d; store large data elsewhere and send a reference, or raise MaxPayloadBytes together with the broker's message.max.bytes",
+			ErrPayloadTooLarge, len(m.Payload), w.opts.MaxPayloadBytes)
+	}
+	if err := storableText(m.Key); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	for k, v := range m.Headers {
+		switch {
+		case k == "":
+			return fmt.Errorf("%w: empty header name", ErrInvalidHeader)
+		case strings.EqualFold(k, HeaderMessageID):
+			return fmt.Errorf("%w: %q is reserved; the relay sets it from Message.ID", ErrInvalidHeader, k)
+		}
+		if err := storableText(k); err != nil {
+			return fmt.Errorf("%w: name %q: %v", ErrInvalidHeader, k, err)
+		}
+		if err := storableText(v); err != nil {
+			return fmt.Errorf("%w: value of %q: %v", ErrInvalidHeader, k, err)
+		}
+	}
+	return nil
+}
+
+// storableText rejects what PostgreSQL text and jsonb cannot hold.
+func storableText(s string) error {
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return errors.New("contains a NUL byte")
+	}
+	return nil
+}
