@@ -1,0 +1,320 @@
+// Command sagactl operates a sagabox installation: it migrates the schema, shows
+// the outbox backlog and dead letters, lists and inspects sagas, retries or aborts
+// sagas stuck in failed, and draws a saga's timeline.
+//
+// Every subcommand reads the database from --database-url or DATABASE_URL and the
+// schema from --schema (default "sagabox"), prints human tables by default and JSON
+// with --json, and accepts --help.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/migrations"
+)
+
+// Errors sagactl reports. main turns them into exit codes: errUsage → 2, others → 1.
+var (
+	// errUsage means the command line was wrong; the usage text has been printed.
+	errUsage = errors.New("usage error")
+	// errNoDatabase means neither --database-url nor DATABASE_URL was given.
+	errNoDatabase = errors.New("no database: pass --database-url or set DATABASE_URL (e.g. postgres://user:pass@localhost:5432/db)")
+	// errUnreachable means the database did not answer.
+	errUnreachable = errors.New("database unreachable")
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// app is what every subcommand receives: where to print and how to read the environment.
+type app struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// command is one subcommand; sub-subcommands (migrate up) are commands of their own
+// with a space in the name.
+type command struct {
+	name    string
+	args    string // positional arguments for the usage line
+	summary string
+	run     func(ctx context.Context, a *app, o *opts, pos []string) error
+	// flags adds the subcommand's own flags.
+	flags func(fs *flag.FlagSet, o *opts)
+	// npos is the number of positional arguments required; -1 means any.
+	npos int
+	// noDB marks commands that need no database.
+	noDB bool
+}
+
+// opts holds every flag any subcommand may use; each subcommand registers only its own.
+type opts struct {
+	databaseURL string
+	schema      string
+	json        bool
+	timeout     time.Duration
+
+	// saga list
+	sagaType  string
+	status    string
+	olderThan time.Duration
+	limit     int
+	// saga show
+	svg  string
+	html string
+	// outbox retry
+	all bool
+}
+
+var commands []*command
+
+func register(c *command) { commands = append(commands, c) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	a := &app{stdout: stdout, stderr: stderr, getenv: getenv}
+	err := a.dispatch(ctx, args)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sagactl: %v\n", err)
+		return 1
+	}
+}
+
+func (a *app) usage() {
+	w := a.stderr
+	fmt.Fprintln(w, "Usage: sagactl <command> [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	sorted := append([]*command(nil), commands...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	for _, c := range sorted {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Every command takes --database-url (or DATABASE_URL), --schema, --json and --help.")
+}
+
+func (a *app) dispatch(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		a.usage()
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	// The longest command name made of the leading words wins: "saga show" before "saga".
+	var cmd *command
+	var rest []string
+	for _, c := range commands {
+		words := strings.Fields(c.name)
+		if len(words) > len(args) {
+			continue
+		}
+		match := true
+		for i, w := range words {
+			if args[i] != w {
+				match = false
+				break
+			}
+		}
+		if match && (cmd == nil || len(words) > len(strings.Fields(cmd.name))) {
+			cmd, rest = c, args[len(words):]
+		}
+	}
+	if cmd == nil {
+		// "sagactl saga" alone: list the saga commands.
+		var group []string
+		for _, c := range commands {
+			if strings.HasPrefix(c.name, args[0]+" ") {
+				group = append(group, c.name)
+			}
+		}
+		if len(group) > 0 && (len(args) == 1 || strings.HasPrefix(args[1], "-")) {
+			sort.Strings(group)
+			fmt.Fprintf(a.stderr, "sagactl %s: choose one of: %s\n", args[0], strings.Join(group, ", "))
+			return errUsage
+		}
+		fmt.Fprintf(a.stderr, "sagactl: unknown command %q\n\n", strings.Join(args[:min(2, len(args))], " "))
+		a.usage()
+		return errUsage
+	}
+	return a.runCommand(ctx, cmd, rest)
+}
+
+func (a *app) runCommand(ctx context.Context, c *command, args []string) error {
+	o := &opts{}
+	fs := flag.NewFlagSet("sagactl "+c.name, flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	if !c.noDB {
+		fs.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL. Defaults to $DATABASE_URL.")
+		fs.StringVar(&o.schema, "schema", migrations.DefaultSchema, "schema holding sagabox's tables")
+		fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the database to answer")
+	}
+	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+	if c.flags != nil {
+		c.flags(fs, o)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(a.stderr, "Usage: sagactl %s %s[flags]\n\n%s\n\nFlags:\n", c.name, withSpace(c.args), c.summary)
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after positional arguments: "saga show ID --svg f".
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return flag.ErrHelp
+			}
+			return errUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if c.npos >= 0 && len(pos) != c.npos {
+		if len(pos) < c.npos {
+			fmt.Fprintf(a.stderr, "sagactl %s: missing argument %s\n", c.name, c.args)
+		} else {
+			fmt.Fprintf(a.stderr, "sagactl %s: unexpected argument(s) %s\n", c.name, strings.Join(pos[c.npos:], " "))
+		}
+		fs.Usage()
+		return errUsage
+	}
+	if !c.noDB {
+		if o.databaseURL == "" {
+			o.databaseURL = a.getenv("DATABASE_URL")
+		}
+		if o.databaseURL == "" {
+			return errNoDatabase
+		}
+		if err := migrations.ValidateSchema(o.schema); err != nil {
+			return err
+		}
+	}
+	return c.run(ctx, a, o, pos)
+}
+
+func withSpace(s string) string {
+	if s == "" {
+		return ""
+	}
+	return s + " "
+}
+
+// connect opens a pool and checks the database answers within o.timeout, so an
+// unreachable server is one clear error instead of a hang.
+func connect(ctx context.Context, o *opts) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(o.databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database URL is not valid (%v); want e.g. postgres://user:pass@localhost:5432/db", err)
+	}
+	cfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUnreachable, err)
+	}
+	if err := ping(ctx, o, func(ctx context.Context) error { return pool.Ping(ctx) }); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+func ping(ctx context.Context, o *opts, f func(context.Context) error) error {
+	pctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := f(pctx); err != nil {
+		return fmt.Errorf("%w: %s did not answer within %s: %v; check --database-url / DATABASE_URL and that PostgreSQL is running",
+			errUnreachable, redact(o.databaseURL), o.timeout, err)
+	}
+	return nil
+}
+
+// checkReachable connects once with pgx so commands that do not use a pool fail fast too.
+func checkReachable(ctx context.Context, o *opts) error {
+	cfg, err := pgx.ParseConfig(o.databaseURL)
+	if err != nil {
+		return fmt.Errorf("database URL is not valid (%v); want e.g. postgres://user:pass@localhost:5432/db", err)
+	}
+	return ping(ctx, o, func(ctx context.Context) error {
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	})
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "the database"
+	}
+	return u.Redacted()
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table prints rows under a header, aligned.
+func (a *app) table(header []string, rows [][]string) {
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	tw.Flush()
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05.000")
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "0s"
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(100 * time.Microsecond).String()
+	default:
+		return d.Round(time.Millisecond).String()
+	}
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"strconv"
+
+	"github.com/pressly/goose/v3"
+
+	"github.com/sagabox/sagabox/migrations"
+)
+
+func init() {
+	register(&command{name: "migrate up", summary: "Apply every pending migration (creates the schema if needed).", run: migrateUp})
+	register(&command{name: "migrate down", summary: "Roll back the most recent migration.", run: migrateDown})
+	register(&command{name: "migrate status", summary: "List the migrations and whether each is applied.", run: migrateStatus})
+}
+
+type migrationJSON struct {
+	Version    int64   `json:"version"`
+	Name       string  `json:"name"`
+	State      string  `json:"state,omitempty"`
+	AppliedAt  string  `json:"applied_at,omitempty"`
+	Direction  string  `json:"direction,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+}
+
+func openMigrator(ctx context.Context, o *opts) (*migrations.Migrator, error) {
+	if err := checkReachable(ctx, o); err != nil {
+		return nil, err
+	}
+	return migrations.Open(o.databaseURL, o.schema)
+}
+
+func migrateUp(ctx context.Context, a *app, o *opts, _ []string) error {
+	m, err := openMigrator(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	res, err := m.Up(ctx)
+	out := results(res)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return a.printJSON(map[string]any{"schema": o.schema, "applied": out})
+	}
+	if len(out) == 0 {
+		fmt.Fprintf(a.stdout, "schema %s is up to date\n", o.schema)
+		return nil
+	}
+	printResults(a, out)
+	fmt.Fprintf(a.stdout, "applied %d migration(s) to schema %s\n", len(out), o.schema)
+	return nil
+}
+
+func migrateDown(ctx context.Context, a *app, o *opts, _ []string) error {
+	m, err := openMigrator(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	// goose fails obscurely on a schema it never touched; say what is wrong instead.
+	st, err := m.Status(ctx)
+	if err != nil {
+		return err
+	}
+	applied := 0
+	for _, s := range st {
+		if s.State == goose.StateApplied {
+			applied++
+		}
+	}
+	if applied == 0 {
+		return fmt.Errorf("migrate down: nothing to roll back in schema %s (no migration is applied); check --schema", o.schema)
+	}
+	res, err := m.Down(ctx)
+	if err != nil {
+		return err
+	}
+	out := results([]*goose.MigrationResult{res})
+	if o.json {
+		return a.printJSON(map[string]any{"schema": o.schema, "rolled_back": out})
+	}
+	printResults(a, out)
+	fmt.Fprintf(a.stdout, "rolled back migration %d in schema %s\n", out[0].Version, o.schema)
+	return nil
+}
+
+func migrateStatus(ctx context.Context, a *app, o *opts, _ []string) error {
+	m, err := openMigrator(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	st, err := m.Status(ctx)
+	if err != nil {
+		return err
+	}
+	out := make([]migrationJSON, 0, len(st))
+	for _, s := range st {
+		j := migrationJSON{Version: s.Source.Version, Name: path.Base(s.Source.Path), State: string(s.State)}
+		if !s.AppliedAt.IsZero() {
+			j.AppliedAt = s.AppliedAt.UTC().Format("2006-01-02T15:04:05Z")
+		}
+		out = append(out, j)
+	}
+	if o.json {
+		return a.printJSON(map[string]any{"schema": o.schema, "migrations": out})
+	}
+	rows := make([][]string, 0, len(out))
+	pending := 0
+	for _, j := range out {
+		if j.State == string(goose.StatePending) {
+			pending++
+		}
+		at := j.AppliedAt
+		if at == "" {
+			at = "-"
+		}
+		rows = append(rows, []string{strconv.FormatInt(j.Version, 10), j.Name, j.State, at})
+	}
+	a.table([]string{"VERSION", "NAME", "STATE", "APPLIED AT"}, rows)
+	fmt.Fprintf(a.stdout, "schema %s: %d applied, %d pending\n", o.schema, len(out)-pending, pending)
+	return nil
+}
+
+func results(res []*goose.MigrationResult) []migrationJSON {
+	out := make([]migrationJSON, 0, len(res))
+	for _, r := range res {
+		if r == nil || r.Source == nil {
+			continue
+		}
+		out = append(out, migrationJSON{
+			Version: r.Source.Version, Name: path.Base(r.Source.Path), Direction: r.Direction,
+			DurationMS: float64(r.Duration.Microseconds()) / 1000,
+		})
+	}
+	return out
+}
+
+func printResults(a *app, out []migrationJSON) {
+	rows := make([][]string, 0, len(out))
+	for _, j := range out {
+		rows = append(rows, []string{strconv.FormatInt(j.Version, 10), j.Name, j.Direction, fmt.Sprintf("%.1fms", j.DurationMS)})
+	}
+	a.table([]string{"VERSION", "NAME", "DIRECTION", "DURATION"}, rows)
+}
