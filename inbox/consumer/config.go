@@ -1,0 +1,173 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/sagabox/sagabox/migrations"
+)
+
+// Config configures a Consumer.
+type Config struct {
+	// Brokers are the Kafka bootstrap addresses (host:port). Required.
+	Brokers []string
+	// GroupID is the Kafka consumer group. Required.
+	GroupID string
+	// Topics are the topics to consume. Required.
+	Topics []string
+	// Name scopes the inbox rows and dead letters of this consumer. Two consumers with
+	// the same Name share dedup: a message handled by one is skipped by the other.
+	// Defaults to GroupID.
+	Name string
+	// Schema holds the inbox tables. Defaults to "sagabox".
+	Schema string
+
+	// Concurrency is the number of workers; each partition is handled by one of them,
+	// in order. It must not exceed the pool's MaxConns. Defaults to 8, or the pool's
+	// MaxConns if that is smaller.
+	Concurrency int
+	// BatchSize is the most records, already queued for one worker, handled in one
+	// transaction. 1 disables batching. Defaults to 32.
+	BatchSize int
+	// QueueCapacity is the number of fetched records buffered per worker. Defaults to 256.
+	QueueCapacity int
+
+	// MaxAttempts is how many times a failing handler runs on one record before the
+	// record is dead-lettered. Defaults to 10.
+	MaxAttempts int
+	// MinBackoff is the wait before the second attempt; it doubles per attempt, with
+	// jitter. Defaults to 100ms.
+	MinBackoff time.Duration
+	// MaxBackoff caps the wait between attempts. Defaults to 10s.
+	MaxBackoff time.Duration
+
+	// CommitInterval is how often offsets of handled records are committed to Kafka.
+	// A crash loses at most this much offset progress, which the inbox turns into
+	// skipped redeliveries. Defaults to 500ms.
+	CommitInterval time.Duration
+	// CommitTimeout bounds each offset commit. Defaults to 10s.
+	CommitTimeout time.Duration
+
+	// SessionTimeout is the consumer-group session timeout. Defaults to 10s.
+	SessionTimeout time.Duration
+	// HeartbeatInterval is the group heartbeat period; below SessionTimeout. Defaults to 3s.
+	HeartbeatInterval time.Duration
+	// RebalanceTimeout is how long the group waits for members to rejoin. Defaults to 30s.
+	RebalanceTimeout time.Duration
+	// JoinGroupBackoff is the wait before rejoining after a group error. Defaults to 5s.
+	JoinGroupBackoff time.Duration
+	// MaxWait is how long a fetch waits for new records. Defaults to 500ms.
+	MaxWait time.Duration
+	// StartAtLatest makes a group with no committed offset start at the newest record.
+	// Defaults to false: it starts at the earliest, so nothing produced before the
+	// consumer first ran is missed.
+	StartAtLatest bool
+	// Dialer connects to the brokers; set its TLS and SASLMechanism fields for secured
+	// clusters. Defaults to kafka-go's default dialer (plaintext).
+	Dialer *kafka.Dialer
+
+	// Logger receives retries, dead letters and Kafka errors (kafka-go's own messages at
+	// debug level). Defaults to discarding.
+	Logger *slog.Logger
+}
+
+func (c *Config) applyDefaults(poolMaxConns int) {
+	if c.Name == "" {
+		c.Name = c.GroupID
+	}
+	if c.Schema == "" {
+		c.Schema = migrations.DefaultSchema
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+		if poolMaxConns > 0 && poolMaxConns < c.Concurrency {
+			c.Concurrency = poolMaxConns
+		}
+	}
+	setDefault(&c.BatchSize, 32)
+	setDefault(&c.QueueCapacity, 256)
+	setDefault(&c.MaxAttempts, 10)
+	setDefault(&c.MinBackoff, 100*time.Millisecond)
+	setDefault(&c.MaxBackoff, 10*time.Second)
+	setDefault(&c.CommitInterval, 500*time.Millisecond)
+	setDefault(&c.CommitTimeout, 10*time.Second)
+	setDefault(&c.SessionTimeout, 10*time.Second)
+	setDefault(&c.HeartbeatInterval, 3*time.Second)
+	setDefault(&c.RebalanceTimeout, 30*time.Second)
+	setDefault(&c.JoinGroupBackoff, 5*time.Second)
+	setDefault(&c.MaxWait, 500*time.Millisecond)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+func setDefault[T int | time.Duration](p *T, v T) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func (c *Config) validate(poolMaxConns int) error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if len(c.Brokers) == 0 {
+		add("Brokers is empty; give the Kafka bootstrap addresses (host:port)")
+	}
+	for i, b := range c.Brokers {
+		if b == "" {
+			add("Brokers[%d] is empty", i)
+		}
+	}
+	if c.GroupID == "" {
+		add("GroupID is empty; name the consumer group (e.g. the service name)")
+	}
+	if len(c.Topics) == 0 {
+		add("Topics is empty; name at least one topic to consume")
+	}
+	for i, t := range c.Topics {
+		if t == "" {
+			add("Topics[%d] is empty", i)
+		}
+	}
+	if err := migrations.ValidateSchema(c.Schema); err != nil {
+		add("Schema: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"Concurrency", c.Concurrency}, {"BatchSize", c.BatchSize}, {"QueueCapacity", c.QueueCapacity}, {"MaxAttempts", c.MaxAttempts}} {
+		if f.v < 0 {
+			add("%s is %d; it must be positive (0 means the default)", f.name, f.v)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"MinBackoff", c.MinBackoff}, {"MaxBackoff", c.MaxBackoff}, {"CommitInterval", c.CommitInterval},
+		{"CommitTimeout", c.CommitTimeout}, {"SessionTimeout", c.SessionTimeout}, {"HeartbeatInterval", c.HeartbeatInterval},
+		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff}, {"MaxWait", c.MaxWait},
+	} {
+		if f.v < 0 {
+			add("%s is %s; it must be positive (0 means the default)", f.name, f.v)
+		}
+	}
+	if poolMaxConns > 0 && c.Concurrency > poolMaxConns {
+		add("Concurrency %d exceeds the pool's MaxConns %d; workers would wait for connections (raise pool_max_conns or lower Concurrency)", c.Concurrency, poolMaxConns)
+	}
+	if c.MinBackoff > c.MaxBackoff {
+		add("MinBackoff %s is above MaxBackoff %s", c.MinBackoff, c.MaxBackoff)
+	}
+	if c.HeartbeatInterval >= c.SessionTimeout {
+		add("HeartbeatInterval %s must be below SessionTimeout %s, or the group evicts a healthy consumer", c.HeartbeatInterval, c.SessionTimeout)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("consumer: %w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}

@@ -1,0 +1,531 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/sagabox/sagabox/inbox"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// Errors of this package.
+var (
+	// ErrInvalidConfig means New rejected the Config; the error lists every problem.
+	ErrInvalidConfig = errors.New("invalid consumer config")
+	// ErrMalformed means a record has no valid message-id header; it is dead-lettered
+	// because it can neither be deduplicated nor fixed by retrying.
+	ErrMalformed = errors.New("malformed record")
+	// ErrRunning means Run was called while the same Consumer was already running.
+	ErrRunning = errors.New("consumer already running")
+	// ErrGaveUp is the reason recorded for a record still failing after MaxAttempts;
+	// the handler's last error is wrapped next to it.
+	ErrGaveUp = errors.New("gave up after max attempts")
+)
+
+// Message is one Kafka record as handed to a Handler.
+type Message struct {
+	// ID is the outbox message id from the "message-id" header (outbox.HeaderMessageID).
+	ID        uuid.UUID
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	// Headers are the record's headers (for a repeated name, the last value).
+	Headers map[string]string
+	Time    time.Time
+}
+
+// Handler handles one message inside the inbox transaction: its writes commit together
+// with the inbox row, or not at all. It must not commit or roll back tx. Return an
+// error to retry the message later, or Permanent(err) to dead-letter it now.
+type Handler func(ctx context.Context, tx pgx.Tx, msg Message) error
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one retrying cannot fix (an unknown message type, a payload
+// that does not decode): the message is dead-lettered at once with err as the reason.
+// Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked by Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// Consumer consumes records through the inbox. Create it with New and start it with Run.
+type Consumer struct {
+	pool    *pgxpool.Pool
+	cfg     Config
+	handler Handler
+	store   *inbox.Store
+	running atomic.Bool
+
+	// crashAfterDBCommit, set by tests, simulates a process killed after the database
+	// commit and before the offset commit of msg: when it returns true, Run stops at
+	// once without marking or committing anything more.
+	crashAfterDBCommit func(Message) bool
+}
+
+// New returns a Consumer of cfg.Topics that hands each record to h. The pool's
+// database must have the sagabox migrations applied in cfg.Schema.
+func New(pool *pgxpool.Pool, cfg Config, h Handler) (*Consumer, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("consumer: %w: pool is nil", ErrInvalidConfig)
+	}
+	if h == nil {
+		return nil, fmt.Errorf("consumer: %w: handler is nil", ErrInvalidConfig)
+	}
+	maxConns := int(pool.Config().MaxConns)
+	cfg.applyDefaults(maxConns)
+	if err := cfg.validate(maxConns); err != nil {
+		return nil, err
+	}
+	store, err := inbox.NewStore(cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Brokers = append([]string(nil), cfg.Brokers...)
+	cfg.Topics = append([]string(nil), cfg.Topics...)
+	return &Consumer{pool: pool, cfg: cfg, handler: h, store: store}, nil
+}
+
+// Config returns the configuration with defaults applied.
+func (c *Consumer) Config() Config { return c.cfg }
+
+// run is the state of one Run call.
+type run struct {
+	c       *Consumer
+	ctx     context.Context // canceled on shutdown or crash
+	cancel  context.CancelFunc
+	done    chan kafka.Message // handled records, in order per partition
+	crashed atomic.Bool
+}
+
+// Run consumes until ctx ends, then stops fetching, lets workers abandon what they
+// have not committed (it is redelivered later), commits the offsets of everything
+// handled, closes the Kafka reader and returns nil. It returns an error only if the
+// consumer cannot run at all. Run may be called again after it returned.
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("consumer %q: %w", c.cfg.Name, ErrRunning)
+	}
+	defer c.running.Store(false)
+
+	reader := kafka.NewReader(c.readerConfig())
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &run{c: c, ctx: rctx, cancel: cancel, done: make(chan kafka.Message, c.cfg.Concurrency*c.cfg.BatchSize)}
+
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		r.commitLoop(reader)
+	}()
+
+	queues := make([]chan kafka.Message, c.cfg.Concurrency)
+	var workers sync.WaitGroup
+	for i := range queues {
+		queues[i] = make(chan kafka.Message, c.cfg.QueueCapacity)
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			r.work(queues[i])
+		}()
+	}
+
+	r.fetchLoop(reader, queues)
+
+	for _, q := range queues {
+		close(q)
+	}
+	workers.Wait()
+	close(r.done)
+	<-committed
+	// Only now: closing the reader while a commit is in flight can hang kafka-go.
+	if err := reader.Close(); err != nil {
+		c.cfg.Logger.Warn("consumer: close kafka reader", "consumer", c.cfg.Name, "err", err)
+	}
+	return nil
+}
+
+func (c *Consumer) readerConfig() kafka.ReaderConfig {
+	logger := c.cfg.Logger
+	start := kafka.FirstOffset
+	if c.cfg.StartAtLatest {
+		start = kafka.LastOffset
+	}
+	return kafka.ReaderConfig{
+		Brokers:           c.cfg.Brokers,
+		GroupID:           c.cfg.GroupID,
+		GroupTopics:       c.cfg.Topics,
+		Dialer:            c.cfg.Dialer,
+		MaxWait:           c.cfg.MaxWait,
+		SessionTimeout:    c.cfg.SessionTimeout,
+		HeartbeatInterval: c.cfg.HeartbeatInterval,
+		RebalanceTimeout:  c.cfg.RebalanceTimeout,
+		JoinGroupBackoff:  c.cfg.JoinGroupBackoff,
+		StartOffset:       start,
+		QueueCapacity:     c.cfg.QueueCapacity,
+		// Commits are synchronous calls from our own commit loop, batched there.
+		CommitInterval: 0,
+		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
+			logger.Debug("kafka: "+strings.TrimSpace(fmt.Sprintf(msg, args...)), "consumer", c.cfg.Name)
+		}),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			logger.Warn("kafka: "+strings.TrimSpace(fmt.Sprintf(msg, args...)), "consumer", c.cfg.Name)
+		}),
+	}
+}
+
+func (r *run) fetchLoop(reader *kafka.Reader, queues []chan kafka.Message) {
+	failures := 0
+	for {
+		m, err := reader.FetchMessage(r.ctx)
+		if r.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			failures++
+			r.c.cfg.Logger.Warn("consumer: fetch failed", "consumer", r.c.cfg.Name, "err", err)
+			if !r.sleep(failures) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		select {
+		case queues[queueIndex(m.Topic, m.Partition, len(queues))] <- m:
+		case <-r.ctx.Done():
+			return
+		}
+	}
+}
+
+func queueIndex(topic string, partition, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return int((h.Sum32() + uint32(partition)) % uint32(n))
+}
+
+// sleep waits the backoff for the given attempt (1 = first retry) and reports
+// false if the run ended meanwhile.
+func (r *run) sleep(attempt int) bool {
+	t := time.NewTimer(r.c.backoff(attempt))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.ctx.Done():
+		return false
+	}
+}
+
+func (c *Consumer) backoff(attempt int) time.Duration {
+	d := c.cfg.MinBackoff
+	for i := 1; i < attempt && d < c.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.MaxBackoff)
+	// Full jitter on the upper half keeps retries of many consumers apart.
+	return d/2 + rand.N(d/2+1)
+}
+
+// commitLoop commits the newest handled offset per partition every CommitInterval
+// and once more when r.done is closed (after every worker stopped).
+func (r *run) commitLoop(reader *kafka.Reader) {
+	type tp struct {
+		topic     string
+		partition int
+	}
+	pending := map[tp]kafka.Message{}
+	commit := func() {
+		if len(pending) == 0 || r.crashed.Load() {
+			return
+		}
+		msgs := make([]kafka.Message, 0, len(pending))
+		for _, m := range pending {
+			msgs = append(msgs, m)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.c.cfg.CommitTimeout)
+		defer cancel()
+		if err := reader.CommitMessages(ctx, msgs...); err != nil {
+			// Kept for the next tick; meanwhile a redelivery is skipped by the inbox.
+			r.c.cfg.Logger.Warn("consumer: offset commit failed", "consumer", r.c.cfg.Name, "err", err)
+			return
+		}
+		clear(pending)
+	}
+	t := time.NewTicker(r.c.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case m, ok := <-r.done:
+			if !ok {
+				commit()
+				return
+			}
+			k := tp{m.Topic, m.Partition}
+			if old, ok := pending[k]; !ok || m.Offset > old.Offset {
+				pending[k] = m
+			}
+		case <-t.C:
+			commit()
+		}
+	}
+}
+
+// work handles the records of its partitions in order until q is closed.
+func (r *run) work(q chan kafka.Message) {
+	batch := make([]kafka.Message, 0, r.c.cfg.BatchSize)
+	for m := range q {
+		if r.ctx.Err() != nil {
+			continue // shutting down: drain; uncommitted records come again later
+		}
+		batch = append(batch[:0], m)
+	fill:
+		for len(batch) < r.c.cfg.BatchSize {
+			select {
+			case m, ok := <-q:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		r.handleBatch(batch)
+	}
+}
+
+// handleBatch handles records of one worker in order. Runs of well-formed records go
+// through one transaction; malformed records are dead-lettered between them.
+func (r *run) handleBatch(batch []kafka.Message) {
+	msgs := make([]Message, 0, len(batch))
+	flush := func(raw []kafka.Message) bool {
+		if len(msgs) == 0 {
+			return true
+		}
+		ok := r.handleRun(msgs, raw)
+		msgs = msgs[:0]
+		return ok
+	}
+	start := 0
+	for i, km := range batch {
+		m, err := decode(km)
+		if err == nil {
+			msgs = append(msgs, m)
+			continue
+		}
+		if !flush(batch[start:i]) {
+			return
+		}
+		start = i + 1
+		if !r.deadLetter(m, km, 0, err) {
+			return
+		}
+	}
+	flush(batch[start:])
+}
+
+func decode(km kafka.Message) (Message, error) {
+	m := Message{
+		Topic: km.Topic, Partition: km.Partition, Offset: km.Offset,
+		Key: km.Key, Value: km.Value, Time: km.Time,
+		Headers: make(map[string]string, len(km.Headers)),
+	}
+	for _, h := range km.Headers {
+		m.Headers[h.Key] = string(h.Value)
+	}
+	raw, ok := m.Headers[outbox.HeaderMessageID]
+	if !ok {
+		return m, fmt.Errorf("%w: no %q header; records must come from the outbox relay or carry a UUID message id", ErrMalformed, outbox.HeaderMessageID)
+	}
+	id, err := uuid.Parse(raw)
+	if err != nil || id == uuid.Nil {
+		return m, fmt.Errorf("%w: header %q is %q, not a non-zero UUID", ErrMalformed, outbox.HeaderMessageID, raw)
+	}
+	m.ID = id
+	return m, nil
+}
+
+// handleRun handles well-formed records (raw are their Kafka records) and reports
+// false if the run ended before all were handled.
+func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
+	if len(msgs) > 1 {
+		err := r.inTx(func(tx pgx.Tx) error {
+			for _, m := range msgs {
+				if err := r.apply(tx, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			return r.handled(msgs, raw)
+		}
+		if r.ctx.Err() != nil {
+			return false
+		}
+		// Fall through: one transaction per record isolates the failure.
+	}
+	for i := range msgs {
+		if !r.handleOne(msgs[i], raw[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// handleOne retries one record until it is handled or dead-lettered, and reports
+// false if the run ended first.
+func (r *run) handleOne(m Message, km kafka.Message) bool {
+	cfg := &r.c.cfg
+	handlerFailures, dbFailures := 0, 0
+	for {
+		var handlerErr error
+		err := r.inTx(func(tx pgx.Tx) error {
+			handlerErr = r.apply(tx, m)
+			return handlerErr
+		})
+		if err == nil {
+			return r.handled([]Message{m}, []kafka.Message{km})
+		}
+		if r.ctx.Err() != nil {
+			return false
+		}
+		var attempt int
+		if handlerErr != nil {
+			handlerFailures++
+			if IsPermanent(handlerErr) {
+				return r.deadLetter(m, km, handlerFailures, handlerErr)
+			}
+			if handlerFailures >= cfg.MaxAttempts {
+				return r.deadLetter(m, km, handlerFailures, fmt.Errorf("%w (%d): %w", ErrGaveUp, handlerFailures, handlerErr))
+			}
+			attempt = handlerFailures
+		} else {
+			dbFailures++
+			attempt = dbFailures
+		}
+		cfg.Logger.Warn("consumer: message failed, will retry", "consumer", cfg.Name, "topic", m.Topic,
+			"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempt", attempt, "err", err)
+		if !r.sleep(attempt) {
+			return false
+		}
+	}
+}
+
+// apply records m in the inbox and runs the handler unless m was handled before.
+func (r *run) apply(tx pgx.Tx, m Message) error {
+	first, err := r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
+	if err != nil || !first {
+		return err
+	}
+	if err := r.c.handler(r.ctx, tx, m); err != nil {
+		return &handlerError{err}
+	}
+	return nil
+}
+
+// handlerError tells handler failures (counted against MaxAttempts) from database
+// failures around the handler (retried without limit).
+type handlerError struct{ err error }
+
+func (e *handlerError) Error() string { return e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+func (r *run) inTx(fn func(pgx.Tx) error) error {
+	tx, err := r.c.pool.Begin(r.ctx)
+	if err != nil {
+		return fmt.Errorf("consumer: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(r.ctx))
+		var he *handlerError
+		if errors.As(err, &he) {
+			return he.err
+		}
+		return err
+	}
+	if err := tx.Commit(r.ctx); err != nil {
+		return fmt.Errorf("consumer: commit: %w", err)
+	}
+	return nil
+}
+
+// handled marks committed records for the offset commit. It reports false when a
+// test simulated a crash right after the database commit.
+func (r *run) handled(msgs []Message, raw []kafka.Message) bool {
+	if hook := r.c.crashAfterDBCommit; hook != nil {
+		for _, m := range msgs {
+			if hook(m) {
+				r.crashed.Store(true)
+				r.cancel()
+				return false
+			}
+		}
+	}
+	r.done <- raw[len(raw)-1]
+	return true
+}
+
+// deadLetter stores the record with its reason, together with its inbox row, and
+// reports false if the run ended before that succeeded.
+func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error) bool {
+	cfg := &r.c.cfg
+	d := inbox.DeadLetter{
+		Consumer: cfg.Name, MessageID: m.ID, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
+		Key: m.Key, Value: m.Value, Headers: m.Headers, Attempts: attempts, Reason: reason.Error(),
+	}
+	for failures := 1; ; failures++ {
+		err := r.inTx(func(tx pgx.Tx) error {
+			if m.ID != uuid.Nil {
+				first, err := r.c.store.Record(r.ctx, tx, cfg.Name, m.ID)
+				if err != nil || !first {
+					return err // already handled or dead-lettered under this id
+				}
+			}
+			_, err := r.c.store.AddDeadLetter(r.ctx, tx, d)
+			return err
+		})
+		if err == nil {
+			cfg.Logger.Warn("consumer: message dead-lettered", "consumer", cfg.Name, "topic", m.Topic,
+				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempts", attempts, "reason", d.Reason)
+			return r.handled([]Message{m}, []kafka.Message{km})
+		}
+		if r.ctx.Err() != nil {
+			return false
+		}
+		cfg.Logger.Warn("consumer: storing dead letter failed, will retry", "consumer", cfg.Name, "err", err)
+		if !r.sleep(failures) {
+			return false
+		}
+	}
+}

@@ -1,0 +1,215 @@
+package inbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sagabox/sagabox/migrations"
+)
+
+// DefaultSchema is the schema holding the inbox tables unless told otherwise.
+const DefaultSchema = migrations.DefaultSchema
+
+// Errors returned by this package.
+var (
+	// ErrInvalidConsumer means the consumer name is empty; every inbox row is scoped by it.
+	ErrInvalidConsumer = errors.New("invalid consumer name")
+	// ErrInvalidMessageID means the message id is the zero UUID, which cannot deduplicate anything.
+	ErrInvalidMessageID = errors.New("invalid message id")
+	// ErrInvalidConfig means a Config or schema name was rejected; the error says which field and why.
+	ErrInvalidConfig = errors.New("invalid inbox config")
+	// ErrNotFound means no dead letter has the given id.
+	ErrNotFound = errors.New("not found")
+)
+
+// Execer is the part of pgx.Tx that Record needs. Pass the transaction that makes the
+// message's effect: recording in another transaction loses the exactly-once guarantee.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Querier is what the read operations need: a pool, a connection or a transaction.
+type Querier interface {
+	Execer
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Store runs the inbox statements against one schema. It is safe for concurrent use.
+type Store struct {
+	schema        string
+	recordSQL     string
+	sweepSQL      string
+	addDeadSQL    string
+	listDeadSQL   string
+	deleteDeadSQL string
+}
+
+// NewStore returns a Store for schema ("" means DefaultSchema).
+func NewStore(schema string) (*Store, error) {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	if err := migrations.ValidateSchema(schema); err != nil {
+		return nil, fmt.Errorf("inbox: %w: %w", ErrInvalidConfig, err)
+	}
+	inbox := pgx.Identifier{schema, "inbox_messages"}.Sanitize()
+	dead := pgx.Identifier{schema, "inbox_dead_letters"}.Sanitize()
+	return &Store{
+		schema: schema,
+		recordSQL: `INSERT INTO ` + inbox + ` ("consumer", "message_id") VALUES ($1, $2)
+ON CONFLICT ("consumer", "message_id") DO NOTHING`,
+		// Batched so a large backlog never holds one huge delete's locks and WAL.
+		sweepSQL: `DELETE FROM ` + inbox + ` WHERE ctid IN (
+SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 LIMIT $2)`,
+		addDeadSQL: `INSERT INTO ` + dead + ` ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason")
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT ("consumer", "topic", "partition", "offset") DO NOTHING`,
+		listDeadSQL: `SELECT "id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at"
+FROM ` + dead + ` WHERE ($1 = '' OR "consumer" = $1) ORDER BY "id" LIMIT $2`,
+		deleteDeadSQL: `DELETE FROM ` + dead + ` WHERE "id" = $1`,
+	}, nil
+}
+
+// Schema returns the schema the store works on.
+func (s *Store) Schema() string { return s.schema }
+
+var defaultStore, _ = NewStore(DefaultSchema)
+
+// Record records that consumer received message id, within tx, in the default schema.
+// See Store.Record.
+func Record(ctx context.Context, tx Execer, consumer string, id uuid.UUID) (first bool, err error) {
+	return defaultStore.Record(ctx, tx, consumer, id)
+}
+
+// Record inserts (consumer, id) within tx. It reports true the first time: run the
+// effect in the same tx and commit. It reports false when the pair was already
+// recorded by a committed transaction: skip the effect. If another transaction is
+// recording the same pair right now, Record waits for it to end.
+func (s *Store) Record(ctx context.Context, tx Execer, consumer string, id uuid.UUID) (first bool, err error) {
+	if consumer == "" {
+		return false, fmt.Errorf("inbox: %w: the consumer name is empty; name the consumer (e.g. its group id) so its dedup rows are its own", ErrInvalidConsumer)
+	}
+	if id == uuid.Nil {
+		return false, fmt.Errorf("inbox: %w: the zero UUID; messages need the id the outbox assigned (header %q)", ErrInvalidMessageID, "message-id")
+	}
+	tag, err := tx.Exec(ctx, s.recordSQL, consumer, id)
+	if err != nil {
+		return false, fmt.Errorf("inbox: record message %s for consumer %q: %w", id, consumer, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Sweep deletes inbox entries received before `before`, batch rows per statement,
+// until none is left, and returns how many it deleted. Entries of every consumer are
+// swept. A batch of 0 or less means 1000.
+func (s *Store) Sweep(ctx context.Context, db Execer, before time.Time, batch int) (int64, error) {
+	if batch <= 0 {
+		batch = 1000
+	}
+	var total int64
+	for {
+		tag, err := db.Exec(ctx, s.sweepSQL, before, batch)
+		if err != nil {
+			return total, fmt.Errorf("inbox: sweep entries before %s: %w", before.Format(time.RFC3339), err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// DeadLetter is a message a consumer gave up on, with the reason.
+type DeadLetter struct {
+	ID        int64     // assigned by the database
+	Consumer  string    // the consumer name that gave up
+	MessageID uuid.UUID // zero when the record carried no valid message id
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   map[string]string
+	Attempts  int    // how many times the handler ran (0 when it never could)
+	Reason    string // why: the last error
+	DeadAt    time.Time
+}
+
+// AddDeadLetter stores d within tx (d.ID and d.DeadAt are ignored). It reports false
+// when a dead letter for the same consumer and source position already exists, e.g.
+// the same poison record delivered again.
+func (s *Store) AddDeadLetter(ctx context.Context, tx Execer, d DeadLetter) (bool, error) {
+	if d.Consumer == "" {
+		return false, fmt.Errorf("inbox: dead letter: %w: the consumer name is empty", ErrInvalidConsumer)
+	}
+	headers := d.Headers
+	if headers == nil {
+		headers = map[string]string{}
+	}
+	h, err := json.Marshal(headers)
+	if err != nil {
+		return false, fmt.Errorf("inbox: dead letter headers: %w", err)
+	}
+	var msgID *uuid.UUID
+	if d.MessageID != uuid.Nil {
+		msgID = &d.MessageID
+	}
+	tag, err := tx.Exec(ctx, s.addDeadSQL, d.Consumer, msgID, d.Topic, d.Partition, d.Offset, d.Key, d.Value, h, d.Attempts, d.Reason)
+	if err != nil {
+		return false, fmt.Errorf("inbox: store dead letter %s/%d@%d for consumer %q: %w", d.Topic, d.Partition, d.Offset, d.Consumer, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ListDeadLetters returns up to limit dead letters of consumer ("" means every
+// consumer), oldest first. A limit of 0 or less means 100.
+func (s *Store) ListDeadLetters(ctx context.Context, db Querier, consumer string, limit int) ([]DeadLetter, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := db.Query(ctx, s.listDeadSQL, consumer, limit)
+	if err != nil {
+		return nil, fmt.Errorf("inbox: list dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []DeadLetter
+	for rows.Next() {
+		var d DeadLetter
+		var msgID *uuid.UUID
+		var h []byte
+		if err := rows.Scan(&d.ID, &d.Consumer, &msgID, &d.Topic, &d.Partition, &d.Offset, &d.Key, &d.Value, &h, &d.Attempts, &d.Reason, &d.DeadAt); err != nil {
+			return nil, fmt.Errorf("inbox: list dead letters: %w", err)
+		}
+		if msgID != nil {
+			d.MessageID = *msgID
+		}
+		if err := json.Unmarshal(h, &d.Headers); err != nil {
+			return nil, fmt.Errorf("inbox: dead letter %d headers: %w", d.ID, err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("inbox: list dead letters: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteDeadLetter removes the dead letter with the given id, e.g. after an operator
+// replayed or discarded it. It returns ErrNotFound if there is none.
+func (s *Store) DeleteDeadLetter(ctx context.Context, db Execer, id int64) error {
+	tag, err := db.Exec(ctx, s.deleteDeadSQL, id)
+	if err != nil {
+		return fmt.Errorf("inbox: delete dead letter %d: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("inbox: dead letter %d: %w", id, ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// DefaultRetention is the dedup window unless a SweeperConfig says otherwise: Kafka's
+// default topic retention (log.retention.hours = 168).
+const DefaultRetention = 7 * 24 * time.Hour
+
+// SweeperConfig configures a Sweeper.
+type SweeperConfig struct {
+	// Schema holds the inbox tables. Defaults to "sagabox".
+	Schema string
+	// Retention is the dedup window: entries received longer ago are deleted, and a
+	// redelivery of such a message is processed again. Keep it above the longest
+	// possible redelivery delay (the topic's retention if consumers may rewind).
+	// Defaults to 7 days.
+	Retention time.Duration
+	// Interval is the time between sweeps. Defaults to 1 minute.
+	Interval time.Duration
+	// BatchSize is the number of rows one DELETE statement removes. Defaults to 1000.
+	BatchSize int
+	// Logger receives sweep results and errors. Defaults to discarding.
+	Logger *slog.Logger
+	// Now returns the current time; tests inject it. Defaults to time.Now.
+	Now func() time.Time
+}
+
+func (c *SweeperConfig) applyDefaults() {
+	if c.Schema == "" {
+		c.Schema = DefaultSchema
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.Interval == 0 {
+		c.Interval = time.Minute
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 1000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+func (c *SweeperConfig) validate() error {
+	var errs []error
+	if c.Retention < 0 {
+		errs = append(errs, fmt.Errorf("Retention is %s; it must be positive (0 means the 7-day default)", c.Retention))
+	}
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("Interval is %s; it must be positive (0 means 1 minute)", c.Interval))
+	}
+	if c.BatchSize < 0 {
+		errs = append(errs, fmt.Errorf("BatchSize is %d; it must be positive (0 means 1000)", c.BatchSize))
+	}
+	if c.Retention > 0 && c.Interval > c.Retention {
+		errs = append(errs, fmt.Errorf("Interval %s is longer than Retention %s; entries would outlive the window by more than the window itself", c.Interval, c.Retention))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("inbox: %w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// Sweeper deletes inbox entries older than the retention window, periodically.
+type Sweeper struct {
+	db    Execer
+	store *Store
+	cfg   SweeperConfig
+}
+
+// NewSweeper returns a Sweeper working on db (typically a *pgxpool.Pool).
+func NewSweeper(db Execer, cfg SweeperConfig) (*Sweeper, error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	store, err := NewStore(cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	return &Sweeper{db: db, store: store, cfg: cfg}, nil
+}
+
+// SweepOnce deletes every entry received before Now() - Retention and returns how many.
+func (s *Sweeper) SweepOnce(ctx context.Context) (int64, error) {
+	return s.store.Sweep(ctx, s.db, s.cfg.Now().Add(-s.cfg.Retention), s.cfg.BatchSize)
+}
+
+// Run sweeps at once and then every Interval until ctx ends, and returns nil then.
+// A failed sweep is logged and retried at the next interval: a late sweep only
+// keeps rows a little longer.
+func (s *Sweeper) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.Interval)
+	defer t.Stop()
+	for {
+		n, err := s.SweepOnce(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			s.cfg.Logger.Warn("inbox sweep failed", "err", err)
+		case n > 0:
+			s.cfg.Logger.Info("inbox sweep", "deleted", n, "retention", s.cfg.Retention)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
