@@ -1,0 +1,389 @@
+package demo
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+// Sentinel errors of the demo services.
+var (
+	// ErrBadPayload means a command's payload is not a valid order; retrying cannot fix it.
+	ErrBadPayload = errors.New("demo: bad order payload")
+	// ErrInvariant means Check found a broken business invariant.
+	ErrInvariant = errors.New("demo: business invariant broken")
+)
+
+// PaymentLimit is the largest amount the payment service accepts; above it a charge is declined.
+const PaymentLimit = 1000
+
+// Command names of the order saga's participants.
+const (
+	CmdCreateOrder      = "order.create"
+	CmdCancelOrder      = "order.cancel"
+	CmdReserveInventory = "inventory.reserve"
+	CmdReleaseInventory = "inventory.release"
+	CmdChargePayment    = "payment.charge"
+	CmdRefundPayment    = "payment.refund"
+	CmdScheduleShipping = "shipping.schedule"
+	CmdCancelShipping   = "shipping.cancel"
+)
+
+// Order is the order saga's payload; every participant receives it as its command payload.
+type Order struct {
+	ID       uuid.UUID `json:"id"`
+	Customer string    `json:"customer"`
+	SKU      string    `json:"sku"`
+	Qty      int       `json:"qty"`
+	Amount   int64     `json:"amount"`
+	Address  string    `json:"address"`
+}
+
+// Validate reports what is wrong with o.
+func (o Order) Validate() error {
+	var errs []error
+	if o.ID == uuid.Nil {
+		errs = append(errs, errors.New("id is empty"))
+	}
+	if o.SKU == "" {
+		errs = append(errs, errors.New("sku is empty"))
+	}
+	if o.Qty <= 0 {
+		errs = append(errs, fmt.Errorf("qty is %d; it must be positive", o.Qty))
+	}
+	if o.Amount < 0 {
+		errs = append(errs, fmt.Errorf("amount is %d; it must not be negative", o.Amount))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadPayload, err)
+	}
+	return nil
+}
+
+// Schemas names the schema of each service. The zero value uses the defaults.
+type Schemas struct {
+	// Orders holds the orders table. Defaults to "demo_orders".
+	Orders string
+	// Inventory holds stock and reservations. Defaults to "demo_inventory".
+	Inventory string
+	// Payments holds payments. Defaults to "demo_payments".
+	Payments string
+	// Shipping holds shipments. Defaults to "demo_shipping".
+	Shipping string
+	// Bank holds the transfer flow's accounts, transfers and audit log. Defaults to "demo_bank".
+	Bank string
+}
+
+func (s Schemas) withDefaults() Schemas {
+	def := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	def(&s.Orders, "demo_orders")
+	def(&s.Inventory, "demo_inventory")
+	def(&s.Payments, "demo_payments")
+	def(&s.Shipping, "demo_shipping")
+	def(&s.Bank, "demo_bank")
+	return s
+}
+
+func (s Schemas) validate() error {
+	var errs []error
+	for _, n := range []string{s.Orders, s.Inventory, s.Payments, s.Shipping, s.Bank} {
+		if err := migrations.ValidateSchema(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+//go:embed sql/*.sql
+var sqlFS embed.FS
+
+// Beginner starts transactions; *pgxpool.Pool and *pgx.Conn satisfy it.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Querier is what the invariant checks need; *pgxpool.Pool, *pgx.Conn and pgx.Tx satisfy it.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Services are the four participants of the order saga (and the bank of the
+// transfer flow), bound to their schemas. Safe for concurrent use.
+type Services struct {
+	schemas Schemas
+	q       map[string]string // statement name → SQL with sanitized table names
+}
+
+// NewServices returns services using schemas (zero fields take their defaults).
+func NewServices(schemas Schemas) (*Services, error) {
+	schemas = schemas.withDefaults()
+	if err := schemas.validate(); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	s := &Services{schemas: schemas, q: map[string]string{}}
+	tables := strings.NewReplacer(
+		"{orders}", ident(schemas.Orders, "orders"),
+		"{stock}", ident(schemas.Inventory, "stock"),
+		"{reservations}", ident(schemas.Inventory, "reservations"),
+		"{payments}", ident(schemas.Payments, "payments"),
+		"{shipments}", ident(schemas.Shipping, "shipments"),
+		"{accounts}", ident(schemas.Bank, "accounts"),
+		"{transfers}", ident(schemas.Bank, "transfers"),
+		"{audit}", ident(schemas.Bank, "audit_log"),
+		"{ledger}", ident(schemas.Bank, "ledger"),
+	)
+	for name, q := range queries {
+		s.q[name] = tables.Replace(q)
+	}
+	return s, nil
+}
+
+// Schemas returns the schemas in use, defaults applied.
+func (s *Services) Schemas() Schemas { return s.schemas }
+
+func ident(schema, table string) string { return pgx.Identifier{schema, table}.Sanitize() }
+
+// Setup creates each service's schema and tables if they do not exist.
+func (s *Services) Setup(ctx context.Context, db Beginner) error {
+	for _, svc := range []struct{ file, schema string }{
+		{"orders.sql", s.schemas.Orders},
+		{"inventory.sql", s.schemas.Inventory},
+		{"payments.sql", s.schemas.Payments},
+		{"shipping.sql", s.schemas.Shipping},
+		{"bank.sql", s.schemas.Bank},
+	} {
+		body, err := sqlFS.ReadFile("sql/" + svc.file)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			schema := pgx.Identifier{svc.schema}.Sanitize()
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "SET LOCAL search_path TO "+schema); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, string(body))
+			return err
+		}); err != nil {
+			return fmt.Errorf("demo: set up schema %s from %s: %w", svc.schema, svc.file, err)
+		}
+	}
+	return nil
+}
+
+// SeedStock sets the available count of each sku.
+func (s *Services) SeedStock(ctx context.Context, db Querier, stock map[string]int) error {
+	for sku, n := range stock {
+		if _, err := db.Exec(ctx, s.q["seedStock"], sku, n); err != nil {
+			return fmt.Errorf("demo: seed stock of %s: %w", sku, err)
+		}
+	}
+	return nil
+}
+
+// Handler is the shape of every participant handler here: a plain function of
+// (ctx, tx, command) that changes business rows in tx and returns the step's result.
+type Handler = func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error)
+
+// Handlers maps command names to the service functions handling them.
+func (s *Services) Handlers() map[string]Handler {
+	return map[string]Handler{
+		CmdCreateOrder:      s.CreateOrder,
+		CmdCancelOrder:      s.CancelOrder,
+		CmdReserveInventory: s.ReserveInventory,
+		CmdReleaseInventory: s.ReleaseInventory,
+		CmdChargePayment:    s.ChargePayment,
+		CmdRefundPayment:    s.RefundPayment,
+		CmdScheduleShipping: s.ScheduleShipping,
+		CmdCancelShipping:   s.CancelShipping,
+	}
+}
+
+func order(cmd wire.Command) (Order, error) {
+	var o Order
+	if err := json.Unmarshal(cmd.Payload, &o); err != nil {
+		return o, fmt.Errorf("%w: %s: %v", ErrBadPayload, cmd.Name, err)
+	}
+	return o, o.Validate()
+}
+
+func result(v map[string]any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// CreateOrder records the order as created. A repeated command changes nothing.
+func (s *Services) CreateOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q["createOrder"], o.ID, o.Customer, o.SKU, o.Qty, o.Amount); err != nil {
+		return nil, fmt.Errorf("create order %s: %w", o.ID, err)
+	}
+	return result(map[string]any{"order_id": o.ID, "status": "created"}), nil
+}
+
+// CancelOrder marks the order cancelled (the compensation of CreateOrder).
+func (s *Services) CancelOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q["cancelOrder"], o.ID); err != nil {
+		return nil, fmt.Errorf("cancel order %s: %w", o.ID, err)
+	}
+	return nil, nil
+}
+
+// ReserveInventory takes qty items of the sku out of available stock, or refuses
+// when there are not enough.
+func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var exists bool
+	if err := tx.QueryRow(ctx, s.q["reservationExists"], o.ID).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+	}
+	if exists {
+		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
+	}
+	var left int
+	err = tx.QueryRow(ctx, s.q["takeStock"], o.SKU, o.Qty).Scan(&left)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var avail int
+		if err := tx.QueryRow(ctx, s.q["stockOf"], o.SKU).Scan(&avail); errors.Is(err, pgx.ErrNoRows) {
+			return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
+		} else if err != nil {
+			return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+		}
+		return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, avail))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+	}
+	if _, err := tx.Exec(ctx, s.q["insertReservation"], o.ID, o.SKU, o.Qty); err != nil {
+		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+	}
+	return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": left}), nil
+}
+
+// ReleaseInventory returns a reservation's items to stock. Releasing twice, or
+// releasing what was never reserved, changes nothing.
+func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var sku string
+	var qty int
+	err = tx.QueryRow(ctx, s.q["releaseReservation"], o.ID).Scan(&sku, &qty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+	}
+	if _, err := tx.Exec(ctx, s.q["returnStock"], sku, qty); err != nil {
+		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+	}
+	return nil, nil
+}
+
+// ChargePayment captures the order's amount, or declines an amount above PaymentLimit.
+func (s *Services) ChargePayment(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if o.Amount > PaymentLimit {
+		return nil, refuse(fmt.Sprintf("payment declined: %d is above the limit of %d", o.Amount, PaymentLimit))
+	}
+	if _, err := tx.Exec(ctx, s.q["capturePayment"], o.ID, o.Amount); err != nil {
+		return nil, fmt.Errorf("charge order %s: %w", o.ID, err)
+	}
+	return result(map[string]any{"captured": o.Amount}), nil
+}
+
+// RefundPayment refunds a captured payment; without one it changes nothing.
+func (s *Services) RefundPayment(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q["refundPayment"], o.ID); err != nil {
+		return nil, fmt.Errorf("refund order %s: %w", o.ID, err)
+	}
+	return nil, nil
+}
+
+// ScheduleShipping schedules the shipment of the order.
+func (s *Services) ScheduleShipping(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q["scheduleShipment"], o.ID, o.Address); err != nil {
+		return nil, fmt.Errorf("schedule shipment of order %s: %w", o.ID, err)
+	}
+	return result(map[string]any{"shipment": "scheduled"}), nil
+}
+
+// CancelShipping cancels a scheduled shipment; without one it changes nothing.
+func (s *Services) CancelShipping(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	o, err := order(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q["cancelShipment"], o.ID); err != nil {
+		return nil, fmt.Errorf("cancel shipment of order %s: %w", o.ID, err)
+	}
+	return nil, nil
+}
+
+// queries use {table} placeholders that NewServices replaces with sanitized,
+// schema-qualified names; no user input is ever spliced in.
+var queries = map[string]string{
+	"seedStock": `INSERT INTO {stock} ("sku", "available") VALUES ($1, $2)
+		ON CONFLICT ("sku") DO UPDATE SET "available" = EXCLUDED."available"`,
+	// ON CONFLICT DO NOTHING: the barrier already stops duplicates; this is the second belt.
+	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
+		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,
+	"cancelOrder":       `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
+	"reservationExists": `SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $1)`,
+	"takeStock": `UPDATE {stock} SET "available" = "available" - $2
+		WHERE "sku" = $1 AND "available" >= $2 RETURNING "available"`,
+	"stockOf":           `SELECT "available" FROM {stock} WHERE "sku" = $1`,
+	"insertReservation": `INSERT INTO {reservations} ("order_id", "sku", "qty", "status") VALUES ($1, $2, $3, 'reserved')`,
+	"releaseReservation": `UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
+		WHERE "order_id" = $1 AND "status" = 'reserved' RETURNING "sku", "qty"`,
+	"returnStock": `UPDATE {stock} SET "available" = "available" + $2 WHERE "sku" = $1`,
+	"capturePayment": `INSERT INTO {payments} ("order_id", "amount", "status") VALUES ($1, $2, 'captured')
+		ON CONFLICT ("order_id") DO NOTHING`,
+	"refundPayment": `UPDATE {payments} SET "status" = 'refunded', "updated_at" = now()
+		WHERE "order_id" = $1 AND "status" = 'captured'`,
+	"scheduleShipment": `INSERT INTO {shipments} ("order_id", "address", "status") VALUES ($1, $2, 'scheduled')
+		ON CONFLICT ("order_id") DO NOTHING`,
+	"cancelShipment": `UPDATE {shipments} SET "status" = 'cancelled', "updated_at" = now()
+		WHERE "order_id" = $1 AND "status" = 'scheduled'`,
+}
