@@ -43,7 +43,6 @@ CREATE TABLE "saga_barrier" (
     "outcome"    text        NOT NULL,
     "reason"     text        NOT NULL DEFAULT '',
     "result"     bytea,
-    "message_id" uuid,
     "created_at" timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ("saga_id", "step", "op")
 );

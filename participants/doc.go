@@ -1,0 +1,44 @@
+// Package participants turns plain handler functions into saga participants.
+//
+// A handler is a function of (ctx, tx, command) that knows nothing of Kafka, the
+// inbox or the barrier: it changes business rows in tx and returns a result, a
+// business refusal (Fail) or any other error (transient). The participant consumes
+// commands (package inbox/consumer, so each Kafka record takes effect at most once),
+// runs the handler behind the barrier, and writes the reply (package sagastate/wire)
+// to the command's reply topic through the outbox — all in the one transaction of the
+// business change. Handlers may enqueue further outbox messages in tx (choreography);
+// they commit or roll back with the step.
+//
+// Guarantee: per (saga id, step, op) the business action runs at most once and every
+// command gets a reply, whatever Kafka redelivers or the orchestrator resends.
+//
+// The barrier is one row per (saga id, step, op) in the saga_barrier table, inserted in
+// the handler's transaction:
+//
+//   - Duplicate command (a redelivery with another message id, or an orchestrator retry
+//     of a step that had in fact run): the row exists; the handler is not called and the
+//     stored outcome, reason and result are replied again, with the new attempt number.
+//   - Null compensation (compensate arrives, forward never ran here): the compensate row
+//     and a forward row marked "ignored" are inserted; the compensate handler is not
+//     called (there is nothing to undo) and the reply is success.
+//   - Hanging forward (forward arrives after its compensation): the forward row exists as
+//     "ignored"; the handler is not called and the reply is OutcomeIgnored.
+//   - Compensating a forward that was refused (Fail): nothing took effect, so the
+//     compensate handler is not called; the reply is success.
+//
+// Outcomes:
+//
+//   - nil error: success; the barrier stores the result and replies it.
+//   - Fail(reason): the business change is rolled back (to a savepoint taken before the
+//     handler), the barrier records the failure and the reply is OutcomeFailure, in the
+//     same transaction. For a compensation the failure is not recorded, so the
+//     orchestrator's next attempt runs the compensation again.
+//   - any other error: the business change and the barrier row are rolled back (to the
+//     savepoint) and the reply is OutcomeRetryable with the error as reason; the saga's
+//     retry policy decides when to send the next attempt, which then runs afresh. If the
+//     transaction itself is broken (e.g. the connection dropped), nothing commits and the
+//     consumer loop retries the record.
+//
+// Records that are not valid commands (missing saga headers) or name a command with no
+// handler are dead-lettered by the consumer loop with the reason.
+package participants

@@ -1,0 +1,210 @@
+package participants
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+// Errors of this package.
+var (
+	// ErrInvalidConfig means New rejected the Config; the error lists every problem.
+	ErrInvalidConfig = errors.New("invalid participant config")
+	// ErrUnknownCommand means a command names no registered handler; the record is
+	// dead-lettered (register the handler, then replay it).
+	ErrUnknownCommand = errors.New("unknown command")
+	// ErrFailure matches every error made by Fail: a business refusal.
+	ErrFailure = errors.New("business failure")
+)
+
+// Handler runs one command's local transaction in tx and returns the step's result
+// (replied to the orchestrator). Return Fail(reason) for a business refusal, any other
+// error for a transient failure. It must not commit or roll back tx.
+type Handler func(ctx context.Context, tx pgx.Tx, cmd wire.Command) (result []byte, err error)
+
+// FailureError is a business refusal made by Fail.
+type FailureError struct{ Reason string }
+
+func (e *FailureError) Error() string        { return "business failure: " + e.Reason }
+func (e *FailureError) Is(target error) bool { return target == ErrFailure }
+
+// Fail returns a business refusal (payment declined, out of stock): the step's changes
+// are rolled back and the reply is OutcomeFailure with reason, so the saga compensates.
+func Fail(reason string) error { return &FailureError{Reason: reason} }
+
+// Failf is Fail with a formatted reason.
+func Failf(format string, args ...any) error { return Fail(fmt.Sprintf(format, args...)) }
+
+// Config configures a Participant.
+type Config struct {
+	// Brokers are the Kafka bootstrap addresses. Brokers, GroupID and CommandTopics are
+	// required together; leave all three empty for a participant that only serves
+	// HandleCommand (no Kafka), for which Run fails.
+	Brokers []string
+	// GroupID is the participant's consumer group.
+	GroupID string
+	// CommandTopics are the topics the commands arrive on.
+	CommandTopics []string
+	// Name scopes the participant's inbox rows. Defaults to GroupID.
+	Name string
+	// Schema holds the inbox, barrier and outbox tables. Defaults to "sagabox".
+	Schema string
+	// Consumer tunes the consumer loop (concurrency, batching, retries, timeouts, TLS/SASL
+	// dialer). Its Brokers, GroupID, Topics, Name, Schema and Logger are taken from the
+	// fields above. Defaults to the consumer package's defaults.
+	Consumer consumer.Config
+	// Logger receives outcomes other than success. Defaults to discarding.
+	Logger *slog.Logger
+}
+
+func (c *Config) applyDefaults() {
+	if c.Name == "" {
+		c.Name = c.GroupID
+	}
+	if c.Schema == "" {
+		c.Schema = migrations.DefaultSchema
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c.Consumer.Brokers = c.Brokers
+	c.Consumer.GroupID = c.GroupID
+	c.Consumer.Topics = c.CommandTopics
+	c.Consumer.Name = c.Name
+	c.Consumer.Schema = c.Schema
+	c.Consumer.Logger = c.Logger
+}
+
+// Participant answers saga commands with registered handlers.
+type Participant struct {
+	pool    *pgxpool.Pool
+	cfg     Config
+	barrier *barrier
+	outbox  *outbox.Writer
+
+	mu       sync.RWMutex
+	handlers map[string]Handler
+	consumer *consumer.Consumer
+}
+
+// New returns a Participant. Register handlers with Handle, then call Run. The database
+// must have the sagabox migrations applied in cfg.Schema.
+func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("participants: %w: pool is nil", ErrInvalidConfig)
+	}
+	cfg.applyDefaults()
+	if err := migrations.ValidateSchema(cfg.Schema); err != nil {
+		return nil, fmt.Errorf("participants: %w: Schema: %w", ErrInvalidConfig, err)
+	}
+	ob, err := outbox.NewWriter(outbox.Options{Schema: cfg.Schema})
+	if err != nil {
+		return nil, fmt.Errorf("participants: %w", err)
+	}
+	p := &Participant{pool: pool, cfg: cfg, barrier: newBarrier(cfg.Schema), outbox: ob, handlers: map[string]Handler{}}
+	// Without Kafka settings the participant serves HandleCommand/HandleMessage only.
+	if len(cfg.Brokers) == 0 && cfg.GroupID == "" && len(cfg.CommandTopics) == 0 {
+		return p, nil
+	}
+	// Built now, not at Run, so a bad consumer setting fails at startup.
+	if p.consumer, err = consumer.New(pool, cfg.Consumer, p.HandleMessage); err != nil {
+		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
+	}
+	return p, nil
+}
+
+// Handle registers h for commands named command (wire.Command.Name, e.g.
+// "payment.charge" for the forward step and "payment.refund" for its compensation).
+// It returns p so registrations chain. Like http.ServeMux, it panics on an empty name,
+// a nil handler or a name registered twice: those are programming errors.
+func (p *Participant) Handle(command string, h Handler) *Participant {
+	if command == "" || h == nil {
+		panic("participants: Handle needs a command name and a handler")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, dup := p.handlers[command]; dup {
+		panic(fmt.Sprintf("participants: command %q registered twice", command))
+	}
+	p.handlers[command] = h
+	return p
+}
+
+// Step registers a forward handler and its compensation under their command names.
+func (p *Participant) Step(forward string, do Handler, compensate string, undo Handler) *Participant {
+	return p.Handle(forward, do).Handle(compensate, undo)
+}
+
+// Run consumes commands until ctx ends. See consumer.Consumer.Run.
+func (p *Participant) Run(ctx context.Context) error {
+	if p.consumer == nil {
+		return fmt.Errorf("participants: %w: Run needs Brokers, GroupID and CommandTopics", ErrInvalidConfig)
+	}
+	return p.consumer.Run(ctx)
+}
+
+// HandleMessage is the consumer.Handler of the participant: it parses the record as a
+// command and runs HandleCommand. Use it to serve commands from a consumer loop of your
+// own. Malformed records and unknown commands are returned as consumer.Permanent errors.
+func (p *Participant) HandleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+	cmd, err := wire.ParseCommand(msg.Headers, msg.Value)
+	if err != nil {
+		return consumer.Permanent(fmt.Errorf("participants: %w", err))
+	}
+	return p.HandleCommand(ctx, tx, cmd)
+}
+
+// HandleCommand runs cmd behind the barrier in tx and enqueues the reply in tx. It
+// returns an error only when tx cannot be used (roll it back and retry) or the command
+// is unknown (wrapped as a consumer.Permanent error).
+func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Command) error {
+	p.mu.RLock()
+	h, ok := p.handlers[cmd.Name]
+	p.mu.RUnlock()
+	if !ok {
+		return consumer.Permanent(fmt.Errorf("participants: %w %q (saga %s step %s %s); register a handler for it with Handle",
+			ErrUnknownCommand, cmd.Name, cmd.SagaID, cmd.Step, cmd.Op))
+	}
+	reply, err := p.barrier.run(ctx, tx, cmd, h)
+	if err != nil {
+		return err
+	}
+	if reply.Outcome != wire.OutcomeSuccess {
+		p.cfg.Logger.Info("participant reply", "saga_id", cmd.SagaID, "step", cmd.Step, "op", cmd.Op,
+			"attempt", cmd.Attempt, "outcome", reply.Outcome, "reason", reply.Reason)
+	}
+	reply.Headers = traceHeaders(cmd.Headers)
+	if err := p.outbox.Enqueue(ctx, tx, reply.Message(cmd.ReplyTo)); err != nil {
+		var ve *outbox.ValidationError
+		if errors.As(err, &ve) {
+			return consumer.Permanent(fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err))
+		}
+		return fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err)
+	}
+	return nil
+}
+
+// traceHeaders carries W3C trace context from the command to its reply.
+func traceHeaders(h map[string]string) map[string]string {
+	var out map[string]string
+	for _, k := range []string{"traceparent", "tracestate", "baggage"} {
+		if v, ok := h[k]; ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
