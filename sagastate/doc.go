@@ -1,0 +1,40 @@
+// Package sagastate orchestrates sagas whose state lives in PostgreSQL.
+//
+// A saga type is a typed declaration of steps, each naming its participant's command
+// topic, the command that does it and the one that undoes it, a timeout and retry policies;
+// steps may be grouped into parallel stages:
+//
+//	var Order = sagastate.Define[OrderPayload]("order",
+//		sagastate.Step("create_order", "orders.commands").Do("order.create").Undo("order.cancel"),
+//		sagastate.Step("reserve_inventory", "inventory.commands").Do("inventory.reserve").Undo("inventory.release").Timeout(5*time.Second),
+//		sagastate.Parallel(
+//			sagastate.Step("charge_payment", "payment.commands").Do("payment.charge").Undo("payment.refund").
+//				Retry(sagastate.RetryPolicy{MaxAttempts: 5, Backoff: 100 * time.Millisecond}),
+//			sagastate.Step("schedule_shipping", "shipping.commands").Do("shipping.schedule").Undo("shipping.cancel"),
+//		),
+//	)
+//
+// Guarantees. Start writes the saga, its first commands (into the outbox) and its log in
+// the caller's transaction: a rollback leaves nothing. Every later change — a reply, a
+// timeout or scheduled retry found by the sweeper, an operator's Retry or Abort — is one
+// transaction that locks the saga row, computes the next state with a pure function
+// (state, input) → (state, commands, events), writes state, log and commands together and
+// bumps the saga's version. Replies are consumed through the inbox, so each is applied
+// exactly once; commands are published at least once by the relay and participants
+// deduplicate them with their barrier. Nothing lives only in memory: a process killed at
+// any point loses nothing, and another process (or the same one restarted) carries on.
+//
+// Failure handling. A business failure, or a step out of retries, turns the saga to
+// compensating: once no forward command is in flight, every step that completed — or may
+// have run, because an attempt timed out or retries ran out — is compensated, one at a
+// time, in reverse order of completion. A reply that arrives after its step timed out is
+// ignored: that step is being compensated, which the participant's barrier turns into a
+// real undo if the step ran, or into a null compensation that also blocks the late
+// forward command if it did not. A compensation that keeps failing is retried with
+// exponential backoff and jitter; past its limit the saga is failed and listed for an
+// operator, who can Retry (resume compensation) or Abort it.
+//
+// Statuses, events (saga_events, handed to Config.Listeners after commit) and queries
+// (Get, List, Events, Stats) use the usual saga vocabulary; see SagaStatus, StepStatus and
+// EventType.
+package sagastate

@@ -1,0 +1,375 @@
+package sagastate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+// Listener receives saga events after they are committed. It runs on the orchestrator's
+// event feed goroutine and must return quickly.
+type Listener func(Event)
+
+// Config configures an Orchestrator.
+type Config struct {
+	// Sagas are the saga types this orchestrator starts and drives. A process that only
+	// queries (or retries/aborts failed sagas) may leave it empty. Defaults to none.
+	Sagas []Definition
+	// Brokers are the Kafka bootstrap addresses the replies are consumed from. Required by
+	// Run; Start and the queries do not need them. Defaults to none.
+	Brokers []string
+	// ReplyTopic is where participants send replies (every command's reply-to). Defaults to
+	// "sagabox.saga.replies".
+	ReplyTopic string
+	// GroupID is the consumer group (and inbox name) of the reply consumer; every
+	// orchestrator process of one deployment uses the same. Defaults to "sagabox-orchestrator".
+	GroupID string
+	// Schema holds the saga, outbox and inbox tables. Defaults to "sagabox".
+	Schema string
+	// SweepInterval is how often the sweeper looks for due timeouts and retries.
+	// Defaults to 500ms.
+	SweepInterval time.Duration
+	// SweepBatch is the most sagas one sweeper transaction handles. Defaults to 100.
+	SweepBatch int
+	// Listeners receive every saga event committed while Run runs, in commit order, in
+	// every orchestrator process. Defaults to none.
+	Listeners []Listener
+	// FeedInterval is how often the event feed polls for new events when Listeners are
+	// set. Defaults to 200ms.
+	FeedInterval time.Duration
+	// Consumer tunes the reply consumer (concurrency, batching, timeouts). Its Brokers,
+	// GroupID, Topics, Name, Schema and Logger are taken from this Config when empty.
+	// Defaults to the consumer package's defaults.
+	Consumer consumer.Config
+	// Now is the clock; tests inject one to reach deadlines without sleeping. Defaults to
+	// time.Now.
+	Now func() time.Time
+	// Logger receives ignored replies, sweeper errors and saga outcomes. Defaults to discarding.
+	Logger *slog.Logger
+}
+
+const (
+	// DefaultReplyTopic is Config.ReplyTopic's default.
+	DefaultReplyTopic = "sagabox.saga.replies"
+	// DefaultGroupID is Config.GroupID's default.
+	DefaultGroupID = "sagabox-orchestrator"
+)
+
+func (c *Config) applyDefaults() {
+	if c.ReplyTopic == "" {
+		c.ReplyTopic = DefaultReplyTopic
+	}
+	if c.GroupID == "" {
+		c.GroupID = DefaultGroupID
+	}
+	if c.Schema == "" {
+		c.Schema = migrations.DefaultSchema
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = 500 * time.Millisecond
+	}
+	if c.SweepBatch == 0 {
+		c.SweepBatch = 100
+	}
+	if c.FeedInterval == 0 {
+		c.FeedInterval = 200 * time.Millisecond
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	seen := map[string]bool{}
+	for i, d := range c.Sagas {
+		if d == nil {
+			add("Sagas[%d] is nil", i)
+			continue
+		}
+		if err := d.Err(); err != nil {
+			errs = append(errs, err)
+		}
+		if seen[d.Name()] {
+			add("Sagas: saga type %q is registered twice", d.Name())
+		}
+		seen[d.Name()] = true
+	}
+	if err := migrations.ValidateSchema(c.Schema); err != nil {
+		add("Schema: %w", err)
+	}
+	if !validTopic(c.ReplyTopic) {
+		add("ReplyTopic %q is not a Kafka topic name (ASCII letters, digits, '.', '_', '-')", c.ReplyTopic)
+	}
+	if c.SweepInterval < 0 || c.FeedInterval < 0 {
+		add("SweepInterval and FeedInterval must be positive (0 means the default)")
+	}
+	if c.SweepBatch < 0 {
+		add("SweepBatch is %d; it must be positive (0 means the default)", c.SweepBatch)
+	}
+	for i, b := range c.Brokers {
+		if b == "" {
+			add("Brokers[%d] is empty", i)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sagastate: %w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+func validTopic(t string) bool {
+	if t == "" || len(t) > 249 {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Orchestrator starts sagas and drives them: it consumes replies, sweeps timeouts and
+// retries, and answers status queries. All its state is in PostgreSQL; several processes
+// may run one each against the same database.
+type Orchestrator struct {
+	pool  *pgxpool.Pool
+	cfg   Config
+	q     queries
+	out   *outbox.Writer
+	plans map[string]*plan
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	running bool
+}
+
+// New returns an Orchestrator with cfg's defaults applied, or an error listing every
+// problem of cfg and of its saga definitions.
+func New(pool *pgxpool.Pool, cfg Config) (*Orchestrator, error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if pool == nil {
+		return nil, fmt.Errorf("sagastate: %w: pool is nil", ErrInvalidConfig)
+	}
+	w, err := outbox.NewWriter(outbox.Options{Schema: cfg.Schema})
+	if err != nil {
+		return nil, fmt.Errorf("sagastate: %w", err)
+	}
+	o := &Orchestrator{pool: pool, cfg: cfg, q: newQueries(cfg.Schema), out: w, plans: map[string]*plan{}, log: cfg.Logger}
+	for _, d := range cfg.Sagas {
+		o.plans[d.Name()] = d.plan()
+	}
+	return o, nil
+}
+
+// Config returns the configuration with defaults applied.
+func (o *Orchestrator) Config() Config { return o.cfg }
+
+func (o *Orchestrator) now() time.Time { return o.cfg.Now().UTC().Truncate(time.Microsecond) }
+
+// Start begins saga sagaType with id and payload inside tx, the caller's transaction: the
+// instance, its steps, the saga_started event and the first commands (into the outbox)
+// commit together with the caller's business change, or not at all.
+//
+// payload is marshalled to JSON ([]byte and json.RawMessage are taken as JSON) and must
+// decode into the definition's payload type and pass its Validate method if it has one.
+// An unknown type, an invalid payload or an id already used returns an error (wrapping
+// ErrUnknownSagaType, ErrInvalidPayload or ErrDuplicate) and writes nothing.
+func (o *Orchestrator) Start(ctx context.Context, tx DB, sagaType string, id uuid.UUID, payload any) error {
+	p, ok := o.plans[sagaType]
+	if !ok {
+		return fmt.Errorf("sagastate: start saga %s: %w %q; registered: %v (add its definition to Config.Sagas)", id, ErrUnknownSagaType, sagaType, o.typeNames())
+	}
+	if id == uuid.Nil {
+		return fmt.Errorf("sagastate: start %s saga: %w: the saga id is the nil UUID; use uuid.New() or a business key", sagaType, ErrInvalidPayload)
+	}
+	raw, err := toJSON(payload)
+	if err != nil {
+		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
+	}
+	if err := p.decode(raw); err != nil {
+		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
+	}
+	s := newInstance(p, id, raw)
+	res, err := transition(p, s, input{kind: inStart, now: o.now()})
+	if err != nil {
+		return err
+	}
+	return o.persist(ctx, tx, 0, &res)
+}
+
+func toJSON(payload any) ([]byte, error) {
+	switch v := payload.(type) {
+	case nil:
+		return nil, errors.New("payload is nil")
+	case []byte:
+		if !json.Valid(v) {
+			return nil, errors.New("payload bytes are not valid JSON")
+		}
+		return v, nil
+	case json.RawMessage:
+		if !json.Valid(v) {
+			return nil, errors.New("payload bytes are not valid JSON")
+		}
+		return v, nil
+	}
+	return json.Marshal(payload)
+}
+
+func (o *Orchestrator) typeNames() []string {
+	names := make([]string, 0, len(o.plans))
+	for n := range o.plans {
+		names = append(names, n)
+	}
+	return names
+}
+
+func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {
+	s := Instance{ID: id, Type: p.name, Payload: payload}
+	for i, sp := range p.steps {
+		s.Steps = append(s.Steps, StepState{
+			Name: sp.Name, Position: i, Stage: sp.Stage, Topic: sp.Topic, Do: sp.Do, Undo: sp.Undo,
+			Timeout: sp.Timeout, Retry: sp.Retry, UndoRetry: sp.UndoRetry, Status: StepPending, Op: wire.OpForward,
+		})
+	}
+	return s
+}
+
+// persist writes a transition's output: state, log and commands.
+func (o *Orchestrator) persist(ctx context.Context, db DB, prevVersion int64, res *result) error {
+	if err := o.q.save(ctx, db, prevVersion, &res.state, res.events); err != nil {
+		return err
+	}
+	if len(res.commands) == 0 {
+		return nil
+	}
+	msgs := make([]outbox.Message, len(res.commands))
+	for i, c := range res.commands {
+		c.Cmd.ReplyTo = o.cfg.ReplyTopic
+		msgs[i] = c.Cmd.Message(c.Topic)
+	}
+	if err := o.out.Enqueue(ctx, db, msgs...); err != nil {
+		return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", res.state.ID, err)
+	}
+	return nil
+}
+
+// HandleReply applies a participant's reply inside tx (the inbox transaction of the
+// reply consumer): it locks the saga, computes the transition and writes state, log and
+// next commands. A stale reply (for an attempt or op the saga has moved past) is logged and
+// changes nothing. A reply for an unknown saga or step returns ErrNotFound or
+// ErrUnknownStep: retrying cannot fix it.
+func (o *Orchestrator) HandleReply(ctx context.Context, tx DB, r wire.Reply) error {
+	return o.apply(ctx, tx, r.SagaID, input{kind: inReply, reply: r})
+}
+
+func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input) error {
+	s, err := o.q.load(ctx, tx, id, true)
+	if err != nil {
+		return err
+	}
+	in.now = o.now()
+	res, err := transition(o.plans[s.Type], s, in)
+	if err != nil {
+		return err
+	}
+	if res.ignored != "" {
+		o.log.Info("sagastate: input ignored", "saga", id, "type", s.Type, "step", in.reply.Step, "op", in.reply.Op,
+			"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
+		return nil
+	}
+	if err := o.persist(ctx, tx, s.Version, &res); err != nil {
+		return err
+	}
+	if res.state.Status != s.Status {
+		o.log.Debug("sagastate: saga status", "saga", id, "type", s.Type, "from", s.Status, "to", res.state.Status)
+	}
+	return nil
+}
+
+func (o *Orchestrator) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, o.pool, fn)
+}
+
+// Retry resumes the compensation of a failed saga (one whose compensation exhausted its
+// retries): the stuck compensation is sent again with a fresh retry allowance. It returns
+// ErrNotFailed for a saga in any other state.
+func (o *Orchestrator) Retry(ctx context.Context, id uuid.UUID) error {
+	return o.inTx(ctx, func(tx pgx.Tx) error { return o.apply(ctx, tx, id, input{kind: inRetry}) })
+}
+
+// Abort gives up a failed saga: it stays failed, is marked finished and aborted, and the
+// reason is logged as a saga_failed event. Whatever the stuck compensation should have
+// undone must then be settled by hand. It returns ErrNotFailed for a saga in any other state.
+func (o *Orchestrator) Abort(ctx context.Context, id uuid.UUID, reason string) error {
+	if reason == "" {
+		reason = "no reason given"
+	}
+	return o.inTx(ctx, func(tx pgx.Tx) error { return o.apply(ctx, tx, id, input{kind: inAbort, reason: reason}) })
+}
+
+// Sweep handles every saga whose timeout or scheduled retry is due now, in transactions of
+// up to SweepBatch sagas locked with FOR UPDATE SKIP LOCKED, so sweepers of several
+// processes share the work and never block on each other or on reply handling. It returns
+// how many sagas it handled.
+func (o *Orchestrator) Sweep(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n, err := o.sweepBatch(ctx)
+		total += n
+		if err != nil || n < o.cfg.SweepBatch {
+			return total, err
+		}
+	}
+}
+
+func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
+	n := 0
+	err := o.inTx(ctx, func(tx pgx.Tx) error {
+		now := o.now()
+		rows, err := tx.Query(ctx, o.q.dueSagas, now, o.cfg.SweepBatch)
+		if err != nil {
+			return fmt.Errorf("sagastate: sweep: %w", err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil {
+			return fmt.Errorf("sagastate: sweep: %w", err)
+		}
+		n = len(ids)
+		for _, id := range ids {
+			// A savepoint per saga: one saga that cannot be written (say its step's topic
+			// became invalid) is logged and does not hold back the others.
+			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return o.apply(ctx, sp, id, input{kind: inTick}) })
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				o.log.Error("sagastate: sweep saga", "saga", id, "err", err)
+			}
+		}
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,105 @@
+package sagastate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+// Run consumes replies (through the inbox, exactly once), sweeps timeouts and retries,
+// and feeds listeners, until ctx ends. It returns nil when ctx ends, or the first error
+// that stops a part of it; nothing keeps running after it returns.
+func (o *Orchestrator) Run(ctx context.Context) error {
+	o.mu.Lock()
+	if o.running {
+		o.mu.Unlock()
+		return fmt.Errorf("sagastate: %w", ErrRunning)
+	}
+	o.running = true
+	o.mu.Unlock()
+	defer func() { o.mu.Lock(); o.running = false; o.mu.Unlock() }()
+
+	if len(o.cfg.Brokers) == 0 {
+		return fmt.Errorf("sagastate: %w: Brokers is empty; Run consumes replies from Kafka", ErrInvalidConfig)
+	}
+	cc := o.cfg.Consumer
+	if len(cc.Brokers) == 0 {
+		cc.Brokers = o.cfg.Brokers
+	}
+	if cc.GroupID == "" {
+		cc.GroupID = o.cfg.GroupID
+	}
+	if len(cc.Topics) == 0 {
+		cc.Topics = []string{o.cfg.ReplyTopic}
+	}
+	if cc.Schema == "" {
+		cc.Schema = o.cfg.Schema
+	}
+	if cc.Logger == nil {
+		cc.Logger = o.log
+	}
+	c, err := consumer.New(o.pool, cc, o.handleMessage)
+	if err != nil {
+		return fmt.Errorf("sagastate: reply consumer: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	launch := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				errs <- fmt.Errorf("sagastate: %s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	launch("reply consumer", c.Run)
+	launch("sweeper", o.sweepLoop)
+	if len(o.cfg.Listeners) > 0 {
+		launch("event feed", o.feedLoop)
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs // nil when every part stopped because ctx ended
+}
+
+// handleMessage is the reply consumer's handler; it runs inside the inbox transaction.
+func (o *Orchestrator) handleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+	r, err := wire.ParseReply(msg.Headers, msg.Value)
+	if err != nil {
+		o.log.Warn("sagastate: malformed reply", "topic", msg.Topic, "offset", msg.Offset, "err", err)
+		return consumer.Permanent(err)
+	}
+	err = o.HandleReply(ctx, tx, r)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) {
+		o.log.Warn("sagastate: reply for an unknown saga or step", "saga", r.SagaID, "step", r.Step, "err", err)
+		return consumer.Permanent(err)
+	}
+	return err
+}
+
+func (o *Orchestrator) sweepLoop(ctx context.Context) error {
+	t := time.NewTicker(o.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		if _, err := o.Sweep(ctx); err != nil && ctx.Err() == nil {
+			o.log.Error("sagastate: sweep", "err", err) // transient: try again next tick
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
