@@ -1,6 +1,7 @@
 package demo
 
-import "errors"
+import "github.com/sagabox/sagabox/participants"
 
-// refuse marks a business refusal: the step fails and the saga compensates.
-func refuse(reason string) error { return errors.New(reason) }
+// refuse marks a business refusal: the participant rolls the step back and replies
+// failure, so the saga compensates instead of retrying.
+func refuse(reason string) error { return participants.Fail(reason) }

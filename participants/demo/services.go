@@ -217,12 +217,17 @@ func (s *Services) Handlers() map[string]Handler {
 	}
 }
 
+// order decodes a command's payload. A bad one is refused, not retried: no retry
+// can fix it, and the saga must compensate what earlier steps did.
 func order(cmd wire.Command) (Order, error) {
 	var o Order
 	if err := json.Unmarshal(cmd.Payload, &o); err != nil {
-		return o, fmt.Errorf("%w: %s: %v", ErrBadPayload, cmd.Name, err)
+		return o, refuse(fmt.Sprintf("%v: %s: %v", ErrBadPayload, cmd.Name, err))
 	}
-	return o, o.Validate()
+	if err := o.Validate(); err != nil {
+		return o, refuse(err.Error())
+	}
+	return o, nil
 }
 
 func result(v map[string]any) []byte {
