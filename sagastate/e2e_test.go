@@ -1,0 +1,344 @@
+package sagastate_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/participants"
+	"github.com/sagabox/sagabox/sagastate"
+	"github.com/sagabox/sagabox/sagastate/sagatest"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+// script tells the test participant how to behave for one saga.
+type script struct {
+	Fail     string         `json:"fail,omitempty"`      // this step's forward is refused (business failure)
+	Hold     string         `json:"hold,omitempty"`      // this step's forward waits for the release signal
+	UndoFail map[string]int `json:"undo_fail,omitempty"` // this step's compensation fails N times first
+}
+
+// fixture is one test's database, broker, participant and orchestrator.
+type fixture struct {
+	db       *testenv.DB
+	env      *sagatest.Env
+	release  chan struct{}
+	mu       sync.Mutex
+	undoSeen map[string]int
+	events   chan sagastate.Event
+}
+
+const topic = "svc.commands"
+
+var (
+	linear = sagastate.Define[script]("linear",
+		sagastate.Step("a", topic).Do("a.do").Undo("a.undo").UndoRetry(fastUndo),
+		sagastate.Step("b", topic).Do("b.do").Undo("b.undo").Timeout(time.Second).Retry(sagastate.RetryPolicy{MaxAttempts: 1}),
+		sagastate.Step("c", topic).Do("c.do").Undo("c.undo"),
+	)
+	fanout = sagastate.Define[script]("fanout",
+		sagastate.Step("a", topic).Do("a.do").Undo("a.undo"),
+		sagastate.Parallel(
+			sagastate.Step("b", topic).Do("b.do").Undo("b.undo"),
+			sagastate.Step("c", topic).Do("c.do").Undo("c.undo"),
+		),
+		sagastate.Step("d", topic).Do("d.do").Undo("d.undo"),
+	)
+	fragile = sagastate.Define[script]("fragile",
+		sagastate.Step("a", topic).Do("a.do").Undo("a.undo").UndoRetry(sagastate.RetryPolicy{MaxAttempts: 1}),
+		sagastate.Step("c", topic).Do("c.do").Undo("c.undo"),
+	)
+	fastUndo = sagastate.RetryPolicy{MaxAttempts: 5, Backoff: 50 * time.Millisecond}
+)
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{db: testenv.NewDB(t), release: make(chan struct{}), undoSeen: map[string]int{}, events: make(chan sagastate.Event, 1000)}
+	k := testenv.NewKafka(t)
+	ctx := context.Background()
+	if _, err := f.db.Pool.Exec(ctx, `CREATE TABLE "effects" ("seq" bigserial, "saga_id" uuid, "step" text, "op" text)`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := participants.New(f.db.Pool, participants.Config{
+		Brokers: k.Brokers, GroupID: "svc", CommandTopics: []string{topic}, Consumer: sagatest.FastConsumer(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []string{"a", "b", "c", "d"} {
+		p.Step(st+".do", f.handler(st, wire.OpForward), st+".undo", f.handler(st, wire.OpCompensate))
+	}
+	f.env = sagatest.Start(t, f.db.Pool, k.Brokers, sagatest.Config{
+		Orchestrator: sagastate.Config{
+			Sagas:     []sagastate.Definition{linear, fanout, fragile},
+			Listeners: []sagastate.Listener{func(e sagastate.Event) { f.events <- e }},
+		},
+		Participants: []sagatest.Runner{p},
+		Topics:       []string{topic},
+	})
+	return f
+}
+
+func (f *fixture) handler(step string, op wire.Op) participants.Handler {
+	return func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+		var s script
+		if err := json.Unmarshal(cmd.Payload, &s); err != nil {
+			return nil, participants.Fail("bad payload: " + err.Error())
+		}
+		if op == wire.OpForward && s.Hold == step {
+			select {
+			case <-f.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if op == wire.OpForward && s.Fail == step {
+			return nil, participants.Fail("refused " + step)
+		}
+		if op == wire.OpCompensate && s.UndoFail[step] > 0 {
+			f.mu.Lock()
+			key := cmd.SagaID.String() + step
+			f.undoSeen[key]++
+			n := f.undoSeen[key]
+			f.mu.Unlock()
+			if n <= s.UndoFail[step] {
+				return nil, fmt.Errorf("undo %s unavailable (%d)", step, n)
+			}
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO "effects" ("saga_id", "step", "op") VALUES ($1, $2, $3)`, cmd.SagaID, step, string(op))
+		return []byte(`{"done":"` + step + `"}`), err
+	}
+}
+
+// effects lists what the participant did for saga id, in order, as "step:op".
+func (f *fixture) effects(t *testing.T, id uuid.UUID) []string {
+	t.Helper()
+	rows, err := f.db.Pool.Query(context.Background(), `SELECT "step" || ':' || "op" FROM "effects" WHERE "saga_id" = $1 ORDER BY "seq"`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (f *fixture) expectEffects(t *testing.T, id uuid.UUID, want ...string) {
+	t.Helper()
+	if got := f.effects(t, id); !slices.Equal(got, want) {
+		s, _ := f.env.Orchestrator.Get(context.Background(), id)
+		t.Fatalf("effects %v, want %v\n%s", got, want, sagatest.Describe(s))
+	}
+}
+
+const wait = 60 * time.Second
+
+func TestSagaEndToEnd(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	o := f.env.Orchestrator
+
+	t.Run("HappyPath", func(t *testing.T) {
+		id := f.env.StartSaga(t, "linear", script{})
+		s := f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaCompleted {
+			t.Fatalf("saga:\n%s", sagatest.Describe(s))
+		}
+		f.expectEffects(t, id, "a:forward", "b:forward", "c:forward")
+		for _, st := range s.Steps {
+			if st.Status != sagastate.StepCompleted || string(st.Result) != `{"done":"`+st.Name+`"}` {
+				t.Fatalf("step %+v", st)
+			}
+		}
+		if last := s.Events[len(s.Events)-1]; last.Type != sagastate.EventSagaCompleted {
+			t.Fatalf("last event %+v", last)
+		}
+	})
+
+	t.Run("FailureAtEachStepCompensatesCompletedStepsInReverse", func(t *testing.T) {
+		want := map[string][]string{
+			"a": {},
+			"b": {"a:forward", "a:compensate"},
+			"c": {"a:forward", "b:forward", "b:compensate", "a:compensate"},
+		}
+		ids := map[string]uuid.UUID{}
+		for step := range want {
+			ids[step] = f.env.StartSaga(t, "linear", script{Fail: step})
+		}
+		for step, id := range ids {
+			s := f.env.Await(t, id, wait)
+			if s.Status != sagastate.SagaCompensated || s.Step(step).Status != sagastate.StepFailed {
+				t.Fatalf("fail at %s:\n%s", step, sagatest.Describe(s))
+			}
+			f.expectEffects(t, id, want[step]...)
+		}
+	})
+
+	t.Run("ParallelStageOneBranchFails", func(t *testing.T) {
+		id := f.env.StartSaga(t, "fanout", script{Fail: "c"})
+		s := f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaCompensated || s.Step("d").Status != sagastate.StepPending || s.Step("c").Status != sagastate.StepFailed {
+			t.Fatalf("saga:\n%s", sagatest.Describe(s))
+		}
+		// b ran in parallel with c; it is undone before a, whatever order b and c answered in.
+		f.expectEffects(t, id, "a:forward", "b:forward", "b:compensate", "a:compensate")
+	})
+
+	t.Run("CompensationFailsTwiceThenSucceeds", func(t *testing.T) {
+		id := f.env.StartSaga(t, "linear", script{Fail: "c", UndoFail: map[string]int{"a": 2}})
+		s := f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaCompensated {
+			t.Fatalf("saga:\n%s", sagatest.Describe(s))
+		}
+		f.expectEffects(t, id, "a:forward", "b:forward", "b:compensate", "a:compensate")
+		var failedUndos int
+		for _, e := range s.Events {
+			if e.Type == sagastate.EventStepFailed && e.Step == "a" && e.Op == wire.OpCompensate {
+				failedUndos++
+			}
+		}
+		if failedUndos != 2 || s.Step("a").Attempt != 3 {
+			t.Fatalf("want 2 failed compensations and a third attempt:\n%s", sagatest.Describe(s))
+		}
+	})
+
+	t.Run("CompensationGivesUpThenOperatorRetries", func(t *testing.T) {
+		id := f.env.StartSaga(t, "fragile", script{Fail: "c", UndoFail: map[string]int{"a": 1}})
+		s := f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaFailed || !strings.Contains(s.LastError, "compensation of step a") {
+			t.Fatalf("saga:\n%s", sagatest.Describe(s))
+		}
+		stuck, err := o.List(context.Background(), sagastate.Filter{Statuses: []sagastate.SagaStatus{sagastate.SagaFailed}})
+		if err != nil || len(stuck) != 1 || stuck[0].ID != id {
+			t.Fatalf("List(failed) = %v, %v", stuck, err)
+		}
+		if err := o.Abort(context.Background(), uuid.New(), "x"); !errors.Is(err, sagastate.ErrNotFound) {
+			t.Fatalf("abort unknown: %v", err)
+		}
+		if err := o.Retry(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		s = f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaCompensated {
+			t.Fatalf("after retry:\n%s", sagatest.Describe(s))
+		}
+		f.expectEffects(t, id, "a:forward", "a:compensate")
+		if err := o.Retry(context.Background(), id); !errors.Is(err, sagastate.ErrNotFailed) {
+			t.Fatalf("retry of a compensated saga: %v", err)
+		}
+	})
+
+	t.Run("TimeoutThenLateSuccessIsCompensated", func(t *testing.T) {
+		id := f.env.StartSaga(t, "linear", script{Hold: "b"})
+		s := sagatest.AwaitStatus(t, o, id, wait, sagastate.SagaTimeout)
+		if s.Step("b").Status != sagastate.StepCompensating {
+			t.Fatalf("after the timeout:\n%s", sagatest.Describe(s))
+		}
+		close(f.release) // b's forward now runs, late: its success reply is stale
+		s = f.env.Await(t, id, wait)
+		if s.Status != sagastate.SagaCompensated {
+			t.Fatalf("saga:\n%s", sagatest.Describe(s))
+		}
+		f.expectEffects(t, id, "a:forward", "b:forward", "b:compensate", "a:compensate")
+		var timedOut bool
+		for _, e := range s.Events {
+			timedOut = timedOut || (e.Type == sagastate.EventStepFailed && e.Step == "b" && strings.Contains(e.Detail, "timeout"))
+		}
+		if !timedOut {
+			t.Fatalf("no timeout in the log:\n%s", sagatest.Describe(s))
+		}
+	})
+
+	t.Run("ListenersAndStats", func(t *testing.T) {
+		id := f.env.StartSaga(t, "linear", script{})
+		f.env.Await(t, id, wait)
+		deadline := time.After(wait)
+		for done := false; !done; {
+			select {
+			case e := <-f.events:
+				done = e.SagaID == id && e.Type == sagastate.EventSagaCompleted
+			case <-deadline:
+				t.Fatal("listener never saw saga_completed")
+			}
+		}
+		st, err := o.Stats(context.Background(), "", time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Counts[sagastate.SagaCompleted] < 2 || st.Counts[sagastate.SagaCompensated] < 5 || st.CompensationRate <= 0 ||
+			st.TimeToConsistencyP50 <= 0 || st.TimeToConsistencyP99 < st.TimeToConsistencyP50 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+}
+
+func TestStartRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	o, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{linear}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	start := func(typ string, id uuid.UUID, payload any) error {
+		return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, typ, id, payload) })
+	}
+	for name, c := range map[string]struct {
+		typ     string
+		id      uuid.UUID
+		payload any
+		want    error
+	}{
+		"UnknownType":    {"nope", uuid.New(), script{}, sagastate.ErrUnknownSagaType},
+		"NotJSON":        {"linear", uuid.New(), []byte("{"), sagastate.ErrInvalidPayload},
+		"WrongShape":     {"linear", uuid.New(), []byte(`{"fail": 3}`), sagastate.ErrInvalidPayload},
+		"NilID":          {"linear", uuid.Nil, script{}, sagastate.ErrInvalidPayload},
+		"Unmarshallable": {"linear", uuid.New(), func() {}, sagastate.ErrInvalidPayload},
+	} {
+		if err := start(c.typ, c.id, c.payload); !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, c.want)
+		}
+	}
+	id := uuid.New()
+	if err := start("linear", id, script{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := start("linear", id, script{}); !errors.Is(err, sagastate.ErrDuplicate) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	var sagas, msgs int
+	if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.saga_instances), (SELECT count(*) FROM sagabox.outbox_messages)`).Scan(&sagas, &msgs); err != nil {
+		t.Fatal(err)
+	}
+	if sagas != 1 || msgs != 1 {
+		t.Fatalf("%d sagas and %d commands written, want only the good one's", sagas, msgs)
+	}
+	// A reply for a saga that does not exist changes nothing and says so.
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		return o.HandleReply(ctx, tx, wire.Reply{SagaID: uuid.New(), Step: "a", Op: wire.OpForward, Attempt: 1, Outcome: wire.OutcomeSuccess})
+	})
+	if !errors.Is(err, sagastate.ErrNotFound) {
+		t.Fatalf("reply for unknown saga: %v", err)
+	}
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		return o.HandleReply(ctx, tx, wire.Reply{SagaID: id, Step: "zz", Op: wire.OpForward, Attempt: 1, Outcome: wire.OutcomeSuccess})
+	})
+	if !errors.Is(err, sagastate.ErrUnknownStep) {
+		t.Fatalf("reply for unknown step: %v", err)
+	}
+	if _, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{linear, linear}, ReplyTopic: "bad topic!", SweepBatch: -1}); !errors.Is(err, sagastate.ErrInvalidConfig) ||
+		!strings.Contains(err.Error(), "twice") || !strings.Contains(err.Error(), "ReplyTopic") || !strings.Contains(err.Error(), "SweepBatch") {
+		t.Fatalf("bad config: %v", err)
+	}
+}
