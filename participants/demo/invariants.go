@@ -49,18 +49,24 @@ func (r *Report) add(name string, broken []string, okDetail string) {
 	*r = append(*r, Invariant{Name: name, Detail: strings.Join(broken, "; ") + more})
 }
 
-// CheckOrders verifies the order saga's invariants once every saga has ended.
-// initialStock is the stock seeded per sku; outcomes maps each order (saga) id to
-// its saga's final status ("completed", "compensated", ...).
+// CheckOrders verifies the order saga's invariants once every saga of a run has
+// ended. initialStock is the available stock per sku when the run began; outcomes
+// maps each order (saga) id of the run to its saga's final status ("completed",
+// "compensated", ...). Only the run's orders are counted, so earlier runs against
+// the same database do not disturb the check.
 func (s *Services) CheckOrders(ctx context.Context, db Querier, initialStock map[string]int, outcomes map[uuid.UUID]string) (Report, error) {
 	var rep Report
 
 	// Stock conserved: what is on the shelf plus what is held by live reservations
 	// is what was seeded — nothing created, nothing lost.
+	ids := make([]uuid.UUID, 0, len(outcomes))
+	for id := range outcomes {
+		ids = append(ids, id)
+	}
 	var broken []string
 	for sku, initial := range initialStock {
 		var available, reserved int
-		if err := db.QueryRow(ctx, s.q["stockBalance"], sku).Scan(&available, &reserved); err != nil {
+		if err := db.QueryRow(ctx, s.q["stockBalance"], sku, ids).Scan(&available, &reserved); err != nil {
 			return nil, fmt.Errorf("demo: check stock of %s: %w", sku, err)
 		}
 		if available+reserved != initial {
@@ -127,17 +133,21 @@ func (s *Services) ids(ctx context.Context, db Querier, query string, arg []uuid
 	return out, rows.Err()
 }
 
-// CheckBank verifies the transfer flow once every transfer has settled: money is
-// conserved per account and in total, each transfer moved money exactly as its
-// outcome says, and each has exactly one audit record.
-func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int64) (Report, error) {
+// CheckBank verifies the transfer flow once every transfer of a run (ids) has
+// settled: money is conserved per account and in total, each transfer moved money
+// exactly as its outcome says, and each has exactly one audit record. initial holds
+// the balances when the run began.
+func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int64, ids []uuid.UUID) (Report, error) {
+	if ids == nil {
+		ids = []uuid.UUID{}
+	}
 	var rep Report
 	var broken []string
 	var total, initialTotal int64
 	for acct, start := range initial {
 		initialTotal += start
 		var balance, delta int64
-		if err := db.QueryRow(ctx, b.s.q["accountBalance"], acct).Scan(&balance, &delta); err != nil {
+		if err := db.QueryRow(ctx, b.s.q["accountBalance"], acct, ids).Scan(&balance, &delta); err != nil {
 			return nil, fmt.Errorf("demo: check account %s: %w", acct, err)
 		}
 		total += balance
@@ -155,7 +165,7 @@ func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int
 		{"ledger matches outcome", "ledgerMismatch", "completed: debit+credit; reversed: debit+refund; rejected: nothing"},
 		{"audited exactly once", "auditMismatch", "one audit record per transfer, matching its outcome"},
 	} {
-		rows, err := db.Query(ctx, b.s.q[c.query])
+		rows, err := db.Query(ctx, b.s.q[c.query], ids)
 		if err != nil {
 			return nil, fmt.Errorf("demo: check %s: %w", c.name, err)
 		}
@@ -181,7 +191,7 @@ func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int
 func init() {
 	for k, v := range map[string]string{
 		"stockBalance": `SELECT s."available",
-			COALESCE((SELECT sum(r."qty") FROM {reservations} r WHERE r."sku" = s."sku" AND r."status" = 'reserved'), 0)
+			COALESCE((SELECT sum(r."qty") FROM {reservations} r WHERE r."sku" = s."sku" AND r."status" = 'reserved' AND r."order_id" = ANY($2)), 0)
 			FROM {stock} s WHERE s."sku" = $1`,
 		"capturedForCancelled": `SELECT p."order_id", 'payment of ' || p."amount" || ' still captured'
 			FROM {payments} p LEFT JOIN {orders} o ON o."id" = p."order_id"
@@ -213,18 +223,19 @@ func init() {
 			LEFT JOIN {shipments} s ON s."order_id" = x."id"
 			WHERE o."status" = 'created' OR r."status" = 'reserved' OR p."status" = 'captured' OR s."status" = 'scheduled'`,
 		"accountBalance": `SELECT a."balance", COALESCE((SELECT sum(CASE l."kind" WHEN 'debit' THEN -l."amount" ELSE l."amount" END)
-			FROM {ledger} l WHERE l."account" = a."id"), 0)::bigint
+			FROM {ledger} l WHERE l."account" = a."id" AND l."transfer_id" = ANY($2)), 0)::bigint
 			FROM {accounts} a WHERE a."id" = $1`,
 		"unsettledTransfers": `SELECT "id", 'status ' || "status" FROM {transfers}
-			WHERE "status" NOT IN ('completed', 'reversed', 'rejected')`,
+			WHERE "id" = ANY($1) AND "status" NOT IN ('completed', 'reversed', 'rejected')`,
 		"ledgerMismatch": `SELECT t."id", t."status" || ' with ledger [' || COALESCE(string_agg(l."kind", ',' ORDER BY l."kind"), '') || ']'
 			FROM {transfers} t LEFT JOIN {ledger} l ON l."transfer_id" = t."id"
+			WHERE t."id" = ANY($1)
 			GROUP BY t."id", t."status"
 			HAVING COALESCE(string_agg(l."kind", ',' ORDER BY l."kind"), '') <> CASE t."status"
 				WHEN 'completed' THEN 'credit,debit' WHEN 'reversed' THEN 'debit,refund' ELSE '' END`,
 		"auditMismatch": `SELECT t."id", 'status ' || t."status" || ', audit ' || COALESCE(a."outcome", 'missing')
 			FROM {transfers} t LEFT JOIN {audit} a ON a."transfer_id" = t."id"
-			WHERE a."outcome" IS DISTINCT FROM t."status"`,
+			WHERE t."id" = ANY($1) AND a."outcome" IS DISTINCT FROM t."status"`,
 	} {
 		queries[k] = v
 	}

@@ -8,7 +8,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -270,4 +272,43 @@ func init() {
 	} {
 		queries[k] = v
 	}
+}
+
+// Consumers returns the flow's three services as inbox consumers, each its own
+// consumer group: debit (on Debits), credit (on Credits) and audit (on Audit). base
+// supplies Brokers, Schema, tuning and Logger; GroupID, Topics and Name are set here.
+// Each event is handled exactly once: the consumer records its message id in the
+// transaction that moves the money and emits the next event.
+func (b *Bank) Consumers(pool *pgxpool.Pool, base consumer.Config) ([]*consumer.Consumer, error) {
+	var out []*consumer.Consumer
+	for _, svc := range []struct {
+		group, topic string
+		handle       func(context.Context, pgx.Tx, TransferEvent) error
+	}{
+		{"bank-debit", b.topics.Debits, b.Debit},
+		{"bank-credit", b.topics.Credits, b.Credit},
+		{"bank-audit", b.topics.Audit, b.Audit},
+	} {
+		cfg := base
+		cfg.GroupID, cfg.Topics, cfg.Name = svc.group, []string{svc.topic}, ""
+		handle := svc.handle
+		c, err := consumer.New(pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+			ev, err := DecodeTransferEvent(msg.Value)
+			if err != nil {
+				return consumer.Permanent(err)
+			}
+			if err := handle(ctx, tx, ev); err != nil {
+				if errors.Is(err, ErrBadPayload) {
+					return consumer.Permanent(err)
+				}
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("demo: %s consumer: %w", svc.group, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
