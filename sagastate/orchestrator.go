@@ -161,6 +161,9 @@ type Orchestrator struct {
 
 	mu      sync.Mutex
 	running bool
+	// crashHook, set by tests, may abandon a transaction at a named point as if the
+	// process died there: its error rolls the transaction back.
+	crashHook func(point string) error
 }
 
 // New returns an Orchestrator with cfg's defaults applied, or an error listing every
@@ -291,6 +294,9 @@ func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input)
 		return err
 	}
 	in.now = o.now()
+	if err := o.crash("before-save"); err != nil {
+		return err
+	}
 	res, err := transition(o.plans[s.Type], s, in)
 	if err != nil {
 		return err
@@ -303,10 +309,20 @@ func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input)
 	if err := o.persist(ctx, tx, s.Version, &res); err != nil {
 		return err
 	}
+	if err := o.crash("after-save"); err != nil {
+		return err
+	}
 	if res.state.Status != s.Status {
 		o.log.Debug("sagastate: saga status", "saga", id, "type", s.Type, "from", s.Status, "to", res.state.Status)
 	}
 	return nil
+}
+
+func (o *Orchestrator) crash(point string) error {
+	if o.crashHook == nil {
+		return nil
+	}
+	return o.crashHook(point)
 }
 
 func (o *Orchestrator) inTx(ctx context.Context, fn func(pgx.Tx) error) error {

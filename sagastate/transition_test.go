@@ -64,11 +64,16 @@ func (h *harness) reply(step string, op wire.Op, attempt int, o wire.Outcome) re
 	return h.apply(input{kind: inReply, reply: wire.Reply{SagaID: h.s.ID, Step: step, Op: op, Attempt: attempt, Outcome: o, Reason: "because", Payload: []byte(`{"r":"` + step + `"}`)}})
 }
 
-func (h *harness) ok(step string) result { return h.reply(step, wire.OpForward, h.s.Step(step).Attempt, wire.OutcomeSuccess) }
+func (h *harness) ok(step string) result {
+	return h.reply(step, wire.OpForward, h.s.Step(step).Attempt, wire.OutcomeSuccess)
+}
 func (h *harness) undone(step string) result {
 	return h.reply(step, wire.OpCompensate, h.s.Step(step).Attempt, wire.OutcomeSuccess)
 }
-func (h *harness) tick(d time.Duration) result { h.now = h.now.Add(d); return h.apply(input{kind: inTick}) }
+func (h *harness) tick(d time.Duration) result {
+	h.now = h.now.Add(d)
+	return h.apply(input{kind: inTick})
+}
 
 // sent lists the commands of the last transition as "step:op:attempt".
 func (h *harness) sent() []string {
