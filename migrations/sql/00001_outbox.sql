@@ -1,6 +1,7 @@
 -- +goose Up
--- Rows become visible in commit order, not in seq order: the relay reads only rows whose txid
--- is below the oldest running transaction (pg_snapshot_xmin) and orders by (txid, seq).
+-- Rows become visible in commit order, not in seq order: the relay publishes a row only once its
+-- txid is below the oldest running transaction (pg_snapshot_xmin) and no earlier row of its key
+-- is still waiting, in seq order (see relay/doc.go for why seq and not (txid, seq)).
 --
 -- "shard" spreads keys over 256 shards (the relay's unit of ownership). It is computed here,
 -- not by producers, so no writer can disagree about a key's shard. 256 is fixed by this
@@ -20,10 +21,10 @@ CREATE TABLE "outbox_messages" (
     "last_error"      text,
     "dead_at"         timestamptz
 );
-CREATE INDEX "outbox_messages_pending_idx" ON "outbox_messages" ("txid", "seq") WHERE "dead_at" IS NULL;
+CREATE INDEX "outbox_messages_pending_idx" ON "outbox_messages" ("seq") WHERE "dead_at" IS NULL;
 CREATE INDEX "outbox_messages_dead_idx" ON "outbox_messages" ("dead_at") WHERE "dead_at" IS NOT NULL;
 -- Rows waiting for a retry hold back the later rows of their key; few rows are ever in it.
-CREATE INDEX "outbox_messages_waiting_idx" ON "outbox_messages" ("key", "txid", "seq")
+CREATE INDEX "outbox_messages_waiting_idx" ON "outbox_messages" ("key", "seq")
     WHERE "dead_at" IS NULL AND "next_attempt_at" IS NOT NULL;
 
 -- One statement-level NOTIFY per inserting statement wakes the relays; identical notifications

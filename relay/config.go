@@ -1,0 +1,141 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// Config configures a Relay. The zero value is usable: every field has a default.
+type Config struct {
+	// Schema holds the outbox tables. Defaults to "sagabox".
+	Schema string
+	// ID names this relay in the lease tables; it must be unique among the relays
+	// of one schema. Defaults to "<hostname>-<pid>-<random>".
+	ID string
+	// BatchSize is the most rows claimed, published and settled at once.
+	// Defaults to 500.
+	BatchSize int
+	// PollInterval is how often the relay looks for rows when no notification
+	// arrives: the bound on latency if NOTIFY is lost or disabled, and how soon a
+	// retry becomes due. Defaults to 1s.
+	PollInterval time.Duration
+	// DisableNotify turns LISTEN/NOTIFY wake-ups off, leaving only polling.
+	// Defaults to false.
+	DisableNotify bool
+	// MaxAttempts is how many failed publishes a message gets before it is
+	// dead-lettered. Defaults to 10.
+	MaxAttempts int
+	// RetryBackoffMin is the wait after a message's first failed publish; it
+	// doubles with every further failure. Defaults to 1s.
+	RetryBackoffMin time.Duration
+	// RetryBackoffMax caps a message's retry wait. Defaults to 5m.
+	RetryBackoffMax time.Duration
+	// ErrorBackoffMin is the pause of the whole loop after the database or the
+	// broker failed as a whole; it doubles while the failures last. Defaults to 100ms.
+	ErrorBackoffMin time.Duration
+	// ErrorBackoffMax caps the loop's pause. Defaults to 10s.
+	ErrorBackoffMax time.Duration
+	// LeaseTTL is how long a shard lease lasts without a heartbeat: a relay that
+	// dies (kill -9) loses its shards to the others after LeaseTTL plus at most one
+	// HeartbeatInterval. Defaults to 10s.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is how often leases are renewed and shares rebalanced.
+	// Defaults to 2s.
+	HeartbeatInterval time.Duration
+	// PublishTimeout bounds one batch's publish. A batch starts only on shards whose
+	// lease stays valid for PublishTimeout, so a relay never publishes on a lease
+	// that may have expired. Defaults to 5s.
+	PublishTimeout time.Duration
+	// Now is the clock for retry scheduling and dead-letter times (not for leases,
+	// which use the database clock). Defaults to time.Now.
+	Now func() time.Time
+	// Logger receives operational messages. Defaults to discarding them.
+	Logger *slog.Logger
+	// Hooks observe what the relay does, e.g. for metrics. Defaults to none.
+	Hooks Hooks
+}
+
+func (c *Config) applyDefaults() {
+	if c.Schema == "" {
+		c.Schema = outbox.DefaultSchema
+	}
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 500
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 10
+	}
+	def(&c.PollInterval, time.Second)
+	def(&c.RetryBackoffMin, time.Second)
+	def(&c.RetryBackoffMax, 5*time.Minute)
+	def(&c.ErrorBackoffMin, 100*time.Millisecond)
+	def(&c.ErrorBackoffMax, 10*time.Second)
+	def(&c.LeaseTTL, 10*time.Second)
+	def(&c.HeartbeatInterval, 2*time.Second)
+	def(&c.PublishTimeout, 5*time.Second)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+	if len(c.Schema) > 56 {
+		bad("Schema %q is longer than 56 bytes (the NOTIFY channel adds 7)", c.Schema)
+	}
+	if c.BatchSize < 1 || c.BatchSize > 10000 {
+		bad("BatchSize is %d; use 1..10000", c.BatchSize)
+	}
+	if c.MaxAttempts < 1 {
+		bad("MaxAttempts is %d; it must be at least 1", c.MaxAttempts)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"PollInterval", c.PollInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
+		{"ErrorBackoffMin", c.ErrorBackoffMin}, {"ErrorBackoffMax", c.ErrorBackoffMax}, {"LeaseTTL", c.LeaseTTL},
+		{"HeartbeatInterval", c.HeartbeatInterval}, {"PublishTimeout", c.PublishTimeout},
+	} {
+		if d.v < 0 {
+			bad("%s is %v; it must be positive (or 0 for the default)", d.name, d.v)
+		}
+	}
+	if c.RetryBackoffMax < c.RetryBackoffMin {
+		bad("RetryBackoffMax (%v) is below RetryBackoffMin (%v)", c.RetryBackoffMax, c.RetryBackoffMin)
+	}
+	if c.ErrorBackoffMax < c.ErrorBackoffMin {
+		bad("ErrorBackoffMax (%v) is below ErrorBackoffMin (%v)", c.ErrorBackoffMax, c.ErrorBackoffMin)
+	}
+	if c.LeaseTTL < 2*c.HeartbeatInterval {
+		bad("LeaseTTL (%v) must be at least twice HeartbeatInterval (%v), or one late heartbeat loses every lease", c.LeaseTTL, c.HeartbeatInterval)
+	}
+	if c.PublishTimeout+c.HeartbeatInterval >= c.LeaseTTL {
+		bad("PublishTimeout (%v) plus HeartbeatInterval (%v) must be below LeaseTTL (%v), or no batch could start on a renewed lease",
+			c.PublishTimeout, c.HeartbeatInterval, c.LeaseTTL)
+	}
+	return errors.Join(errs...)
+}

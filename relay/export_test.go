@@ -1,0 +1,15 @@
+package relay
+
+import "context"
+
+// Heartbeat runs one lease heartbeat, for tests that drive a relay step by step.
+func Heartbeat(ctx context.Context, r *Relay) error { return r.heartbeat(ctx) }
+
+// Cycle runs one claim → publish → settle cycle and returns how many rows it claimed.
+func Cycle(ctx context.Context, r *Relay) (int, error) { return r.cycle(ctx) }
+
+// OwnedShards returns how many shards r holds.
+func OwnedShards(r *Relay) int { return r.leases.count() }
+
+// Backoff exposes the backoff schedule.
+var Backoff = backoff

@@ -1,0 +1,58 @@
+package relay
+
+import "time"
+
+// Hooks observe the relay. Every field is optional; a hook must be fast and must not
+// block, since the relay calls it inline. Package relayprom implements them.
+type Hooks struct {
+	// Published is called after Kafka acknowledged n messages of topic.
+	Published func(topic string, n int)
+	// Failed is called for a message whose publish failed; it will be retried.
+	Failed func(topic string, err error)
+	// DeadLettered is called for a message that used its last attempt.
+	DeadLettered func(topic string, err error)
+	// Batch is called after a batch of n messages was claimed, published and
+	// settled, with the time that took.
+	Batch func(n int, d time.Duration)
+	// Lag is called after every heartbeat with the age of the oldest unpublished,
+	// not dead-lettered row (0 when there is none).
+	Lag func(age time.Duration)
+	// Shards is called after every heartbeat with the number of shards this relay owns.
+	Shards func(owned int)
+}
+
+func (h *Hooks) published(topic string, n int) {
+	if h.Published != nil {
+		h.Published(topic, n)
+	}
+}
+
+func (h *Hooks) failed(topic string, err error) {
+	if h.Failed != nil {
+		h.Failed(topic, err)
+	}
+}
+
+func (h *Hooks) deadLettered(topic string, err error) {
+	if h.DeadLettered != nil {
+		h.DeadLettered(topic, err)
+	}
+}
+
+func (h *Hooks) batch(n int, d time.Duration) {
+	if h.Batch != nil {
+		h.Batch(n, d)
+	}
+}
+
+func (h *Hooks) lag(d time.Duration) {
+	if h.Lag != nil {
+		h.Lag(d)
+	}
+}
+
+func (h *Hooks) shards(n int) {
+	if h.Shards != nil {
+		h.Shards(n)
+	}
+}

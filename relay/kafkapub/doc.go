@@ -1,0 +1,24 @@
+// Package kafkapub is the relay's Kafka publisher, built on segmentio/kafka-go.
+//
+// Guarantee: Publish returns nil only after every message was acknowledged by all
+// in-sync replicas (acks=all). Messages of one key go to one partition (kafka-go's
+// Murmur2Balancer, the partitioner of the Java client and librdkafka, so keys land
+// where other Kafka producers would put them) in the order given.
+//
+// Failures are classified for the relay (see relay.Publisher):
+//   - the broker cannot be reached, or answers with a retriable error (leader
+//     moving, timeout): the message's error wraps relay.ErrUnavailable, and the
+//     relay retries it without spending an attempt; if nothing was acknowledged,
+//     Publish returns one such error for the whole batch;
+//   - the broker refuses the message itself (too large, topic missing, topic not
+//     authorised): a per-message error in a relay.MessageErrors; the relay spends
+//     one of the message's attempts and dead-letters it after the last.
+//
+// A message larger than Config.MaxMessageBytes is refused before sending. When the
+// broker refuses a whole partition batch as too large (its limit is below ours),
+// the batch's messages are sent again one by one, so only the oversized message
+// fails and its neighbours are published.
+//
+// A missing topic is created only when Config.CreateTopics is set; otherwise it is
+// a per-message error naming the topic and the two ways out.
+package kafkapub

@@ -1,0 +1,350 @@
+package kafkapub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
+)
+
+// Errors of this package, wrapped with detail.
+var (
+	// ErrInvalidConfig means a Config field is missing or out of range.
+	ErrInvalidConfig = errors.New("invalid kafka publisher config")
+	// ErrMessageTooLarge means a message exceeds Config.MaxMessageBytes or the
+	// broker's limit for its topic.
+	ErrMessageTooLarge = errors.New("message too large for the broker")
+	// ErrTopicMissing means the topic does not exist and CreateTopics is off.
+	ErrTopicMissing = errors.New("topic does not exist")
+)
+
+// Config configures a Publisher.
+type Config struct {
+	// Brokers are the bootstrap addresses (host:port). Required.
+	Brokers []string
+	// ClientID names the client to the brokers. Defaults to "sagabox-relay".
+	ClientID string
+	// TLS enables TLS with this configuration. Defaults to nil (plaintext).
+	TLS *tls.Config
+	// SASL authenticates with this mechanism (kafka-go's sasl/plain or
+	// sasl/scram). Defaults to nil (no authentication).
+	SASL sasl.Mechanism
+	// MaxMessageBytes refuses larger messages (key, value and headers) before
+	// sending; set it to the broker's message.max.bytes. Defaults to 1048576.
+	MaxMessageBytes int
+	// BatchTimeout is how long kafka-go waits to fill a partition batch before
+	// sending it. Defaults to 1ms: the relay hands over whole batches already.
+	BatchTimeout time.Duration
+	// WriteTimeout bounds one produce request. Defaults to 10s.
+	WriteTimeout time.Duration
+	// MaxAttempts is how often kafka-go itself tries a produce request before
+	// reporting failure to the relay. Defaults to 3.
+	MaxAttempts int
+	// CreateTopics creates a missing topic before the first publish to it.
+	// Defaults to false: a missing topic is an error.
+	CreateTopics bool
+	// TopicPartitions is the partition count of created topics. Defaults to -1
+	// (the broker's num.partitions).
+	TopicPartitions int
+	// ReplicationFactor of created topics. Defaults to -1 (the broker's
+	// default.replication.factor).
+	ReplicationFactor int
+	// Logger receives operational messages. Defaults to discarding them.
+	Logger *slog.Logger
+}
+
+func (c *Config) applyDefaults() {
+	if c.ClientID == "" {
+		c.ClientID = "sagabox-relay"
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 1 << 20
+	}
+	if c.BatchTimeout == 0 {
+		c.BatchTimeout = time.Millisecond
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 3
+	}
+	if c.TopicPartitions == 0 {
+		c.TopicPartitions = -1
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = -1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+	if len(c.Brokers) == 0 {
+		bad("Brokers is empty; give at least one host:port (KAFKA_BROKERS)")
+	}
+	for _, b := range c.Brokers {
+		if b == "" {
+			bad("Brokers contains an empty address")
+		}
+	}
+	if c.MaxMessageBytes < 0 {
+		bad("MaxMessageBytes is %d; it must be positive", c.MaxMessageBytes)
+	}
+	if c.BatchTimeout < 0 || c.WriteTimeout < 0 {
+		bad("BatchTimeout and WriteTimeout must be positive")
+	}
+	if c.MaxAttempts < 0 {
+		bad("MaxAttempts is %d; it must be positive", c.MaxAttempts)
+	}
+	if c.TopicPartitions < -1 || c.ReplicationFactor < -1 {
+		bad("TopicPartitions (%d) and ReplicationFactor (%d) must be positive, or -1 for the broker's default", c.TopicPartitions, c.ReplicationFactor)
+	}
+	if !c.CreateTopics && (c.TopicPartitions > 0 || c.ReplicationFactor > 0) {
+		bad("TopicPartitions and ReplicationFactor apply only with CreateTopics")
+	}
+	return errors.Join(errs...)
+}
+
+// Publisher implements relay.Publisher with a kafka-go Writer.
+type Publisher struct {
+	cfg       Config
+	transport *kafka.Transport
+	w         *kafka.Writer
+	client    *kafka.Client
+
+	mu      sync.Mutex
+	created map[string]bool
+}
+
+var _ relay.Publisher = (*Publisher)(nil)
+
+// New returns a Publisher; it connects lazily, on the first Publish.
+func New(cfg Config) (*Publisher, error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("kafkapub: %w", err)
+	}
+	transport := &kafka.Transport{
+		ClientID:    cfg.ClientID,
+		TLS:         cfg.TLS,
+		SASL:        cfg.SASL,
+		DialTimeout: 5 * time.Second,
+		MetadataTTL: 2 * time.Second,
+	}
+	addr := kafka.TCP(cfg.Brokers...)
+	w := &kafka.Writer{
+		Addr:            addr,
+		Balancer:        &kafka.Murmur2Balancer{},
+		RequiredAcks:    kafka.RequireAll,
+		MaxAttempts:     cfg.MaxAttempts,
+		WriteBackoffMin: 50 * time.Millisecond,
+		WriteBackoffMax: 500 * time.Millisecond,
+		BatchSize:       10000, // relay batches are at most this large
+		BatchBytes:      int64(cfg.MaxMessageBytes) + 4096,
+		BatchTimeout:    cfg.BatchTimeout,
+		ReadTimeout:     cfg.WriteTimeout,
+		WriteTimeout:    cfg.WriteTimeout,
+		Transport:       transport,
+	}
+	return &Publisher{
+		cfg: cfg, transport: transport, w: w,
+		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
+		created: map[string]bool{},
+	}, nil
+}
+
+// Close flushes and closes the writer.
+func (p *Publisher) Close() error {
+	err := p.w.Close()
+	p.transport.CloseIdleConnections()
+	return err
+}
+
+// Publish sends msgs, one kafka-go call per topic, and classifies failures (see
+// the package documentation).
+func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
+	errs := make([]error, len(msgs))
+	byTopic := map[string][]int{}
+	var topics []string
+	failedKeys := map[string]bool{}
+	for i := range msgs {
+		if key := msgs[i].Key; key != "" && failedKeys[key] {
+			errs[i] = relay.ErrHeldBack
+			continue
+		}
+		if size := messageSize(&msgs[i]); size > p.cfg.MaxMessageBytes {
+			errs[i] = fmt.Errorf("%w: %d bytes exceeds MaxMessageBytes %d; it will never be published as is",
+				ErrMessageTooLarge, size, p.cfg.MaxMessageBytes)
+			if msgs[i].Key != "" {
+				failedKeys[msgs[i].Key] = true
+			}
+			continue
+		}
+		t := msgs[i].Topic
+		if _, ok := byTopic[t]; !ok {
+			topics = append(topics, t)
+		}
+		byTopic[t] = append(byTopic[t], i)
+	}
+	var wg sync.WaitGroup
+	for _, topic := range topics {
+		wg.Go(func() { p.publishTopic(ctx, topic, msgs, byTopic[topic], errs) })
+	}
+	wg.Wait()
+
+	failed, unavailable := 0, 0
+	var firstUnavailable error
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			if errors.Is(err, relay.ErrUnavailable) || errors.Is(err, relay.ErrHeldBack) {
+				unavailable++
+				if firstUnavailable == nil {
+					firstUnavailable = err
+				}
+			}
+		}
+	}
+	switch {
+	case failed == 0:
+		return nil
+	case unavailable == len(msgs) && firstUnavailable != nil && errors.Is(firstUnavailable, relay.ErrUnavailable):
+		return fmt.Errorf("kafkapub: %w", firstUnavailable)
+	default:
+		return relay.MessageErrors(errs)
+	}
+}
+
+func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbox.Message, idx []int, errs []error) {
+	if p.cfg.CreateTopics {
+		if err := p.ensureTopic(ctx, topic); err != nil {
+			for _, i := range idx {
+				errs[i] = err
+			}
+			return
+		}
+	}
+	kms := make([]kafka.Message, len(idx))
+	for j, i := range idx {
+		kms[j] = toKafka(&msgs[i])
+	}
+	err := p.w.WriteMessages(ctx, kms...)
+	var tooLarge []int
+	for j, i := range idx {
+		errs[i] = p.classify(topic, messageError(err, j))
+		if errors.Is(errs[i], ErrMessageTooLarge) {
+			tooLarge = append(tooLarge, j)
+		}
+	}
+	// The broker refuses a partition batch as a whole; find the culprit(s), one
+	// message at a time, holding back the rest of a key once one of it fails.
+	if len(tooLarge) > 1 {
+		failedKeys := map[string]bool{}
+		for _, j := range tooLarge {
+			key := msgs[idx[j]].Key
+			if key != "" && failedKeys[key] {
+				errs[idx[j]] = relay.ErrHeldBack
+				continue
+			}
+			errs[idx[j]] = p.classify(topic, p.w.WriteMessages(ctx, kms[j]))
+			if errs[idx[j]] != nil && key != "" {
+				failedKeys[key] = true
+			}
+		}
+	}
+}
+
+func messageError(err error, j int) error {
+	var werrs kafka.WriteErrors
+	if errors.As(err, &werrs) && j < len(werrs) {
+		return werrs[j]
+	}
+	return err
+}
+
+// classify turns a kafka-go error into the relay's vocabulary.
+func (p *Publisher) classify(topic string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var kerr kafka.Error
+	var tooLarge kafka.MessageTooLargeError
+	switch {
+	case errors.As(err, &tooLarge), errors.Is(err, kafka.MessageSizeTooLarge), errors.Is(err, kafka.RecordListTooLarge):
+		return fmt.Errorf("%w: topic %q refused it (%v); raise the topic's max.message.bytes or shrink the message",
+			ErrMessageTooLarge, topic, err)
+	case errors.Is(err, kafka.UnknownTopicOrPartition):
+		return fmt.Errorf("%w: %q; create the topic, or start the relay with --create-topics (CreateTopics)", ErrTopicMissing, topic)
+	case errors.As(err, &kerr) && !kerr.Temporary():
+		return fmt.Errorf("topic %q: %w", topic, err)
+	default: // network errors, timeouts, retriable broker errors
+		return fmt.Errorf("%w: topic %q: %v", relay.ErrUnavailable, topic, err)
+	}
+}
+
+func (p *Publisher) ensureTopic(ctx context.Context, topic string) error {
+	p.mu.Lock()
+	done := p.created[topic]
+	p.mu.Unlock()
+	if done {
+		return nil
+	}
+	resp, err := p.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: p.cfg.TopicPartitions, ReplicationFactor: p.cfg.ReplicationFactor,
+	}}})
+	if err != nil {
+		return fmt.Errorf("%w: create topic %q: %v", relay.ErrUnavailable, topic, err)
+	}
+	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %q: %w", topic, err)
+	}
+	p.cfg.Logger.Info("kafkapub: topic ready", "topic", topic)
+	p.mu.Lock()
+	p.created[topic] = true
+	p.mu.Unlock()
+	return nil
+}
+
+func toKafka(m *outbox.Message) kafka.Message {
+	km := kafka.Message{Topic: m.Topic, Value: m.Payload}
+	if m.Key != "" {
+		km.Key = []byte(m.Key)
+	}
+	names := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	km.Headers = make([]kafka.Header, 0, len(names)+1)
+	km.Headers = append(km.Headers, kafka.Header{Key: outbox.HeaderMessageID, Value: []byte(m.ID.String())})
+	for _, k := range names {
+		km.Headers = append(km.Headers, kafka.Header{Key: k, Value: []byte(m.Headers[k])})
+	}
+	return km
+}
+
+// messageSize over-estimates kafka-go's own accounting of a record's size.
+func messageSize(m *outbox.Message) int {
+	n := 64 + len(m.Key) + len(m.Payload) + len(outbox.HeaderMessageID) + 36
+	for k, v := range m.Headers {
+		n += 8 + len(k) + len(v)
+	}
+	return n
+}

@@ -1,0 +1,176 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Shards is the number of key shards, fixed by the migration (the "shard" column
+// is hashtext(key) & 255 and outbox_leases has one row per shard).
+const Shards = 256
+
+// leaseSet is this relay's view of the shards it owns. validUntil is measured on
+// the local monotonic clock from just before the renewing statement was sent, so
+// it always ends before the database considers the lease expired.
+type leaseSet struct {
+	mu    sync.Mutex
+	owned map[int16]time.Time
+}
+
+// usable returns the shards whose lease stays valid until at least deadline.
+func (l *leaseSet) usable(deadline time.Time) []int16 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]int16, 0, len(l.owned))
+	for s, until := range l.owned {
+		if until.After(deadline) {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (l *leaseSet) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.owned)
+}
+
+// heartbeat registers the relay as alive, renews its leases, and moves it towards
+// its fair share: ceil(Shards / live relays). Releasing waits for the batch in
+// flight (cycleMu), so a released shard is never being published.
+func (r *Relay) heartbeat(ctx context.Context) error {
+	ttl := interval(r.cfg.LeaseTTL)
+	t0 := time.Now()
+	if _, err := r.db.Exec(ctx, r.q.register, r.cfg.ID, ttl); err != nil {
+		return fmt.Errorf("register relay: %w", err)
+	}
+	var live int
+	if err := r.db.QueryRow(ctx, r.q.live).Scan(&live); err != nil {
+		return fmt.Errorf("count relays: %w", err)
+	}
+	renewed, err := r.collectShards(ctx, r.q.renew, r.cfg.ID, ttl)
+	if err != nil {
+		return fmt.Errorf("renew leases: %w", err)
+	}
+	r.leases.mu.Lock()
+	lost := len(r.leases.owned) - len(renewed)
+	r.leases.owned = make(map[int16]time.Time, len(renewed))
+	for _, s := range renewed {
+		r.leases.owned[s] = t0.Add(r.cfg.LeaseTTL)
+	}
+	r.leases.mu.Unlock()
+	if lost > 0 {
+		r.log.Warn("relay: leases expired before renewal; their shards go to other relays", "shards", lost)
+	}
+
+	share := (Shards + max(live, 1) - 1) / max(live, 1)
+	switch have := len(renewed); {
+	case have > share:
+		if err := r.release(ctx, renewed[share:]); err != nil {
+			return err
+		}
+	case have < share:
+		t1 := time.Now()
+		got, err := r.collectShards(ctx, r.q.acquire, r.cfg.ID, ttl, share-have)
+		if err != nil {
+			return fmt.Errorf("acquire leases: %w", err)
+		}
+		if len(got) > 0 {
+			r.leases.mu.Lock()
+			for _, s := range got {
+				r.leases.owned[s] = t1.Add(r.cfg.LeaseTTL)
+			}
+			r.leases.mu.Unlock()
+			r.log.Info("relay: acquired shards", "shards", len(got), "owned", r.leases.count(), "relays", live)
+			r.wake()
+		}
+	}
+	r.cfg.Hooks.shards(r.leases.count())
+	return nil
+}
+
+func (r *Relay) collectShards(ctx context.Context, sql string, args ...any) ([]int16, error) {
+	rows, err := r.db.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	shards, err := pgx.CollectRows(rows, pgx.RowTo[int16])
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(shards)
+	return shards, nil
+}
+
+// release gives shards up after the batch in flight is settled.
+func (r *Relay) release(ctx context.Context, shards []int16) error {
+	r.cycleMu.Lock()
+	defer r.cycleMu.Unlock()
+	r.leases.mu.Lock()
+	for _, s := range shards {
+		delete(r.leases.owned, s)
+	}
+	r.leases.mu.Unlock()
+	if _, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards); err != nil {
+		// They expire by themselves after LeaseTTL; we no longer use them either way.
+		return fmt.Errorf("release leases: %w", err)
+	}
+	r.log.Info("relay: released shards to other relays", "shards", len(shards), "owned", r.leases.count())
+	return nil
+}
+
+// leaveAll releases every lease and unregisters, so the others take over at once.
+func (r *Relay) leaveAll(ctx context.Context) {
+	r.leases.mu.Lock()
+	shards := make([]int16, 0, len(r.leases.owned))
+	for s := range r.leases.owned {
+		shards = append(shards, s)
+	}
+	r.leases.owned = map[int16]time.Time{}
+	r.leases.mu.Unlock()
+	if _, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards); err != nil {
+		r.log.Warn("relay: could not release leases on shutdown; they expire after LeaseTTL", "err", err)
+	}
+	if _, err := r.db.Exec(ctx, r.q.unregister, r.cfg.ID); err != nil {
+		r.log.Warn("relay: could not unregister on shutdown", "err", err)
+	}
+}
+
+func (r *Relay) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		if err := r.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("relay: heartbeat failed; retrying", "err", err)
+		}
+		if ctx.Err() == nil {
+			r.reportLag(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Relay) reportLag(ctx context.Context) {
+	if r.cfg.Hooks.Lag == nil {
+		return
+	}
+	var created time.Time
+	err := r.db.QueryRow(ctx, r.q.oldest).Scan(&created)
+	switch {
+	case err == pgx.ErrNoRows:
+		r.cfg.Hooks.lag(0)
+	case err == nil:
+		r.cfg.Hooks.lag(max(0, r.cfg.Now().Sub(created)))
+	}
+}

@@ -1,0 +1,298 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// Relay publishes committed outbox rows of the shards it leases. Create it with New
+// and start it with Run.
+type Relay struct {
+	db      *pgxpool.Pool
+	pub     Publisher
+	cfg     Config
+	q       queries
+	log     *slog.Logger
+	leases  leaseSet
+	cycleMu sync.Mutex // held while a batch is in flight
+	wakeC   chan struct{}
+	running atomic.Bool
+}
+
+// New returns a Relay publishing db's outbox through pub. It applies cfg's defaults
+// and validates it; the error joins every problem found.
+func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
+	var errs []error
+	if db == nil {
+		errs = append(errs, fmt.Errorf("%w: the database pool is nil", ErrInvalidConfig))
+	}
+	if pub == nil {
+		errs = append(errs, fmt.Errorf("%w: the Publisher is nil", ErrInvalidConfig))
+	}
+	cfg.applyDefaults()
+	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	return &Relay{
+		db: db, pub: pub, cfg: cfg,
+		q:      newQueries(cfg.Schema),
+		log:    cfg.Logger.With("relay", cfg.ID),
+		leases: leaseSet{owned: map[int16]time.Time{}},
+		wakeC:  make(chan struct{}, 1),
+	}, nil
+}
+
+// ID returns the relay's id in the lease tables.
+func (r *Relay) ID() string { return r.cfg.ID }
+
+// Run publishes until ctx ends, then finishes the batch in flight, releases its
+// leases so other relays take over at once, and returns nil. It returns an error
+// only if it cannot start: a bad schema (ErrNotMigrated) or a second Run.
+// Database and broker outages are logged and waited out with backoff.
+// Run does not close the Publisher.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	defer r.running.Store(false)
+	if err := r.checkSchema(ctx); err != nil {
+		return err
+	}
+	r.log.Info("relay: started", "schema", r.cfg.Schema, "batch", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL)
+
+	loopCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { r.leaseLoop(loopCtx) })
+	if !r.cfg.DisableNotify {
+		wg.Go(func() { r.listenLoop(loopCtx) })
+	}
+	r.publishLoop(loopCtx)
+	cancel()
+	wg.Wait()
+
+	stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer stop()
+	r.leaveAll(stopCtx)
+	r.log.Info("relay: stopped")
+	return nil
+}
+
+// checkSchema fails fast on a schema without the outbox tables; other errors
+// (the database is down) are left to the loops, which wait them out.
+func (r *Relay) checkSchema(ctx context.Context) error {
+	var n int
+	err := r.db.QueryRow(ctx, r.q.check).Scan(&n)
+	switch {
+	case notMigrated(err):
+		return fmt.Errorf("relay: schema %q: %w; run the migrations first (sagactl migrate up --schema %s): %v",
+			r.cfg.Schema, ErrNotMigrated, r.cfg.Schema, err)
+	case err == nil && n != Shards:
+		return fmt.Errorf("relay: schema %q has %d shard leases, this relay expects %d: %w", r.cfg.Schema, n, Shards, ErrNotMigrated)
+	case err != nil:
+		r.log.Warn("relay: database not reachable at start; retrying", "err", err)
+	}
+	return nil
+}
+
+func (r *Relay) wake() {
+	select {
+	case r.wakeC <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Relay) publishLoop(ctx context.Context) {
+	poll := time.NewTimer(r.cfg.PollInterval)
+	defer poll.Stop()
+	failures := 0
+	for ctx.Err() == nil {
+		n, err := r.cycle(ctx)
+		if err != nil && ctx.Err() == nil {
+			failures++
+			pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
+			r.log.Warn("relay: publishing failed; backing off", "err", err, "pause", pause, "failures", failures)
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+			continue
+		}
+		failures = 0
+		if n == r.cfg.BatchSize {
+			continue // more may be waiting
+		}
+		poll.Reset(r.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+		case <-r.wakeC:
+		case <-poll.C:
+		}
+	}
+}
+
+// cycle claims one batch of the usable shards, publishes it and settles it.
+// It returns how many rows it claimed.
+func (r *Relay) cycle(ctx context.Context) (int, error) {
+	r.cycleMu.Lock()
+	defer r.cycleMu.Unlock()
+	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
+	if len(shards) == 0 {
+		return 0, nil
+	}
+	start := time.Now()
+	now := r.cfg.Now()
+	rows, err := r.q.claim(ctx, r.db, shards, len(shards) == Shards, now, r.cfg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	msgs := make([]outbox.Message, len(rows))
+	for i := range rows {
+		msgs[i] = rows[i].msg
+	}
+	// The batch finishes even when ctx ends (graceful shutdown), bounded by the
+	// lease it runs under.
+	bg := context.WithoutCancel(ctx)
+	pubCtx, cancel := context.WithTimeout(bg, r.cfg.PublishTimeout)
+	err = r.pub.Publish(pubCtx, msgs)
+	cancel()
+
+	var perMsg MessageErrors
+	switch {
+	case err == nil:
+		perMsg = nil
+	case errors.As(err, &perMsg) && len(perMsg) == len(msgs):
+	default:
+		for _, m := range msgs {
+			r.cfg.Hooks.failed(m.Topic, err)
+		}
+		return len(rows), fmt.Errorf("publish %d messages: %w", len(msgs), err)
+	}
+
+	done := make([]uuid.UUID, 0, len(rows))
+	var failed []failure
+	var unavailable error
+	heldBack := false
+	published := map[string]int{}
+	now = r.cfg.Now()
+	for i, row := range rows {
+		var mErr error
+		if perMsg != nil {
+			mErr = perMsg[i]
+		}
+		switch {
+		case mErr == nil:
+			done = append(done, row.msg.ID)
+			published[row.msg.Topic]++
+		case errors.Is(mErr, ErrHeldBack):
+			heldBack = true
+		case errors.Is(mErr, ErrUnavailable):
+			// The broker's fault, not the message's: retry without spending an attempt.
+			unavailable = mErr
+			r.cfg.Hooks.failed(row.msg.Topic, mErr)
+		default:
+			f := failure{id: row.msg.ID, err: mErr.Error()}
+			if row.attempts+1 >= r.cfg.MaxAttempts {
+				f.dead = &now
+				r.cfg.Hooks.deadLettered(row.msg.Topic, mErr)
+				r.log.Error("relay: message dead-lettered", "id", row.msg.ID, "topic", row.msg.Topic, "key", row.msg.Key,
+					"attempts", row.attempts+1, "err", mErr)
+			} else {
+				next := now.Add(backoff(r.cfg.RetryBackoffMin, r.cfg.RetryBackoffMax, row.attempts+1))
+				f.next = &next
+				r.cfg.Hooks.failed(row.msg.Topic, mErr)
+				r.log.Warn("relay: message publish failed; will retry", "id", row.msg.ID, "topic", row.msg.Topic,
+					"attempt", row.attempts+1, "retry_at", next, "err", mErr)
+			}
+			failed = append(failed, f)
+		}
+	}
+	setCtx, cancel := context.WithTimeout(bg, r.cfg.PublishTimeout)
+	defer cancel()
+	if err := r.q.settle(setCtx, r.db, done, failed); err != nil {
+		// Published rows stay and are published again: a duplicate, never a loss.
+		return len(rows), err
+	}
+	for topic, n := range published {
+		r.cfg.Hooks.published(topic, n)
+	}
+	r.cfg.Hooks.batch(len(rows), time.Since(start))
+	if unavailable != nil {
+		return len(rows), fmt.Errorf("publish: %w", unavailable)
+	}
+	if heldBack {
+		// The next claim decides: the rows flow if their head was dead-lettered,
+		// or wait behind it if it waits for a retry.
+		r.wake()
+	}
+	return len(rows), nil
+}
+
+// backoff returns min·2^(n-1), capped at max, with ±20% jitter so relays and
+// messages that failed together do not retry in lockstep.
+func backoff(lo, hi time.Duration, n int) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
+	return max(lo, min(hi, d+jitter))
+}
+
+// listenLoop turns NOTIFYs on the outbox channel into wake-ups. It holds a
+// connection of its own and reconnects with backoff; after a reconnect it wakes
+// the loop once, for notifications it may have missed.
+func (r *Relay) listenLoop(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		err := r.listen(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
+		r.log.Warn("relay: LISTEN connection lost; polling until it is back", "err", err, "pause", pause)
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
+	}
+}
+
+func (r *Relay) listen(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, r.db.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{r.q.channel}.Sanitize()); err != nil {
+		return err
+	}
+	r.wake()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.wake()
+	}
+}
