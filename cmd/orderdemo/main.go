@@ -1,0 +1,194 @@
+// Command orderdemo runs sagabox's demo: the order saga (create order → reserve
+// inventory → charge payment → schedule shipping, compensated in reverse when a
+// payment above 1000 is declined) across four participant services, the outbox
+// relay and the orchestrator; or, with --flow transfer, a bank transfer in
+// choreography style (debit → credit → audit, the debit refunded when the credit fails).
+//
+// With no --database-url / DATABASE_URL and no --brokers / KAFKA_BROKERS it starts a
+// throwaway PostgreSQL from the local binaries and an in-process Kafka-protocol broker,
+// so it runs on a fresh machine. Everything runs in one process unless --processes
+// (the participants as child processes) or --role (this process plays one part only).
+//
+// Before exiting it checks the business invariants itself and exits 1 if one broke.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/participants/demo"
+)
+
+// Errors orderdemo reports.
+var (
+	// errUsage means the command line was wrong; the reason has been printed.
+	errUsage = errors.New("usage error")
+	// errBroken means a saga did not finish or an invariant broke.
+	errBroken = errors.New("demo failed its checks")
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// config is the parsed command line.
+type config struct {
+	databaseURL  string
+	brokers      []string
+	schema       string
+	flow         string
+	orders       int
+	declineEvery int
+	concurrency  int
+	json         bool
+	role         string
+	processes    bool
+	duplicate    bool
+	timeout      time.Duration
+	timelines    bool
+	verbose      bool
+	svgDir       string
+	fastGroups   bool
+
+	stdout, stderr io.Writer
+	log            *slog.Logger
+}
+
+var roles = append([]string{"all", "driver"}, demo.Roles...)
+
+func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*config, error) {
+	c := &config{stderr: stderr}
+	fs := flag.NewFlagSet("orderdemo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var brokers string
+	fs.StringVar(&c.databaseURL, "database-url", getenv("DATABASE_URL"), "PostgreSQL URL. Defaults to $DATABASE_URL; when both are empty a throwaway PostgreSQL is started")
+	fs.StringVar(&brokers, "brokers", getenv("KAFKA_BROKERS"), "comma-separated Kafka brokers. Defaults to $KAFKA_BROKERS; when both are empty an in-process broker (kfake) is started")
+	fs.StringVar(&c.schema, "schema", migrations.DefaultSchema, "schema of sagabox's tables (the services' business tables have schemas of their own)")
+	fs.StringVar(&c.flow, "flow", "order", "which demo: order (orchestrated saga) or transfer (choreography)")
+	fs.IntVar(&c.orders, "orders", 50, "how many orders (or transfers) to run")
+	fs.IntVar(&c.declineEvery, "decline-every", 5, "every Kth order is above 1000 and gets declined, so its saga compensates (every Kth transfer goes to a frozen account and is reversed); 0 for none")
+	fs.IntVar(&c.concurrency, "concurrency", 8, "sagas (or transfers) in flight at once")
+	fs.BoolVar(&c.json, "json", false, "print a machine-readable summary on stdout (progress goes to stderr)")
+	fs.StringVar(&c.role, "role", "all", "what this process runs: all; driver (relay, orchestrator and the orders, no participants); or one participant: "+strings.Join(demo.Roles, ", "))
+	fs.BoolVar(&c.processes, "processes", false, "run the four participants as separate child processes (--role ...) of this one")
+	fs.BoolVar(&c.duplicate, "duplicate-delivery", false, "publish every message twice, to show that effects still happen exactly once")
+	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up when the sagas have not all finished after this long")
+	fs.BoolVar(&c.timelines, "timelines", true, "print the timeline of one completed and one compensated saga")
+	fs.StringVar(&c.svgDir, "svg-dir", "", "also write those two timelines as SVG files into this directory")
+	fs.BoolVar(&c.fastGroups, "fast-groups", false, "short consumer-group timeouts (only for brokers that allow sessions below 6s, like the in-process one; --processes sets it for its children)")
+	fs.BoolVar(&c.verbose, "verbose", false, "log what the relay, orchestrator and participants do to stderr")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: orderdemo [flags]")
+		fmt.Fprintln(stderr, "\nRuns the demo order saga (or --flow transfer) end to end and checks the business invariants.")
+		fmt.Fprintln(stderr, "\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "orderdemo: unexpected argument %q (flags start with --)\n", fs.Arg(0))
+		return nil, errUsage
+	}
+	for _, b := range strings.Split(brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			c.brokers = append(c.brokers, b)
+		}
+	}
+	var errs []error
+	if c.flow != "order" && c.flow != "transfer" {
+		errs = append(errs, fmt.Errorf("--flow is %q; want order or transfer", c.flow))
+	}
+	if c.orders < 1 {
+		errs = append(errs, fmt.Errorf("--orders is %d; it must be at least 1", c.orders))
+	}
+	if c.declineEvery < 0 {
+		errs = append(errs, fmt.Errorf("--decline-every is %d; use 0 (none) or a positive K", c.declineEvery))
+	}
+	if c.concurrency < 1 {
+		errs = append(errs, fmt.Errorf("--concurrency is %d; it must be at least 1", c.concurrency))
+	}
+	if c.timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--timeout is %s; it must be positive", c.timeout))
+	}
+	if err := migrations.ValidateSchema(c.schema); err != nil {
+		errs = append(errs, fmt.Errorf("--schema: %w", err))
+	}
+	if !slices.Contains(roles, c.role) {
+		errs = append(errs, fmt.Errorf("--role is %q; want one of %s", c.role, strings.Join(roles, ", ")))
+	}
+	if c.role != "all" && c.role != "driver" && (c.databaseURL == "" || len(c.brokers) == 0) {
+		errs = append(errs, fmt.Errorf("--role %s needs --database-url and --brokers: separate processes must share one database and one broker", c.role))
+	}
+	if c.processes && c.role != "all" {
+		errs = append(errs, errors.New("--processes starts the participants itself; use it without --role"))
+	}
+	if c.flow == "transfer" && (c.processes || c.role != "all") {
+		errs = append(errs, errors.New("--flow transfer runs in one process; --processes and --role are for the order flow"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "orderdemo: %v\n(see orderdemo --help)\n", err)
+		return nil, errUsage
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	c, err := parseFlags(args, stderr, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2
+	}
+	c.stdout = stdout
+	c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if c.verbose {
+		c.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	switch {
+	case c.role != "all" && c.role != "driver":
+		err = runRole(ctx, c)
+	case c.flow == "transfer":
+		err = runTransfers(ctx, c)
+	default:
+		err = runOrders(ctx, c)
+	}
+	if err != nil {
+		if !errors.Is(err, errBroken) {
+			fmt.Fprintf(stderr, "orderdemo: %v\n", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+// progress is where progress lines go: stderr when stdout carries JSON.
+func (c *config) progress() io.Writer {
+	if c.json {
+		return c.stderr
+	}
+	return c.stdout
+}
+
+// out is where the human summary goes; nothing when --json.
+func (c *config) out() io.Writer {
+	if c.json {
+		return io.Discard
+	}
+	return c.stdout
+}

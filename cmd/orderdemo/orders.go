@@ -1,0 +1,409 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/timeline"
+	"github.com/sagabox/sagabox/participants"
+	"github.com/sagabox/sagabox/participants/demo"
+	"github.com/sagabox/sagabox/sagastate"
+)
+
+const replyTopic = "demo.order.replies"
+
+var skus = []string{"widget", "gadget", "gizmo"}
+
+// makeOrder returns the ith order (from 1): every kth is above the payment limit.
+func makeOrder(i, k int) (demo.Order, bool) {
+	declined := k > 0 && i%k == 0
+	amount := int64(20 + (i*37)%900)
+	if declined {
+		amount = demo.PaymentLimit + int64(50*(1+i%10))
+	}
+	id, _ := uuid.NewV7()
+	return demo.Order{
+		ID: id, Customer: fmt.Sprintf("customer-%d", i%17), SKU: skus[i%len(skus)], Qty: 1 + i%3,
+		Amount: amount, Address: fmt.Sprintf("%d Saga Street", i),
+	}, declined
+}
+
+// services runs long-lived parts until ctx ends and collects their errors.
+type services struct {
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	errs []error
+	fail context.CancelFunc
+}
+
+func (s *services) run(ctx context.Context, name string, fn func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			s.mu.Lock()
+			s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
+			s.mu.Unlock()
+			s.fail() // one part down stops the demo instead of hanging it
+		}
+	}()
+}
+
+func (s *services) wait() error {
+	s.wg.Wait()
+	return errors.Join(s.errs...)
+}
+
+// finals tells workers when their saga has finished, from the orchestrator's event feed.
+type finals struct {
+	mu sync.Mutex
+	ch map[uuid.UUID]chan struct{}
+}
+
+func (f *finals) register(id uuid.UUID) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := make(chan struct{})
+	f.ch[id] = c
+	return c
+}
+
+func (f *finals) listen(e sagastate.Event) {
+	switch e.Type {
+	case sagastate.EventSagaCompleted, sagastate.EventSagaCompensated, sagastate.EventSagaFailed:
+		f.mu.Lock()
+		if c, ok := f.ch[e.SagaID]; ok {
+			close(c)
+			delete(f.ch, e.SagaID)
+		}
+		f.mu.Unlock()
+	}
+}
+
+type sagaResult struct {
+	ID        uuid.UUID `json:"id"`
+	Order     int       `json:"order"`
+	Amount    int64     `json:"amount"`
+	Status    string    `json:"status"`
+	Expected  string    `json:"expected"`
+	TTCMillis float64   `json:"time_to_consistency_ms"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+func runOrders(ctx context.Context, c *config) error {
+	topics := demo.Topics{}.WithDefaults()
+	in, err := startInfra(ctx, c, true, append(topics.All(), replyTopic))
+	if err != nil {
+		return err
+	}
+	defer in.close()
+	out := c.out()
+	fmt.Fprintf(out, "sagabox order demo: %d orders, %s, %d in flight%s\n", c.orders, declineText(c.declineEvery), c.concurrency, dupText(c.duplicate))
+	fmt.Fprintf(out, "  on %s\n", in.describe)
+
+	stock := map[string]int{}
+	for _, s := range skus {
+		stock[s] = 10000
+	}
+	if err := in.svc.SeedStock(ctx, in.pool, stock); err != nil {
+		return err
+	}
+
+	f := &finals{ch: map[uuid.UUID]chan struct{}{}}
+	orch, err := sagastate.New(in.pool, sagastate.Config{
+		Sagas: []sagastate.Definition{demo.OrderSaga(topics)}, Brokers: in.brokers, ReplyTopic: replyTopic,
+		GroupID: "demo-orchestrator", Schema: c.schema, SweepInterval: 100 * time.Millisecond,
+		Listeners: []sagastate.Listener{f.listen}, FeedInterval: 20 * time.Millisecond,
+		Consumer: in.consumerConfig(c), Logger: c.log,
+	})
+	if err != nil {
+		return err
+	}
+	rl, closePub, err := in.newRelay(c)
+	if err != nil {
+		return err
+	}
+	defer closePub()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	svcs := &services{fail: cancel}
+	svcs.run(runCtx, "relay", rl.Run)
+	svcs.run(runCtx, "orchestrator", orch.Run)
+	switch {
+	case c.processes:
+		stop, err := startChildren(c, in)
+		if err != nil {
+			cancel()
+			_ = svcs.wait()
+			return err
+		}
+		defer stop()
+		fmt.Fprintf(out, "  participants: %s as separate processes\n", strings.Join(demo.Roles, ", "))
+	case c.role == "all":
+		for _, role := range demo.Roles {
+			p, err := in.svc.Participant(in.pool, role, topics, participants.Config{
+				Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
+			})
+			if err != nil {
+				cancel()
+				_ = svcs.wait()
+				return err
+			}
+			svcs.run(runCtx, role+" participant", p.Run)
+		}
+	default:
+		fmt.Fprintf(out, "  participants: not started here (run orderdemo --role <%s> against the same database and brokers)\n", strings.Join(demo.Roles, "|"))
+	}
+
+	start := time.Now()
+	results, driveErr := drive(runCtx, c, orch, in, f, start)
+	elapsed := time.Since(start)
+	cancel()
+	svcErr := svcs.wait()
+	if driveErr != nil && ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	if svcErr != nil {
+		return fmt.Errorf("a demo service stopped: %w", svcErr)
+	}
+	if driveErr != nil && !errors.Is(driveErr, errUnfinished) {
+		return driveErr
+	}
+	return report(ctx, c, in, orch, results, elapsed, stock)
+}
+
+var errUnfinished = errors.New("sagas unfinished")
+
+// drive starts the orders with c.concurrency in flight and waits for each saga to end.
+func drive(ctx context.Context, c *config, orch *sagastate.Orchestrator, in *infra, f *finals, start time.Time) ([]sagaResult, error) {
+	results := make([]sagaResult, c.orders)
+	var finished, compensated, failed atomic.Int64
+	deadline := start.Add(c.timeout)
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for w := 0; w < c.concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				o, declined := makeOrder(i+1, c.declineEvery)
+				r := sagaResult{ID: o.ID, Order: i + 1, Amount: o.Amount, Expected: "completed"}
+				if declined {
+					r.Expected = "compensated"
+				}
+				done := f.register(o.ID)
+				err := pgx.BeginFunc(ctx, in.pool, func(tx pgx.Tx) error {
+					return orch.Start(ctx, tx, demo.SagaType, o.ID, o)
+				})
+				if err == nil {
+					r.Status, err = await(ctx, orch, o.ID, done, deadline)
+				}
+				results[i] = r
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					continue
+				}
+				finished.Add(1)
+				switch r.Status {
+				case string(sagastate.SagaCompensated):
+					compensated.Add(1)
+				case string(sagastate.SagaFailed):
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				fmt.Fprintf(c.progress(), "  [%4.1fs] %d/%d sagas finished (%d compensated, %d failed)\n",
+					time.Since(start).Seconds(), finished.Load(), c.orders, compensated.Load(), failed.Load())
+			}
+		}
+	}()
+feed:
+	for i := 0; i < c.orders; i++ {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	close(stopProgress)
+	<-progressDone
+	fmt.Fprintf(c.progress(), "  [%4.1fs] %d/%d sagas finished (%d compensated, %d failed)\n",
+		time.Since(start).Seconds(), finished.Load(), c.orders, compensated.Load(), failed.Load())
+	return results, firstErr
+}
+
+// await waits for saga id to finish: on the event feed's signal, or by polling in case
+// the feed missed it, until deadline.
+func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done chan struct{}, deadline time.Time) (string, error) {
+	poll := time.NewTicker(500 * time.Millisecond)
+	defer poll.Stop()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case <-done:
+		case <-poll.C:
+		case <-timer.C:
+			s, err := orch.Get(ctx, id)
+			if err == nil && s.Status.Final() {
+				return string(s.Status), nil
+			}
+			return "unfinished", fmt.Errorf("%w: saga %s did not finish before --timeout", errUnfinished, id)
+		case <-ctx.Done():
+			return "unfinished", ctx.Err()
+		}
+		s, err := orch.Get(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if s.Status.Final() {
+			return string(s.Status), nil
+		}
+	}
+}
+
+// startChildren runs each participant as a child process of this binary with --role.
+func startChildren(c *config, in *infra) (stop func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this program to start the participants: %w", err)
+	}
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, cmd := range cmds {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, cmd := range cmds {
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		}
+	}
+	for _, role := range demo.Roles {
+		args := []string{"--role", role, "--database-url", in.dbURL, "--brokers", strings.Join(in.brokers, ","), "--schema", c.schema}
+		if in.embedded {
+			args = append(args, "--fast-groups")
+		}
+		if c.verbose {
+			args = append(args, "--verbose")
+		}
+		cmd := exec.Command(exe, args...)
+		cmd.Stdout, cmd.Stderr = c.stderr, c.stderr
+		// A child never outlives the demo, even when the demo is killed.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return nil, fmt.Errorf("start the %s participant process: %w", role, err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	return stop, nil
+}
+
+// runRole runs one participant until ctx ends (SIGTERM/SIGINT).
+func runRole(ctx context.Context, c *config) error {
+	in, err := startInfra(ctx, c, false, nil)
+	if err != nil {
+		return err
+	}
+	defer in.close()
+	in.embedded = c.fastGroups
+	p, err := in.svc.Participant(in.pool, c.role, demo.Topics{}, participants.Config{
+		Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "orderdemo: %s participant running as pid %d\n", c.role, os.Getpid())
+	return p.Run(ctx)
+}
+
+// writeSVG draws saga id's timeline into dir.
+func writeSVG(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, dir, name string) (string, error) {
+	s, err := orch.Get(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	fh, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := timeline.FromSaga(s).SVG(fh); err != nil {
+		fh.Close()
+		return "", err
+	}
+	return path, fh.Close()
+}
+
+func declineText(k int) string {
+	switch k {
+	case 0:
+		return "none declined"
+	case 1:
+		return "every order above 1000"
+	}
+	return fmt.Sprintf("every %s above 1000", ordinal(k))
+}
+
+func ordinal(k int) string {
+	suffix := "th"
+	switch {
+	case k%100 >= 11 && k%100 <= 13:
+	case k%10 == 1:
+		suffix = "st"
+	case k%10 == 2:
+		suffix = "nd"
+	case k%10 == 3:
+		suffix = "rd"
+	}
+	return fmt.Sprintf("%d%s", k, suffix)
+}
+
+func dupText(dup bool) string {
+	if dup {
+		return ", every message delivered twice"
+	}
+	return ""
+}
