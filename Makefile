@@ -2,6 +2,7 @@
 GO       ?= go
 PKGS     ?= ./...
 TIMEOUT  ?= 20m
+SOAK_SAGAS ?= 100000
 
 .DEFAULT_GOAL := help
 
@@ -26,7 +27,16 @@ lint: ## gofmt, go vet and staticcheck.
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
 
+integration: ## End-to-end suite on testcontainers-go with faults (needs Docker; RUN=regexp picks tests; see integration/doc.go).
+	$(GO) test -tags integration -count=1 -timeout 30m -run '$(RUN)' -v ./integration/
+
+soak: ## Soak run, not in CI: SOAK_SAGAS sagas (default 100000) under random faults; prints invariants and throughput.
+	SAGABOX_SOAK_SAGAS=$(SOAK_SAGAS) $(GO) test -tags integration -count=1 -timeout 3h -run '^TestSoak$$' -v ./integration/
+
+images: ## Build the local PostgreSQL and broker images for the integration suite (scripts/build-images.sh).
+	scripts/build-images.sh
+
 build: ## Build the binaries into bin/.
 	$(GO) build -o bin/ ./cmd/...
 
-.PHONY: help demo test test-race bench lint build
+.PHONY: help demo test test-race bench lint build integration soak images

@@ -1,0 +1,131 @@
+//go:build integration
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Proc is a sagabox binary running as a process of its own, so a fault can SIGKILL it.
+type Proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProc starts bin with env added to the test's environment. When t ends the process
+// gets SIGTERM (SIGKILL after 10 s); its output is logged if t failed.
+func startProc(t testing.TB, name, bin string, env []string, args ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	p := &Proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Stop(t)
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", name, tail(p.out.String(), 60))
+		}
+	})
+	return p
+}
+
+// Kill sends SIGKILL: no shutdown code runs, whatever batch is in flight stays unsettled.
+func (p *Proc) Kill(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	t.Logf("%s killed with SIGKILL", p.name)
+}
+
+// Stop asks the process to shut down (SIGTERM) and waits for it.
+func (p *Proc) Stop(t testing.TB) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+		t.Errorf("%s did not stop within 10 s of SIGTERM", p.name)
+	}
+}
+
+// Exited reports whether the process ended, and how.
+func (p *Proc) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+func tail(s string, lines int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > lines {
+		ls = append([]string{fmt.Sprintf("… %d lines before", len(ls)-lines)}, ls[len(ls)-lines:]...)
+	}
+	return strings.Join(ls, "\n")
+}
+
+// startRelay runs cmd/outbox-relay against pg and b.
+func startRelay(t testing.TB, name string, pg *PG, b *Broker) *Proc {
+	t.Helper()
+	return startProc(t, name, binary(t, "outbox-relay"), []string{
+		"DATABASE_URL=" + pg.URL,
+		"KAFKA_BROKERS=" + strings.Join(b.Brokers(), ","),
+	}, relayArgs()...)
+}
+
+// relayArgs are extra flags for every relay, e.g. shorter leases (SAGABOX_IT_RELAY_ARGS,
+// space-separated, appended to the suite's own).
+func relayArgs() []string {
+	return strings.Fields(os.Getenv("SAGABOX_IT_RELAY_ARGS"))
+}
+
+// pendingOutbox counts outbox rows not yet settled.
+func pendingOutbox(ctx context.Context, pg *PG) (int, error) {
+	var n int
+	err := pg.Pool.QueryRow(ctx, `SELECT count(*) FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL`).Scan(&n)
+	return n, err
+}
