@@ -47,7 +47,7 @@ func (in *infra) close() {
 // startInfra connects to (or starts) PostgreSQL and Kafka. With setup it also
 // migrates the toolkit schema, creates the services' tables and the topics.
 func startInfra(ctx context.Context, c *config, setup bool, topics []string) (_ *infra, err error) {
-	in := &infra{dbURL: c.databaseURL, brokers: c.brokers}
+	in := &infra{dbURL: c.databaseURL, brokers: c.brokers, embedded: c.fastGroups}
 	defer func() {
 		if err != nil {
 			in.close()

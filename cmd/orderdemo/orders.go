@@ -345,7 +345,6 @@ func runRole(ctx context.Context, c *config) error {
 		return err
 	}
 	defer in.close()
-	in.embedded = c.fastGroups
 	p, err := in.svc.Participant(in.pool, c.role, demo.Topics{}, participants.Config{
 		Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
 	})
