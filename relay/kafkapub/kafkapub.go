@@ -263,7 +263,7 @@ func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbo
 				errs[idx[j]] = relay.ErrHeldBack
 				continue
 			}
-			errs[idx[j]] = p.classify(topic, p.w.WriteMessages(ctx, kms[j]))
+			errs[idx[j]] = p.classify(topic, messageError(p.w.WriteMessages(ctx, kms[j]), 0))
 			if errs[idx[j]] != nil && key != "" {
 				failedKeys[key] = true
 			}
