@@ -93,6 +93,7 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 		}
 	}
 	r.cfg.Hooks.shards(r.leases.count())
+	r.lastOK.Store(time.Now().UnixNano())
 	return nil
 }
 

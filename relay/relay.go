@@ -29,6 +29,7 @@ type Relay struct {
 	cycleMu sync.Mutex // held while a batch is in flight
 	wakeC   chan struct{}
 	running atomic.Bool
+	lastOK  atomic.Int64 // unix nanos of the last successful heartbeat
 }
 
 // New returns a Relay publishing db's outbox through pub. It applies cfg's defaults
@@ -56,6 +57,23 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 
 // ID returns the relay's id in the lease tables.
 func (r *Relay) ID() string { return r.cfg.ID }
+
+// Health returns nil while the relay is running and its last heartbeat (a round
+// trip to the database) succeeded within LeaseTTL; otherwise an error saying why.
+// It does not check the broker: a broker outage shows in the Failed hook and the lag.
+func (r *Relay) Health() error {
+	if !r.running.Load() {
+		return errors.New("relay: not running")
+	}
+	last := r.lastOK.Load()
+	if last == 0 {
+		return errors.New("relay: no heartbeat has reached the database yet")
+	}
+	if age := time.Since(time.Unix(0, last)); age > r.cfg.LeaseTTL {
+		return fmt.Errorf("relay: last successful heartbeat %v ago (lease TTL %v): database unreachable?", age.Round(time.Millisecond), r.cfg.LeaseTTL)
+	}
+	return nil
+}
 
 // Run publishes until ctx ends, then finishes the batch in flight, releases its
 // leases so other relays take over at once, and returns nil. It returns an error
