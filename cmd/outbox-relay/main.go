@@ -1,0 +1,341 @@
+// Command outbox-relay publishes committed outbox rows from PostgreSQL to Kafka.
+//
+// Run several on one database: they share the key shards and take over from one
+// another (see package relay). Every flag also reads an environment variable;
+// --help lists both.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"github.com/sagabox/sagabox/relay"
+	"github.com/sagabox/sagabox/relay/kafkapub"
+	"github.com/sagabox/sagabox/relay/relayprom"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// secrets apply the secret environment variables after parsing.
+var secrets []func()
+
+// options are the parsed flags.
+type options struct {
+	databaseURL, brokers, schema, metricsAddr, relayID string
+	createTopics                                       bool
+	topicPartitions, replicationFactor                 int
+	maxMessageBytes                                    int
+	tls, tlsInsecure                                   bool
+	tlsCA, tlsCert, tlsKey                             string
+	saslMechanism, saslUser, saslPassword              string
+	batchSize, maxAttempts                             int
+	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
+	noNotify                                           bool
+	logLevel, logFormat                                string
+}
+
+// flagSet declares every flag with its environment variable; a set variable
+// replaces the default, a flag on the command line wins over both.
+func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
+	fs := flag.NewFlagSet("outbox-relay", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints help and errors itself
+	var envErrs []error
+	secrets = nil
+	str := func(p *string, name, env, def, usage string) {
+		if v := getenv(env); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, usage+" ($"+env+")")
+	}
+	// Secrets are read from the environment after parsing, so --help never prints them.
+	secret := func(p *string, name, env, usage string) {
+		fs.StringVar(p, name, "", usage+" ($"+env+")")
+		secrets = append(secrets, func() {
+			if *p == "" {
+				*p = getenv(env)
+			}
+		})
+	}
+	integer := func(p *int, name, env string, def int, usage string) {
+		if v := getenv(env); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("$%s=%q is not an integer", env, v))
+			}
+			def = n
+		}
+		fs.IntVar(p, name, def, usage+" ($"+env+")")
+	}
+	boolean := func(p *bool, name, env string, usage string) {
+		def := false
+		if v := getenv(env); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("$%s=%q is not a boolean (true/false)", env, v))
+			}
+			def = b
+		}
+		fs.BoolVar(p, name, def, usage+" ($"+env+")")
+	}
+	duration := func(p *time.Duration, name, env string, def time.Duration, usage string) {
+		if v := getenv(env); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("$%s=%q is not a duration (e.g. 500ms, 10s)", env, v))
+			}
+			def = d
+		}
+		fs.DurationVar(p, name, def, usage+" ($"+env+")")
+	}
+	secret(&o.databaseURL, "database-url", "DATABASE_URL", "PostgreSQL URL of the database holding the outbox (required)")
+	str(&o.brokers, "kafka-brokers", "KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port (required)")
+	str(&o.schema, "schema", "SAGABOX_SCHEMA", "sagabox", "schema holding the outbox tables")
+	str(&o.metricsAddr, "metrics-addr", "METRICS_ADDR", "", "address serving /healthz and /metrics, e.g. :9090; empty disables it")
+	str(&o.relayID, "relay-id", "RELAY_ID", "", "unique name of this relay in the lease table (default <host>-<pid>-<random>)")
+	boolean(&o.createTopics, "create-topics", "KAFKA_CREATE_TOPICS", "create missing topics instead of failing their messages")
+	integer(&o.topicPartitions, "topic-partitions", "KAFKA_TOPIC_PARTITIONS", -1, "partitions of created topics; -1 = broker default")
+	integer(&o.replicationFactor, "replication-factor", "KAFKA_REPLICATION_FACTOR", -1, "replication factor of created topics; -1 = broker default")
+	integer(&o.maxMessageBytes, "max-message-bytes", "KAFKA_MAX_MESSAGE_BYTES", 1<<20, "refuse larger messages before sending; match the broker's message.max.bytes")
+	boolean(&o.tls, "kafka-tls", "KAFKA_TLS", "connect to Kafka over TLS")
+	str(&o.tlsCA, "kafka-tls-ca", "KAFKA_TLS_CA_FILE", "", "PEM file of CA certificates to trust (default: system roots)")
+	str(&o.tlsCert, "kafka-tls-cert", "KAFKA_TLS_CERT_FILE", "", "PEM client certificate for mutual TLS")
+	str(&o.tlsKey, "kafka-tls-key", "KAFKA_TLS_KEY_FILE", "", "PEM client key for mutual TLS")
+	boolean(&o.tlsInsecure, "kafka-tls-insecure-skip-verify", "KAFKA_TLS_INSECURE_SKIP_VERIFY", "do not verify the brokers' certificates (testing only)")
+	str(&o.saslMechanism, "kafka-sasl-mechanism", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty = none")
+	str(&o.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL user name")
+	secret(&o.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password (prefer the environment variable)")
+	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", 500, "rows claimed, published and settled per batch")
+	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", 10, "failed publishes of a message before it is dead-lettered")
+	duration(&o.pollInterval, "poll-interval", "RELAY_POLL_INTERVAL", time.Second, "polling interval, the fallback for LISTEN/NOTIFY")
+	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", 10*time.Second, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
+	duration(&o.heartbeat, "heartbeat", "RELAY_HEARTBEAT", 2*time.Second, "lease renewal and rebalancing interval")
+	duration(&o.publishTimeout, "publish-timeout", "RELAY_PUBLISH_TIMEOUT", 5*time.Second, "bound on one batch's publish; must be below lease-ttl minus heartbeat")
+	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "do not LISTEN for NOTIFY wake-ups; poll only")
+	str(&o.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	str(&o.logFormat, "log-format", "LOG_FORMAT", "text", "text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `outbox-relay publishes committed outbox rows from PostgreSQL to Kafka (acks=all),
+per key in order, at least once. Run several against one database to share the work;
+SIGTERM or SIGINT stops it after the batch in flight and hands its shards over.
+
+Usage: outbox-relay [flags]
+
+Every flag can also be set by the environment variable shown; a flag wins.
+
+`)
+		fs.PrintDefaults()
+	}
+	return fs, &envErrs
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	var o options
+	fs, envErrs := flagSet(&o, getenv)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return 0
+		}
+		fmt.Fprintf(stderr, "outbox-relay: %v\nsee --help\n", err)
+		return 2
+	}
+	for _, apply := range secrets {
+		apply()
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "outbox-relay: unexpected argument %q; see --help\n", fs.Arg(0))
+		return 2
+	}
+	log, err := newLogger(o.logLevel, o.logFormat, stderr)
+	errs := append(*envErrs, err)
+	if o.databaseURL == "" {
+		errs = append(errs, errors.New("no database: set --database-url or DATABASE_URL"))
+	}
+	pubCfg, err := o.publisherConfig()
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "outbox-relay: %v\nsee --help\n", strings.ReplaceAll(err.Error(), "\n", "\noutbox-relay: "))
+		return 2
+	}
+	pubCfg.Logger = log
+	if err := serve(ctx, o, pubCfg, log); err != nil {
+		log.Error("outbox-relay: stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func (o *options) publisherConfig() (kafkapub.Config, error) {
+	cfg := kafkapub.Config{MaxMessageBytes: o.maxMessageBytes, CreateTopics: o.createTopics}
+	if o.createTopics {
+		cfg.TopicPartitions, cfg.ReplicationFactor = o.topicPartitions, o.replicationFactor
+	}
+	var errs []error
+	for _, b := range strings.Split(o.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			cfg.Brokers = append(cfg.Brokers, b)
+		}
+	}
+	if len(cfg.Brokers) == 0 {
+		errs = append(errs, errors.New("no Kafka brokers: set --kafka-brokers or KAFKA_BROKERS (host:port,...)"))
+	}
+	if o.tls || o.tlsCA != "" || o.tlsCert != "" || o.tlsInsecure {
+		tc, err := o.tlsConfig()
+		errs = append(errs, err)
+		cfg.TLS = tc
+	}
+	mech, err := o.sasl()
+	errs = append(errs, err)
+	cfg.SASL = mech
+	return cfg, errors.Join(errs...)
+}
+
+func (o *options) tlsConfig() (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.tlsInsecure} //nolint:gosec // opt-in, documented as testing only
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--kafka-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--kafka-tls-ca %s: no PEM certificate found", o.tlsCA)
+		}
+		tc.RootCAs = pool
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("--kafka-tls-cert and --kafka-tls-key go together: give both or neither")
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("--kafka-tls-cert/--kafka-tls-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+func (o *options) sasl() (sasl.Mechanism, error) {
+	m := strings.ToUpper(o.saslMechanism)
+	if m == "" {
+		if o.saslUser != "" {
+			return nil, errors.New("--kafka-sasl-username given without --kafka-sasl-mechanism")
+		}
+		return nil, nil
+	}
+	if o.saslUser == "" || o.saslPassword == "" {
+		return nil, fmt.Errorf("SASL %s needs --kafka-sasl-username and KAFKA_SASL_PASSWORD", m)
+	}
+	switch m {
+	case "PLAIN":
+		return plain.Mechanism{Username: o.saslUser, Password: o.saslPassword}, nil
+	case "SCRAM-SHA-256":
+		return scram.Mechanism(scram.SHA256, o.saslUser, o.saslPassword)
+	case "SCRAM-SHA-512":
+		return scram.Mechanism(scram.SHA512, o.saslUser, o.saslPassword)
+	}
+	return nil, fmt.Errorf("--kafka-sasl-mechanism %q: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", o.saslMechanism)
+}
+
+// serve runs the relay (and the metrics server) until ctx ends.
+func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Logger) error {
+	pool, err := pgxpool.New(ctx, o.databaseURL)
+	if err != nil {
+		return fmt.Errorf("database URL: %w", err)
+	}
+	defer pool.Close()
+	pub, err := kafkapub.New(pubCfg)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := relayprom.New(reg)
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(pool, pub, relay.Config{
+		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, MaxAttempts: o.maxAttempts,
+		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
+		PublishTimeout: o.publishTimeout, DisableNotify: o.noNotify, Logger: log, Hooks: metrics.Hooks(),
+	})
+	if err != nil {
+		return err
+	}
+
+	srvDone := make(chan error, 1)
+	var srv *http.Server
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := r.Health(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		log.Info("outbox-relay: serving /healthz and /metrics", "addr", ln.Addr().String())
+		go func() { srvDone <- srv.Serve(ln) }()
+	}
+	runErr := r.Run(ctx)
+	if srv != nil {
+		shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutCtx)
+		if err := <-srvDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return errors.Join(runErr, err)
+		}
+	}
+	return runErr
+}
