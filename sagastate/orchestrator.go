@@ -220,7 +220,7 @@ func (o *Orchestrator) Start(ctx context.Context, tx DB, sagaType string, id uui
 	if err != nil {
 		return err
 	}
-	return o.persist(ctx, tx, 0, &res)
+	return o.persist(ctx, tx, &Instance{}, &res)
 }
 
 func toJSON(payload any) ([]byte, error) {
@@ -260,23 +260,21 @@ func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {
 	return s
 }
 
-// persist writes a transition's output: state, log and commands.
-func (o *Orchestrator) persist(ctx context.Context, db DB, prevVersion int64, res *result) error {
-	if err := o.q.save(ctx, db, prevVersion, &res.state, res.events); err != nil {
-		return err
+// persist writes a transition's output — state, log and commands — in one round trip.
+func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *result) error {
+	var w writes
+	o.q.save(&w, prev, &res.state, res.events)
+	if len(res.commands) > 0 {
+		msgs := make([]outbox.Message, len(res.commands))
+		for i, c := range res.commands {
+			c.Cmd.ReplyTo = o.cfg.ReplyTopic
+			msgs[i] = c.Cmd.Message(c.Topic)
+		}
+		if err := o.out.Enqueue(ctx, &w, msgs...); err != nil {
+			return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", res.state.ID, err)
+		}
 	}
-	if len(res.commands) == 0 {
-		return nil
-	}
-	msgs := make([]outbox.Message, len(res.commands))
-	for i, c := range res.commands {
-		c.Cmd.ReplyTo = o.cfg.ReplyTopic
-		msgs[i] = c.Cmd.Message(c.Topic)
-	}
-	if err := o.out.Enqueue(ctx, db, msgs...); err != nil {
-		return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", res.state.ID, err)
-	}
-	return nil
+	return w.flush(ctx, db, fmt.Sprintf("write saga %s", res.state.ID))
 }
 
 // HandleReply applies a participant's reply inside tx (the inbox transaction of the
@@ -306,7 +304,7 @@ func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input)
 			"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
 		return nil
 	}
-	if err := o.persist(ctx, tx, s.Version, &res); err != nil {
+	if err := o.persist(ctx, tx, &s, &res); err != nil {
 		return err
 	}
 	if err := o.crash("after-save"); err != nil {

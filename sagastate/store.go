@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/google/uuid"
@@ -58,7 +59,7 @@ ON CONFLICT ("saga_id", "name") DO UPDATE SET "status" = excluded."status", "op"
  "last_error" = excluded."last_error", "started_at" = excluded."started_at", "finished_at" = excluded."finished_at"`,
 		selectSteps: `SELECT ` + stepCols + ` FROM ` + steps + ` WHERE "saga_id" = $1 ORDER BY "position"`,
 		insertEvents: `INSERT INTO ` + events + ` ("saga_id", "at", "type", "step", "op", "attempt", "detail")
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[]) RETURNING "id"`,
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])`,
 		selectEvents: `SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail" FROM ` + events + ` WHERE "saga_id" = $1 ORDER BY "id"`,
 		dueSagas:     `SELECT "id" FROM ` + inst + ` WHERE "wake_at" <= $1 ORDER BY "wake_at" LIMIT $2 FOR UPDATE SKIP LOCKED`,
 	}
@@ -89,14 +90,28 @@ func (q *queries) load(ctx context.Context, db DB, id uuid.UUID, lock bool) (Ins
 	if lock {
 		sql = q.lockInstance
 	}
-	s, err := scanInstance(db.QueryRow(ctx, sql, id))
+	// One round trip when possible; the steps are read after the row lock is granted,
+	// so (read committed) they are the latest committed.
+	var row pgx.Row
+	var steps func() (pgx.Rows, error)
+	if b, ok := db.(batcher); ok {
+		batch := &pgx.Batch{}
+		batch.Queue(sql, id)
+		batch.Queue(q.selectSteps, id)
+		br := b.SendBatch(ctx, batch)
+		defer br.Close()
+		row, steps = br.QueryRow(), br.Query
+	} else {
+		row, steps = db.QueryRow(ctx, sql, id), func() (pgx.Rows, error) { return db.Query(ctx, q.selectSteps, id) }
+	}
+	s, err := scanInstance(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Instance{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if err != nil {
 		return Instance{}, fmt.Errorf("sagastate: load saga %s: %w", id, err)
 	}
-	rows, err := db.Query(ctx, q.selectSteps, id)
+	rows, err := steps()
 	if err != nil {
 		return Instance{}, fmt.Errorf("sagastate: load steps of saga %s: %w", id, err)
 	}
@@ -130,38 +145,116 @@ func (q *queries) load(ctx context.Context, db DB, id uuid.UUID, lock bool) (Ins
 	return s, nil
 }
 
-// save writes a transition's new state and log; prev is the state it started from
-// (Version 0 for a new saga).
-func (q *queries) save(ctx context.Context, db DB, prevVersion int64, s *Instance, events []Event) error {
-	if prevVersion == 0 {
-		tag, err := db.Exec(ctx, q.insertInstance, s.ID, s.Type, string(s.Status), s.Payload, s.LastError, ts(s.WakeAt),
-			s.CreatedAt, s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
-		if err != nil {
-			return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
-		}
-		s.Version = 1
-	} else {
-		tag, err := db.Exec(ctx, q.updateInstance, s.ID, prevVersion, string(s.Status), s.LastError, ts(s.WakeAt),
-			s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
-		if err != nil {
-			return fmt.Errorf("sagastate: update saga %s: %w", s.ID, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("%w: saga %s is no longer at version %d", ErrConcurrentUpdate, s.ID, prevVersion)
-		}
-		s.Version = prevVersion + 1
-	}
-	if err := q.saveSteps(ctx, db, s); err != nil {
-		return err
-	}
-	return q.saveEvents(ctx, db, events)
+// batcher is implemented by pgx.Tx and pools: statements queued in a pgx.Batch go to the
+// server in one round trip.
+type batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-func (q *queries) saveSteps(ctx context.Context, db DB, s *Instance) error {
-	n := len(s.Steps)
+// writes collects the statements of one transition so they reach the server in one round
+// trip. It is also the outbox.Execer the commands are enqueued through.
+type writes struct {
+	stmts []stmt
+}
+
+type stmt struct {
+	sql   string
+	args  []any
+	check func(pgconn.CommandTag, error) error
+}
+
+func (w *writes) add(check func(pgconn.CommandTag, error) error, sql string, args ...any) {
+	w.stmts = append(w.stmts, stmt{sql: sql, args: args, check: check})
+}
+
+// Exec queues a statement (for outbox.Writer.Enqueue); its error surfaces at flush.
+func (w *writes) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	w.add(nil, sql, args...)
+	return pgconn.CommandTag{}, nil
+}
+
+func (w *writes) flush(ctx context.Context, db DB, what string) error {
+	run := func(i int, tag pgconn.CommandTag, err error) error {
+		if c := w.stmts[i].check; c != nil {
+			return c(tag, err)
+		}
+		if err != nil {
+			return fmt.Errorf("sagastate: %s: %w", what, err)
+		}
+		return nil
+	}
+	b, ok := db.(batcher)
+	if !ok || len(w.stmts) == 1 {
+		for i, st := range w.stmts {
+			tag, err := db.Exec(ctx, st.sql, st.args...)
+			if err := run(i, tag, err); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	batch := &pgx.Batch{}
+	for _, st := range w.stmts {
+		batch.Queue(st.sql, st.args...)
+	}
+	br := b.SendBatch(ctx, batch)
+	var first error
+	for i := range w.stmts {
+		tag, err := br.Exec()
+		if err := run(i, tag, err); err != nil && first == nil {
+			first = err
+		}
+	}
+	if err := br.Close(); err != nil && first == nil {
+		first = fmt.Errorf("sagastate: %s: %w", what, err)
+	}
+	return first
+}
+
+// save queues a transition's new state and log into w; prev is the state it started
+// from (Version 0 for a new saga). Only steps that changed are written.
+func (q *queries) save(w *writes, prev *Instance, s *Instance, events []Event) {
+	if prev.Version == 0 {
+		w.add(func(tag pgconn.CommandTag, err error) error {
+			if err != nil {
+				return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
+			}
+			if tag.RowsAffected() == 0 {
+				return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
+			}
+			return nil
+		}, q.insertInstance, s.ID, s.Type, string(s.Status), s.Payload, s.LastError, ts(s.WakeAt),
+			s.CreatedAt, s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
+		s.Version = 1
+	} else {
+		prevVersion := prev.Version
+		w.add(func(tag pgconn.CommandTag, err error) error {
+			if err != nil {
+				return fmt.Errorf("sagastate: update saga %s: %w", s.ID, err)
+			}
+			if tag.RowsAffected() == 0 {
+				return fmt.Errorf("%w: saga %s is no longer at version %d", ErrConcurrentUpdate, s.ID, prevVersion)
+			}
+			return nil
+		}, q.updateInstance, s.ID, prevVersion, string(s.Status), s.LastError, ts(s.WakeAt),
+			s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
+		s.Version = prevVersion + 1
+	}
+	var changed []StepState
+	for i, st := range s.Steps {
+		if i >= len(prev.Steps) || !reflect.DeepEqual(prev.Steps[i], st) {
+			changed = append(changed, st)
+		}
+	}
+	q.saveSteps(w, s.ID, changed)
+	q.saveEvents(w, events)
+}
+
+func (q *queries) saveSteps(w *writes, id uuid.UUID, steps []StepState) {
+	n := len(steps)
+	if n == 0 {
+		return
+	}
 	ids, names, topics, dos, undos, statuses, ops, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n),
 		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	positions, stages, attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
@@ -169,47 +262,40 @@ func (q *queries) saveSteps(ctx context.Context, db DB, s *Instance) error {
 	retries, undoRetries, inputs, results := make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	deadlines, nexts, starts, fins := make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 	undo := make([]bool, n)
-	for i, st := range s.Steps {
+	for i, st := range steps {
 		r, _ := json.Marshal(st.Retry) // plain struct of numbers: cannot fail
 		u, _ := json.Marshal(st.UndoRetry)
-		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = s.ID, st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
+		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = id, st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
 		timeouts[i], retries[i], undoRetries[i] = st.Timeout.Milliseconds(), r, u
 		statuses[i], ops[i], attempts[i], bases[i] = string(st.Status), string(st.Op), int32(st.Attempt), int32(st.AttemptBase)
 		deadlines[i], nexts[i], undo[i], seqs[i], inputs[i], results[i] = ts(st.Deadline), ts(st.NextAttemptAt), st.MustUndo, int32(st.DoneSeq), st.Input, st.Result
 		errs[i], starts[i], fins[i] = st.LastError, ts(st.StartedAt), ts(st.FinishedAt)
 	}
-	_, err := db.Exec(ctx, q.upsertSteps, ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries,
+	w.add(func(_ pgconn.CommandTag, err error) error {
+		if err != nil {
+			return fmt.Errorf("sagastate: save steps of saga %s: %w", id, err)
+		}
+		return nil
+	}, q.upsertSteps, ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries,
 		statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins)
-	if err != nil {
-		return fmt.Errorf("sagastate: save steps of saga %s: %w", s.ID, err)
-	}
-	return nil
 }
 
-func (q *queries) saveEvents(ctx context.Context, db DB, events []Event) error {
-	if len(events) == 0 {
-		return nil
-	}
+func (q *queries) saveEvents(w *writes, events []Event) {
 	n := len(events)
+	if n == 0 {
+		return
+	}
 	ids, ats, types, steps, ops, attempts, details := make([]uuid.UUID, n), make([]time.Time, n), make([]string, n),
 		make([]string, n), make([]string, n), make([]int32, n), make([]string, n)
 	for i, e := range events {
 		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = e.SagaID, e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
 	}
-	rows, err := db.Query(ctx, q.insertEvents, ids, ats, types, steps, ops, attempts, details)
-	if err != nil {
-		return fmt.Errorf("sagastate: save events of saga %s: %w", events[0].SagaID, err)
-	}
-	evIDs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return fmt.Errorf("sagastate: save events of saga %s: %w", events[0].SagaID, err)
-	}
-	for i := range evIDs {
-		if i < n {
-			events[i].ID = evIDs[i]
+	w.add(func(_ pgconn.CommandTag, err error) error {
+		if err != nil {
+			return fmt.Errorf("sagastate: save events of saga %s: %w", events[0].SagaID, err)
 		}
-	}
-	return nil
+		return nil
+	}, q.insertEvents, ids, ats, types, steps, ops, attempts, details)
 }
 
 func (q *queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {

@@ -1,0 +1,203 @@
+package sagastate_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/participants"
+	"github.com/sagabox/sagabox/sagastate"
+	"github.com/sagabox/sagabox/sagastate/sagatest"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+const benchSagas = 1000
+
+var benchSteps = []string{"s1", "s2", "s3", "s4"}
+
+// benchParticipant answers every step with a trivial local transaction behind the barrier.
+func benchParticipant(b *testing.B, db *testenv.DB, brokers []string) *participants.Participant {
+	p, err := participants.New(db.Pool, participants.Config{Brokers: brokers, GroupID: "svc", CommandTopics: []string{topic}, Consumer: sagatest.FastConsumer()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	noop := func(context.Context, pgx.Tx, wire.Command) ([]byte, error) { return []byte(`{"ok":true}`), nil }
+	for _, s := range benchSteps {
+		p.Step(s+".do", noop, s+".undo", noop)
+	}
+	return p
+}
+
+type benchResult struct {
+	perSec   float64
+	p50, p99 time.Duration
+}
+
+// BenchmarkSaga4Steps measures sagas/s and time to consistency (start → final state) for
+// a 4-step saga with in-process participants, and, as the baseline in the same run, the
+// same four command/reply round trips driven by a bare reply consumer that enqueues the
+// next command through the outbox with no saga state at all. Both use the same relay,
+// participants (with their barrier) and broker. PostgreSQL runs with fsync off.
+func BenchmarkSaga4Steps(b *testing.B) {
+	var raw, saga benchResult
+	for i := 0; i < b.N; i++ {
+		raw = benchRaw(b)
+		saga = benchSaga(b)
+	}
+	b.ReportMetric(saga.perSec, "sagas/s")
+	b.ReportMetric(float64(saga.p50.Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(saga.p99.Milliseconds()), "p99-ms")
+	b.ReportMetric(raw.perSec, "baseline-flows/s")
+	b.ReportMetric(saga.perSec/raw.perSec, "saga/baseline")
+	fmt.Fprintf(os.Stderr, "\n%d flows of 4 command/reply round trips (kfake, relay, participants with barrier; PostgreSQL fsync=off)\n", benchSagas)
+	fmt.Fprintf(os.Stderr, "%-36s %10s %10s %10s\n", "", "flows/s", "p50", "p99")
+	fmt.Fprintf(os.Stderr, "%-36s %10.0f %10v %10v\n", "baseline: raw outbox + consumer", raw.perSec, raw.p50.Round(time.Millisecond), raw.p99.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "%-36s %10.0f %10v %10v\n", "sagastate orchestrator", saga.perSec, saga.p50.Round(time.Millisecond), saga.p99.Round(time.Millisecond))
+}
+
+func benchSaga(b *testing.B) benchResult {
+	db, k := testenv.NewDB(b), testenv.NewKafka(b)
+	var stages []sagastate.Stage
+	for _, s := range benchSteps {
+		stages = append(stages, sagastate.Step(s, topic).Do(s+".do").Undo(s+".undo"))
+	}
+	def := sagastate.Define[map[string]any]("bench", stages...)
+	env := sagatest.Start(b, db.Pool, k.Brokers, sagatest.Config{
+		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}},
+		Participants: []sagatest.Runner{benchParticipant(b, db, k.Brokers)},
+		Topics:       []string{topic},
+	})
+	defer env.Stop()
+	warmup := env.StartSaga(b, "bench", map[string]any{"warmup": true}) // groups joined, topics warm
+	env.Await(b, warmup, time.Minute)
+
+	ctx := context.Background()
+	begin := time.Now()
+	for i := 0; i < benchSagas; i += 50 {
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			for j := 0; j < 50; j++ {
+				if err := env.Orchestrator.Start(ctx, tx, "bench", uuid.New(), map[string]any{"n": i + j}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	for {
+		st, err := env.Orchestrator.Stats(ctx, "bench", begin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st.Counts[sagastate.SagaCompleted] == benchSagas {
+			return benchResult{perSec: benchSagas / time.Since(begin).Seconds(), p50: st.TimeToConsistencyP50, p99: st.TimeToConsistencyP99}
+		}
+		if time.Since(begin) > 2*time.Minute {
+			b.Fatalf("sagas not finished after 2 minutes: %+v", st.Counts)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for completion
+	}
+}
+
+// benchRaw drives the same round trips without sagastate: a consumer of the replies
+// enqueues the next step's command, in the reply's inbox transaction.
+func benchRaw(b *testing.B) benchResult {
+	db, k := testenv.NewDB(b), testenv.NewKafka(b)
+	const replies = "raw.replies"
+	var mu sync.Mutex
+	started := map[uuid.UUID]time.Time{}
+	var took []time.Duration
+	done := make(chan struct{})
+	out, _ := outbox.NewWriter(outbox.Options{})
+	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
+		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: benchSteps[step], Op: wire.OpForward, Attempt: 1,
+			Name: benchSteps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}
+		return out.Enqueue(ctx, tx, cmd.Message(topic))
+	}
+	cc := sagatest.FastConsumer()
+	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
+	driver, err := consumer.New(db.Pool, cc, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		r, err := wire.ParseReply(msg.Headers, msg.Value)
+		if err != nil {
+			return consumer.Permanent(err)
+		}
+		next := slices.Index(benchSteps, r.Step) + 1
+		if next < len(benchSteps) {
+			return send(ctx, tx, r.SagaID, next)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if t0, ok := started[r.SagaID]; ok {
+			took = append(took, time.Since(t0))
+			delete(started, r.SagaID)
+			if len(took) == benchSagas {
+				close(done)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	env := sagatest.Start(b, db.Pool, k.Brokers, sagatest.Config{
+		Participants: []sagatest.Runner{benchParticipant(b, db, k.Brokers), driver},
+		Topics:       []string{topic, replies},
+	})
+	defer env.Stop()
+	ctx := context.Background()
+	// Warm up: one flow, not counted.
+	warm := uuid.New()
+	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return send(ctx, tx, warm, 0) }); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM sagabox.saga_barrier WHERE saga_id = $1 AND step = 's4'`, warm).Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the warm-up flow
+	}
+	begin := time.Now()
+	for i := 0; i < benchSagas; i += 50 {
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			for j := 0; j < 50; j++ {
+				id := uuid.New()
+				mu.Lock()
+				started[id] = time.Now()
+				mu.Unlock()
+				if err := send(ctx, tx, id, 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		b.Fatal("raw flows not finished after 2 minutes")
+	}
+	elapsed := time.Since(begin)
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(took)
+	return benchResult{perSec: benchSagas / elapsed.Seconds(), p50: took[len(took)/2], p99: took[len(took)*99/100]}
+}
