@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -148,6 +149,8 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*c
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	// Child processes and progress goroutines write concurrently.
+	stdout, stderr = &lockedWriter{w: stdout}, &lockedWriter{w: stderr}
 	c, err := parseFlags(args, stderr, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -191,4 +194,15 @@ func (c *config) out() io.Writer {
 		return io.Discard
 	}
 	return c.stdout
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

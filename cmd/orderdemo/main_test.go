@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/sagabox/sagabox/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	// --processes re-executes this binary with --role: play the participant.
+	if len(os.Args) > 1 && os.Args[1] == "--role" {
+		main()
+	}
+	code := testenv.Run(m)
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/jackc/pgx/v5/pgxpool.(*Pool).backgroundHealthCheck")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func orderdemo(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code := run(ctx, args, &out, &errOut, func(string) string { return "" })
+	return result{code, out.String(), errOut.String()}
+}
+
+// env is a database and broker of one test's own.
+func env(t *testing.T) (*testenv.DB, []string) {
+	t.Helper()
+	return testenv.NewDB(t), testenv.NewKafka(t).Brokers
+}
+
+func infraArgs(db *testenv.DB, brokers []string) []string {
+	return []string{"--database-url", db.URL, "--brokers", strings.Join(brokers, ","), "--fast-groups"}
+}
+
+func decode(t *testing.T, r result) summary {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	var s summary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("--json output is not JSON: %v\n%s", err, r.stdout)
+	}
+	if !s.OK {
+		t.Fatalf("summary not ok: %+v", s.Invariants)
+	}
+	for _, inv := range s.Invariants {
+		if !inv.OK {
+			t.Fatalf("invariant %s: %s", inv.Name, inv.Detail)
+		}
+	}
+	return s
+}
+
+func count(t *testing.T, db *testenv.DB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// records counts the records in topic, duplicates included.
+func records(t *testing.T, brokers []string, topic string) int {
+	t.Helper()
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: transport}
+	meta, err := client.Metadata(context.Background(), &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(meta.Topics) != 1 {
+		t.Fatalf("metadata of %s: %v", topic, err)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, p := range meta.Topics[0].Partitions {
+		reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+	}
+	resp, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			t.Fatal(p.Error)
+		}
+		n += int(p.LastOffset - p.FirstOffset)
+	}
+	return n
+}
+
+func TestOrderFlow(t *testing.T) {
+	t.Parallel()
+
+	t.Run("DuplicateDelivery", func(t *testing.T) {
+		t.Parallel()
+		db, brokers := env(t)
+		r := orderdemo(t, append(infraArgs(db, brokers),
+			"--orders", "20", "--decline-every", "4", "--concurrency", "6", "--json", "--duplicate-delivery")...)
+		s := decode(t, r)
+		if s.Totals["completed"] != 15 || s.Totals["compensated"] != 5 || len(s.Sagas) != 20 || !s.DuplicateDelivery {
+			t.Fatalf("totals %v over %d sagas", s.Totals, len(s.Sagas))
+		}
+		for _, r := range s.Sagas {
+			declined := r.Order%4 == 0
+			if declined != (r.Amount > 1000) || r.Status != r.Expected || r.TTCMillis <= 0 {
+				t.Fatalf("saga %+v", r)
+			}
+		}
+		if s.TimeToConsistency.P50 <= 0 || s.TimeToConsistency.P99 < s.TimeToConsistency.P50 || s.ThroughputPerS <= 0 {
+			t.Fatalf("figures %+v, %.1f/s", s.TimeToConsistency, s.ThroughputPerS)
+		}
+		// The business tables, read directly: every effect happened exactly once.
+		for sql, want := range map[string]int{
+			`SELECT count(*) FROM "demo_payments"."payments" WHERE "status" = 'captured'`:                        15,
+			`SELECT count(*) FROM "demo_payments"."payments" WHERE "status" <> 'captured'`:                       0,
+			`SELECT count(*) FROM "demo_inventory"."reservations" WHERE "status" = 'reserved'`:                   15,
+			`SELECT count(*) FROM "demo_inventory"."reservations" WHERE "status" = 'released'`:                   5,
+			`SELECT count(*) FROM "demo_shipping"."shipments" WHERE "status" = 'scheduled'`:                      15,
+			`SELECT count(*) FROM "demo_orders"."orders" WHERE "status" = 'cancelled'`:                           5,
+			`SELECT 30000 - sum("available") FROM "demo_inventory"."stock"`:                                      sumQty(s, false),
+			`SELECT count(*) FROM "sagabox"."saga_instances" WHERE "status" NOT IN ('completed', 'compensated')`: 0,
+		} {
+			if got := count(t, db, sql); got != want {
+				t.Errorf("%s = %d, want %d", sql, got, want)
+			}
+		}
+		// Every command really arrived twice: the topic holds two records per message
+		// the payments participant recorded in its inbox.
+		unique := count(t, db, `SELECT count(*) FROM "sagabox"."inbox_messages" WHERE "consumer" = 'demo-payments'`)
+		t.Logf("progress:\n%s", r.stderr)
+		if got := records(t, brokers, "demo.payments.commands"); unique != 20 || got != 2*unique {
+			t.Fatalf("payments: %d records on the topic for %d unique commands; want 2 × 20 (declined charges are never refunded)", got, unique)
+		}
+	})
+
+	t.Run("ProcessesAndRepeatedRun", func(t *testing.T) {
+		t.Parallel()
+		db, brokers := env(t)
+		decode(t, orderdemo(t, append(infraArgs(db, brokers), "--orders", "6", "--decline-every", "3", "--json")...))
+		// A second run on the same database, participants as child processes, human output.
+		r := orderdemo(t, append(infraArgs(db, brokers), "--orders", "6", "--decline-every", "3", "--processes")...)
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		for _, want := range []string{"as separate processes", "Summary", "completed            4", "compensated          2",
+			"time to consistency  p50", "Timeline of a completed saga", "Timeline of a compensated saga", "payment declined", "all invariants hold"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Fatalf("output lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		for _, role := range []string{"orders", "inventory", "payments", "shipping"} {
+			if !strings.Contains(r.stderr, role+" participant running as pid") {
+				t.Fatalf("no %s process:\n%s", role, r.stderr)
+			}
+		}
+		if n := count(t, db, `SELECT count(*) FROM "sagabox"."saga_instances" WHERE "status" = 'completed'`); n != 8 {
+			t.Fatalf("%d completed sagas over two runs, want 8", n)
+		}
+	})
+}
+
+// sumQty is the stock the completed (or compensated) orders of s hold.
+func sumQty(s summary, compensated bool) int {
+	n := 0
+	for _, r := range s.Sagas {
+		if (r.Status == "compensated") == compensated {
+			n += 1 + r.Order%3 // makeOrder's quantity
+		}
+	}
+	return n
+}
+
+func TestTransferFlow(t *testing.T) {
+	t.Parallel()
+	db, brokers := env(t)
+	s := decode(t, orderdemo(t, append(infraArgs(db, brokers),
+		"--flow", "transfer", "--orders", "28", "--decline-every", "4", "--json", "--duplicate-delivery")...))
+	// 7 to the frozen account (4, 8, ..., 28), 3 rejected (7, 14, 21; 28 is frozen), 18 completed.
+	if s.Totals["reversed"] != 7 || s.Totals["rejected"] != 3 || s.Totals["completed"] != 18 || len(s.Transfers) != 28 {
+		t.Fatalf("totals %v", s.Totals)
+	}
+	for sql, want := range map[string]int{
+		`SELECT count(*) FROM "demo_bank"."ledger" WHERE "kind" = 'debit'`:  25,
+		`SELECT count(*) FROM "demo_bank"."ledger" WHERE "kind" = 'credit'`: 18,
+		`SELECT count(*) FROM "demo_bank"."ledger" WHERE "kind" = 'refund'`: 7,
+		`SELECT count(*) FROM "demo_bank"."audit_log"`:                      28,
+		`SELECT sum("balance") FROM "demo_bank"."accounts"`:                 400000,
+		`SELECT "balance" FROM "demo_bank"."accounts" WHERE "id" = 'erin'`:  0,
+	} {
+		if got := count(t, db, sql); got != want {
+			t.Errorf("%s = %d, want %d", sql, got, want)
+		}
+	}
+	unique := count(t, db, `SELECT count(*) FROM "sagabox"."inbox_messages" WHERE "consumer" = 'bank-credit'`)
+	if got := records(t, brokers, "bank.credits"); unique != 25 || got != 2*unique {
+		t.Fatalf("credits: %d records for %d unique events; want 2 × 25", got, unique)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"ZeroOrders", []string{"--orders", "0"}, 2, "--orders is 0"},
+		{"SeveralProblemsAtOnce", []string{"--concurrency", "0", "--flow", "bogus"}, 2, `--flow is "bogus"`},
+		{"UnknownRole", []string{"--role", "cashier"}, 2, `--role is "cashier"`},
+		{"RoleWithoutServers", []string{"--role", "inventory"}, 2, "--role inventory needs --database-url and --brokers"},
+		{"ProcessesWithRole", []string{"--processes", "--role", "driver"}, 2, "use it without --role"},
+		{"StrayArgument", []string{"fifty"}, 2, `unexpected argument "fifty"`},
+		{"UnreachableDatabase", []string{"--database-url", "postgres://u:secret@" + closed + "/x", "--brokers", closed}, 1, "cannot reach postgres://u:xxxxx@"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := orderdemo(t, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "secret") {
+				t.Fatalf("exit %d (want %d), stderr %q (want %q)", r.code, tc.code, r.stderr, tc.want)
+			}
+		})
+	}
+	t.Run("SeveralProblemsReportedTogether", func(t *testing.T) {
+		t.Parallel()
+		r := orderdemo(t, "--concurrency", "0", "--flow", "bogus")
+		if !strings.Contains(r.stderr, "--concurrency is 0") {
+			t.Fatalf("stderr %q", r.stderr)
+		}
+	})
+	t.Run("Help", func(t *testing.T) {
+		t.Parallel()
+		r := orderdemo(t, "--help")
+		if r.code != 0 || !strings.Contains(r.stderr, "decline-every") {
+			t.Fatalf("exit %d, %q", r.code, r.stderr)
+		}
+	})
+}
