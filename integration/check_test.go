@@ -206,6 +206,17 @@ func (c *Collector) snapshot() []record {
 	return slices.Clone(c.records)
 }
 
+// distinct is the number of different messages read so far.
+func (c *Collector) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := make(map[string]bool, len(c.records))
+	for _, r := range c.records {
+		seen[r.id] = true
+	}
+	return len(seen)
+}
+
 // WaitAll waits until every committed message was read back at least once.
 func (c *Collector) WaitAll(t testing.TB, p *Producer, timeout time.Duration) {
 	t.Helper()

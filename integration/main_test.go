@@ -19,6 +19,9 @@ var binDir string
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
+	if role := os.Getenv(childEnv); role != "" {
+		return runChild(role)
+	}
 	if err := dockerAvailable(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1

@@ -108,19 +108,15 @@ func tail(s string, lines int) string {
 	return strings.Join(ls, "\n")
 }
 
-// startRelay runs cmd/outbox-relay against pg and b.
+// startRelay runs a relay process (this test binary re-executed as one, see runRelay)
+// against pg and b.
 func startRelay(t testing.TB, name string, pg *PG, b *Broker) *Proc {
 	t.Helper()
-	return startProc(t, name, binary(t, "outbox-relay"), []string{
+	return startProc(t, name, os.Args[0], []string{
+		childEnv + "=relay",
 		"DATABASE_URL=" + pg.URL,
 		"KAFKA_BROKERS=" + strings.Join(b.Brokers(), ","),
-	}, relayArgs()...)
-}
-
-// relayArgs are extra flags for every relay, e.g. shorter leases (SAGABOX_IT_RELAY_ARGS,
-// space-separated, appended to the suite's own).
-func relayArgs() []string {
-	return strings.Fields(os.Getenv("SAGABOX_IT_RELAY_ARGS"))
+	})
 }
 
 // pendingOutbox counts outbox rows not yet settled.

@@ -102,8 +102,15 @@ func TestRelayEndToEnd(t *testing.T) {
 	e.finish(t)
 }
 
-// TestRelayKilledMidBatch: a relay publishing a backlog gets SIGKILL while rows are in
-// flight; a new relay must publish the rest, in order per key.
+// TestRelayKilledMidBatch: a relay publishing a backlog gets SIGKILL with a batch that
+// Kafka acknowledged but the relay has not settled (deleted) yet; a new relay must publish
+// the rest, in order per key, and publish that batch again rather than lose it.
+//
+// To hit that window every run, the test holds a SHARE lock on the outbox table: claims
+// (FOR UPDATE SKIP LOCKED) and publishing go on, the settling DELETE waits. Once Kafka
+// holds more messages than were settled, a batch is in flight: the relay is killed and its
+// waiting session terminated, as when the relay's host dies (a DELETE the server already
+// received would otherwise still run once the lock goes, and nothing would be redelivered).
 func TestRelayKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 50)
@@ -111,19 +118,45 @@ func TestRelayKilledMidBatch(t *testing.T) {
 	e.produce(t, backlog, 500)()
 	r1 := startRelay(t, "relay-1", e.pg, e.broker)
 	e.waitProgress(t, backlog/10)
-	r1.Kill(t)
+
 	ctx := context.Background()
+	lock, err := e.pg.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `LOCK TABLE "sagabox"."outbox_messages" IN SHARE MODE`); err != nil {
+		t.Fatalf("lock the outbox: %v", err)
+	}
 	pending, err := pendingOutbox(ctx, e.pg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pending == 0 {
-		t.Fatalf("the relay published the whole backlog of %d before it was killed: the fault hit nothing; raise the backlog", backlog)
+	settled := backlog - pending // cannot grow while the lock is held
+	waitFor(t, time.Minute, "a published batch waiting to be settled", func() error {
+		if n := e.col.distinct(); n <= settled {
+			return fmt.Errorf("%d distinct messages in Kafka, %d settled", n, settled)
+		}
+		return nil
+	})
+	r1.Kill(t)
+	inFlight := e.col.distinct() - settled
+	var terminated int
+	if err := lock.QueryRow(ctx, `SELECT count(pg_terminate_backend("pid")) FROM pg_stat_activity
+		WHERE "wait_event_type" = 'Lock' AND "pid" <> pg_backend_pid()`).Scan(&terminated); err != nil || terminated == 0 {
+		t.Fatalf("terminate the dead relay's waiting session: %d terminated, %v", terminated, err)
 	}
-	t.Logf("killed with %d of %d rows pending, %d deliveries read", pending, backlog, len(e.col.snapshot()))
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed with %d of %d rows settled and %d more published but unsettled", settled, backlog, inFlight)
+
 	startRelay(t, "relay-2", e.pg, e.broker)
 	rep := e.finish(t)
 	t.Logf("redelivered after the kill: %d", rep.Duplicates)
+	if rep.Duplicates < inFlight {
+		t.Errorf("%d messages were published but unsettled when the relay died, yet only %d were delivered again: the new relay skipped rows it had no proof of", inFlight, rep.Duplicates)
+	}
 }
 
 // TestTwoRelaysOneKilled: two relays share the shards while producers write; one gets
