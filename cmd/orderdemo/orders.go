@@ -22,7 +22,8 @@ import (
 	"github.com/sagabox/sagabox/sagastate"
 )
 
-const replyTopic = "demo.order.replies"
+// replyTopic is the orchestrator default, so sagactl saga retry needs no --reply-topic.
+const replyTopic = sagastate.DefaultReplyTopic
 
 var skus = []string{"widget", "gadget", "gizmo"}
 

@@ -74,14 +74,19 @@ type opts struct {
 	json        bool
 	timeout     time.Duration
 
-	// saga list
+	// saga list, stats
 	sagaType  string
 	status    string
 	olderThan time.Duration
+	stuckFor  time.Duration
+	since     time.Duration
 	limit     int
 	// saga show
 	svg  string
 	html string
+	// saga retry, abort
+	replyTopic string
+	reason     string
 	// outbox retry
 	all bool
 }
