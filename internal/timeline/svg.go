@@ -88,7 +88,7 @@ func (tl Timeline) writeSVG(b *bytes.Buffer) {
 	// Title and status.
 	fmt.Fprintf(b, `<text x="12" y="24" font-size="16" font-weight="bold" fill="%s">%s</text>`+"\n", colors["text"], esc(tl.Title))
 	fmt.Fprintf(b, `<text x="12" y="44" fill="%s">status <tspan font-weight="bold" fill="%s">%s</tspan> · %s · started %s UTC</text>`+"\n",
-		colors["muted"], statusColor(tl.Status), esc(tl.Status), fmtOffset(tl.Duration(), tick(tl.Duration(), 1)), tl.Start.UTC().Format("2006-01-02 15:04:05.000"))
+		colors["muted"], statusColor(tl.Status), esc(tl.Status), roundDur(tl.Duration()), tl.Start.UTC().Format("2006-01-02 15:04:05.000"))
 
 	// Lanes: alternating background, step name, forward row above compensation row.
 	for i, l := range tl.Lanes {
@@ -153,7 +153,14 @@ func (tl Timeline) writeSVG(b *bytes.Buffer) {
 				fmt.Fprintf(b, `<path d="M%.1f %.1fl8 8m0 -8l-8 8" stroke="%s" stroke-width="2.5"/>`, cx-1, cy-4, colors["failed"])
 				// The reason goes right of the cross, cut to the room before the next bar
 				// of the row (the tooltip keeps all of it).
-				if room := nextBarX(tl, l.Bars, bi) - (cx + 11); bar.Detail != "" && room >= 40 {
+				// When the right side is too short for it and the left is longer, it goes left.
+				room := nextBarX(tl, l.Bars, bi) - (cx + 11)
+				left := x1 - 6 - prevBarX(tl, l.Bars, bi)
+				need := 6.3 * float64(len([]rune(shorten(bar.Detail, 60))))
+				if bar.Detail != "" && room < need && left > room && left >= 40 {
+					fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" text-anchor="end" fill="%s">%s</text>`,
+						x1-6, cy+4, colors["failed"], esc(shorten(bar.Detail, min(60, int(left/6.3)))))
+				} else if bar.Detail != "" && room >= 40 {
 					fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="%s">%s</text>`,
 						cx+11, cy+4, colors["failed"], esc(shorten(bar.Detail, min(60, int(room/6.3)))))
 				} else if bar.Detail != "" && w >= 60 {
@@ -189,6 +196,16 @@ func nextBarX(tl Timeline, bars []Bar, i int) float64 {
 		}
 	}
 	return width - 8
+}
+
+// prevBarX is where the previous bar of bars[i]'s row ends, or the plot's left edge.
+func prevBarX(tl Timeline, bars []Bar, i int) float64 {
+	for j := i - 1; j >= 0; j-- {
+		if bars[j].Op == bars[i].Op {
+			return tl.x(bars[j].End) + 4
+		}
+	}
+	return labelW + 4
 }
 
 func detailSuffix(d string) string {
@@ -240,4 +257,15 @@ type EventRow struct {
 	Type, Step, Op string
 	Attempt        int
 	Detail         string
+}
+
+// roundDur keeps three significant figures or so: 5.598537s → 5.599s, 12.3456ms → 12.35ms.
+func roundDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond).String()
+	}
+	return d.Round(time.Microsecond).String()
 }

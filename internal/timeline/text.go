@@ -25,7 +25,7 @@ func (tl Timeline) Text(w io.Writer, cols int) error {
 		return min(max(c, 0), cols-1)
 	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%s — %s in %s\n", tl.Title, tl.Status, tl.Duration().Round(100*time.Microsecond))
+	fmt.Fprintf(&sb, "%s — %s in %s\n", tl.Title, tl.Status, roundDur(tl.Duration()))
 	for _, l := range tl.Lanes {
 		row := []rune(strings.Repeat(" ", cols))
 		var notes []string
