@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/sagabox/sagabox/migrations"
 )
 
 // DefaultRetention is the dedup window unless a SweeperConfig says otherwise: Kafka's
@@ -63,6 +65,9 @@ func (c *SweeperConfig) validate() error {
 	}
 	if c.BatchSize < 0 {
 		errs = append(errs, fmt.Errorf("BatchSize is %d; it must be positive (0 means 1000)", c.BatchSize))
+	}
+	if err := migrations.ValidateSchema(c.Schema); err != nil {
+		errs = append(errs, fmt.Errorf("Schema: %w", err))
 	}
 	if c.Retention > 0 && c.Interval > c.Retention {
 		errs = append(errs, fmt.Errorf("Interval %s is longer than Retention %s; entries would outlive the window by more than the window itself", c.Interval, c.Retention))

@@ -378,10 +378,12 @@ func decode(km kafka.Message) (Message, error) {
 // handleRun handles well-formed records (raw are their Kafka records) and reports
 // false if the run ended before all were handled.
 func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
+	failed, failure := 0, error(nil)
 	if len(msgs) > 1 {
 		err := r.inTx(func(tx pgx.Tx) error {
-			for _, m := range msgs {
+			for i, m := range msgs {
 				if err := r.apply(tx, m); err != nil {
+					failed = i
 					return err
 				}
 			}
@@ -393,10 +395,18 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 		if r.ctx.Err() != nil {
 			return false
 		}
-		// Fall through: one transaction per record isolates the failure.
+		var he *handlerError
+		if errors.As(err, &he) {
+			failure = he.err // counts as the failing record's first attempt
+		}
+		// One transaction per record isolates the failure from its neighbours.
 	}
 	for i := range msgs {
-		if !r.handleOne(msgs[i], raw[i]) {
+		var err error
+		if i == failed {
+			err = failure
+		}
+		if !r.handleOne(msgs[i], raw[i], err) {
 			return false
 		}
 	}
@@ -404,30 +414,36 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 }
 
 // handleOne retries one record until it is handled or dead-lettered, and reports
-// false if the run ended first.
-func (r *run) handleOne(m Message, km kafka.Message) bool {
+// false if the run ended first. prior is the handler's error from a batch attempt.
+func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	cfg := &r.c.cfg
 	handlerFailures, dbFailures := 0, 0
+	handlerErr := prior
 	for {
-		var handlerErr error
-		err := r.inTx(func(tx pgx.Tx) error {
-			handlerErr = r.apply(tx, m)
-			return handlerErr
-		})
-		if err == nil {
-			return r.handled([]Message{m}, []kafka.Message{km})
-		}
-		if r.ctx.Err() != nil {
-			return false
+		var err error
+		if handlerErr == nil {
+			err = r.inTx(func(tx pgx.Tx) error { return r.apply(tx, m) })
+			if err == nil {
+				return r.handled([]Message{m}, []kafka.Message{km})
+			}
+			if r.ctx.Err() != nil {
+				return false
+			}
+			var he *handlerError
+			if errors.As(err, &he) {
+				handlerErr = he.err
+			}
 		}
 		var attempt int
 		if handlerErr != nil {
+			err = handlerErr
+			handlerErr = nil
 			handlerFailures++
-			if IsPermanent(handlerErr) {
-				return r.deadLetter(m, km, handlerFailures, handlerErr)
+			if IsPermanent(err) {
+				return r.deadLetter(m, km, handlerFailures, err)
 			}
 			if handlerFailures >= cfg.MaxAttempts {
-				return r.deadLetter(m, km, handlerFailures, fmt.Errorf("%w (%d): %w", ErrGaveUp, handlerFailures, handlerErr))
+				return r.deadLetter(m, km, handlerFailures, fmt.Errorf("%w (%d): %w", ErrGaveUp, handlerFailures, err))
 			}
 			attempt = handlerFailures
 		} else {
@@ -468,10 +484,6 @@ func (r *run) inTx(fn func(pgx.Tx) error) error {
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback(context.WithoutCancel(r.ctx))
-		var he *handlerError
-		if errors.As(err, &he) {
-			return he.err
-		}
 		return err
 	}
 	if err := tx.Commit(r.ctx); err != nil {

@@ -1,0 +1,471 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/sagabox/sagabox/inbox"
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/kafkatest"
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+func TestMain(m *testing.M) {
+	code := testenv.Run(m)
+	if code == 0 {
+		// testenv's CreateTopic uses kafka-go's shared DefaultTransport, whose idle
+		// connection pool lives for the process; everything else must be gone.
+		if err := goleak.Find(
+			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const waitFor = 60 * time.Second
+
+// env is one test's database, broker and topic, with an accounts table the handler
+// changes: each message adds its value to its key's balance and logs the application.
+type env struct {
+	db     *testenv.DB
+	k      *testenv.Kafka
+	topic  string
+	group  string
+	parts  int
+	nextID int
+}
+
+func setup(t *testing.T, partitions int) *env {
+	t.Helper()
+	e := &env{db: testenv.NewDB(t), k: testenv.NewKafka(t), topic: testenv.Topic("consumer"), group: testenv.Topic("group"), parts: partitions}
+	e.k.CreateTopic(t, e.topic, partitions)
+	_, err := e.db.Pool.Exec(context.Background(), `
+CREATE TABLE "accounts" ("id" text PRIMARY KEY, "balance" bigint NOT NULL);
+CREATE TABLE "applied" ("seq" bigint GENERATED ALWAYS AS IDENTITY, "message_id" uuid NOT NULL, "account" text NOT NULL, "n" int NOT NULL)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// config is a consumer config with short group timeouts so kfake groups join fast.
+func (e *env) config() consumer.Config {
+	return consumer.Config{
+		Brokers: e.k.Brokers, GroupID: e.group, Topics: []string{e.topic},
+		SessionTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond, RebalanceTimeout: time.Second,
+		JoinGroupBackoff: 100 * time.Millisecond, MaxWait: 100 * time.Millisecond, CommitInterval: 20 * time.Millisecond,
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
+	}
+}
+
+// apply is the business handler: balance += value, logged with the message's sequence number.
+func apply(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+	amount, err := strconv.ParseInt(string(msg.Value), 10, 64)
+	if err != nil {
+		return consumer.Permanent(fmt.Errorf("value %q is not an amount: %w", msg.Value, err))
+	}
+	n, _ := strconv.Atoi(msg.Headers["n"])
+	if _, err := tx.Exec(ctx, `INSERT INTO "accounts" VALUES ($1, $2) ON CONFLICT ("id") DO UPDATE SET "balance" = "accounts"."balance" + $2`, string(msg.Key), amount); err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO "applied" ("message_id", "account", "n") VALUES ($1, $2, $3)`, msg.ID, string(msg.Key), n)
+	return err
+}
+
+// record makes the n-th message of account: amount n+1, keyed and partitioned by account.
+func (e *env) record(account, n int) kafkatest.Record {
+	r := kafkatest.FromOutbox(outbox.Message{Key: fmt.Sprintf("acct-%d", account), Payload: []byte(strconv.Itoa(n + 1)),
+		Headers: map[string]string{"n": strconv.Itoa(n)}}, account%e.parts)
+	return r
+}
+
+// start runs c until the test ends and checks Run returned nil.
+func start(t *testing.T, c *consumer.Consumer) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run = %v, want nil after cancel", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("Run did not return within 30s of cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) balances(t *testing.T) map[string]int64 {
+	t.Helper()
+	rows, err := e.db.Pool.Query(context.Background(), `SELECT "id", "balance" FROM "accounts"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for rows.Next() {
+		var id string
+		var b int64
+		if err := rows.Scan(&id, &b); err != nil {
+			t.Fatal(err)
+		}
+		out[id] = b
+	}
+	return out
+}
+
+func (e *env) count(t *testing.T, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := e.db.Pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestDuplicatesTakeEffectOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 4)
+	const accounts, perAccount = 8, 25
+	var originals, all []kafkatest.Record
+	want := map[string]int64{}
+	for n := range perAccount {
+		for a := range accounts {
+			r := e.record(a, n)
+			originals = append(originals, r)
+			all = append(all, r)
+			want[r.Key] += int64(n + 1)
+			// Redelivered soon, after later messages of the same key.
+			if len(originals) > 3 {
+				all = append(all, originals[len(originals)-4])
+			}
+		}
+	}
+	// And everything again, newest first: a replay from an old offset.
+	for i := len(originals) - 1; i >= 0; i-- {
+		all = append(all, originals[i])
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, all...)
+
+	var calls sync.Map
+	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		v, _ := calls.LoadOrStore(msg.ID, new(int))
+		*v.(*int)++ // per partition, sequential: no race on one id
+		return apply(ctx, tx, msg)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, e.parts, waitFor)
+
+	if got := e.balances(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("balances = %v, want %v (each message applied once)", got, want)
+	}
+	if n := e.count(t, `SELECT count(*) FROM "applied"`); n != len(originals) {
+		t.Fatalf("%d applications for %d distinct messages of %d records", n, len(originals), len(all))
+	}
+	calls.Range(func(k, v any) bool {
+		if *v.(*int) != 1 {
+			t.Errorf("handler ran %d times for message %v", *v.(*int), k)
+		}
+		return true
+	})
+	// Per key, messages took effect in offset order.
+	if n := e.count(t, `SELECT count(*) FROM (SELECT "n" < lag("n") OVER (PARTITION BY "account" ORDER BY "seq") AS back FROM "applied") x WHERE back`); n != 0 {
+		t.Fatalf("%d applications out of order within their key", n)
+	}
+}
+
+func TestCrashBetweenDatabaseCommitAndOffsetCommit(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	var recs []kafkatest.Record
+	for n := range 10 {
+		recs = append(recs, e.record(0, n))
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	victim := uuid.MustParse(recs[4].Headers[outbox.HeaderMessageID])
+
+	cfg := e.config()
+	cfg.BatchSize = 1
+	first, err := consumer.New(e.db.Pool, cfg, apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed := make(chan struct{})
+	consumer.SetCrashAfterDBCommit(first, func(m consumer.Message) bool {
+		if m.ID == victim {
+			close(crashed)
+			return true
+		}
+		return false
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := first.Run(ctx); err != nil { // returns by itself: the crash
+		t.Fatal(err)
+	}
+	<-crashed
+	if n := e.count(t, `SELECT count(*) FROM "applied" WHERE "message_id" = $1`, victim); n != 1 {
+		t.Fatalf("victim applied %d times before the crash, want 1 (its transaction committed)", n)
+	}
+	if off := kafkatest.Committed(t, e.k.Brokers, e.group, e.topic, 1)[0]; off > 4 {
+		t.Fatalf("committed offset %d after the crash; the victim (offset 4) must not be committed", off)
+	}
+
+	// Restart: the victim comes again from Kafka and the inbox skips it.
+	var mu sync.Mutex
+	ran := map[uuid.UUID]int{}
+	second, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		mu.Lock()
+		ran[msg.ID]++
+		mu.Unlock()
+		return apply(ctx, tx, msg)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, second)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	mu.Lock()
+	defer mu.Unlock()
+	if ran[victim] != 0 {
+		t.Fatalf("handler ran again for the redelivered victim")
+	}
+	if len(ran) != 5 {
+		t.Fatalf("after restart the handler ran for %d messages, want the 5 after the victim", len(ran))
+	}
+	if n := e.count(t, `SELECT count(*) FROM "applied"`); n != 10 {
+		t.Fatalf("%d applications, want 10", n)
+	}
+	if b := e.balances(t)["acct-0"]; b != 55 {
+		t.Fatalf("balance = %d, want 55 = 1+…+10", b)
+	}
+}
+
+func TestPoisonMessagesAreDeadLettered(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	good := func(n int) kafkatest.Record { return e.record(0, n) }
+	malformed := kafkatest.Record{Key: "acct-0", Value: []byte("1")}
+	badID := kafkatest.Record{Key: "acct-0", Value: []byte("1"), Headers: map[string]string{outbox.HeaderMessageID: "xyz"}}
+	poison := good(100)
+	poison.Value = []byte("boom")
+	permanent := good(101)
+	permanent.Value = []byte("not-a-number")
+	kafkatest.Produce(t, e.k.Brokers, e.topic, good(0), malformed, good(1), badID, poison, good(2), permanent, good(3), poison)
+	poisonID := uuid.MustParse(poison.Headers[outbox.HeaderMessageID])
+
+	cfg := e.config()
+	cfg.MaxAttempts = 3
+	var attempts int
+	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		if msg.ID == poisonID {
+			attempts++
+			return errors.New("downstream says boom")
+		}
+		return apply(ctx, tx, msg)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+
+	if b := e.balances(t)["acct-0"]; b != 1+2+3+4 {
+		t.Fatalf("balance = %d, want 10: every good message after a poison one was applied", b)
+	}
+	if attempts != 3 {
+		t.Fatalf("poison handler ran %d times, want MaxAttempts = 3 (and not again for its redelivery)", attempts)
+	}
+	store, _ := inbox.NewStore("")
+	dead, err := store.ListDeadLetters(context.Background(), e.db.Pool, e.group, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		offset   int64
+		attempts int
+		reason   string
+	}{
+		{1, 0, `no "message-id" header`},
+		{3, 0, `"xyz", not a non-zero UUID`},
+		{4, 3, "gave up after max attempts (3): downstream says boom"},
+		{6, 1, `value "not-a-number" is not an amount`},
+	}
+	if len(dead) != len(want) {
+		t.Fatalf("%d dead letters, want %d: %+v", len(dead), len(want), dead)
+	}
+	for i, w := range want {
+		d := dead[i]
+		if d.Offset != w.offset || d.Attempts != w.attempts || !strings.Contains(d.Reason, w.reason) || d.Topic != e.topic {
+			t.Errorf("dead letter %d = offset %d attempts %d reason %q; want offset %d attempts %d reason containing %q",
+				i, d.Offset, d.Attempts, d.Reason, w.offset, w.attempts, w.reason)
+		}
+	}
+	if dead[2].MessageID != poisonID || string(dead[2].Value) != "boom" {
+		t.Errorf("poison dead letter lost its id or value: %+v", dead[2])
+	}
+}
+
+func TestTransientErrorsAreRetried(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	recs := []kafkatest.Record{e.record(0, 0), e.record(0, 1), e.record(0, 2)}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	flaky := uuid.MustParse(recs[1].Headers[outbox.HeaderMessageID])
+	var attempts int
+	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		if err := apply(ctx, tx, msg); err != nil {
+			return err
+		}
+		if msg.ID == flaky {
+			if attempts++; attempts < 3 {
+				return errors.New("deadlock detected (pretend)") // after writing: the rollback must undo it
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	if attempts != 3 {
+		t.Fatalf("flaky message attempted %d times, want 3", attempts)
+	}
+	if b := e.balances(t)["acct-0"]; b != 6 {
+		t.Fatalf("balance = %d, want 6: failed attempts must leave nothing behind", b)
+	}
+	if got := e.count(t, `SELECT count(*) FROM (SELECT "n" <> row_number() OVER (ORDER BY "seq") - 1 AS off FROM "applied") x WHERE off`); got != 0 {
+		t.Fatalf("order broken: %d applications out of place", got)
+	}
+	if n := e.count(t, `SELECT count(*) FROM "sagabox"."inbox_dead_letters"`); n != 0 {
+		t.Fatalf("%d dead letters, want 0", n)
+	}
+}
+
+func TestTwoConsumersShareTheGroup(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 4)
+	var recs []kafkatest.Record
+	for n := range 20 {
+		for a := range 8 {
+			recs = append(recs, e.record(a, n))
+		}
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs[:80]...)
+	a, err := consumer.New(e.db.Pool, e.config(), apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, a)
+	b, err := consumer.New(e.db.Pool, e.config(), apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, b) // joins while a is consuming: a rebalance
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs[80:]...)
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...) // everything again
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, e.parts, waitFor)
+	if n := e.count(t, `SELECT count(*) FROM "applied"`); n != len(recs) {
+		t.Fatalf("%d applications for %d messages", n, len(recs))
+	}
+	for acct, bal := range e.balances(t) {
+		if bal != 210 {
+			t.Errorf("%s balance = %d, want 210 = 1+…+20", acct, bal)
+		}
+	}
+}
+
+func TestRunTwiceAtOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	c, err := consumer.New(e.db.Pool, e.config(), apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, c)
+	kafkatest.Produce(t, e.k.Brokers, e.topic, e.record(0, 0))
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor) // now it surely runs
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Run(canceled); !errors.Is(err, consumer.ErrRunning) {
+		t.Fatalf("second Run = %v, want ErrRunning", err)
+	}
+	stop()
+	// After a clean stop it runs again.
+	kafkatest.Produce(t, e.k.Brokers, e.topic, e.record(0, 1))
+	start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	if b := e.balances(t)["acct-0"]; b != 3 {
+		t.Fatalf("balance = %d, want 3", b)
+	}
+}
+
+func TestConfigIsValidated(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	_, err := consumer.New(db.Pool, consumer.Config{
+		Brokers: []string{""}, Schema: "Nope", MaxAttempts: -1, MinBackoff: time.Second, MaxBackoff: time.Millisecond,
+		Concurrency: 1000, HeartbeatInterval: time.Minute,
+	}, apply)
+	if !errors.Is(err, consumer.ErrInvalidConfig) {
+		t.Fatalf("err = %v, want ErrInvalidConfig", err)
+	}
+	for _, want := range []string{"Brokers[0] is empty", "GroupID is empty", "Topics is empty", "Schema", "MaxAttempts is -1",
+		"MinBackoff 1s is above MaxBackoff 1ms", "exceeds the pool's MaxConns", "HeartbeatInterval 1m0s must be below SessionTimeout"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if _, err := consumer.New(db.Pool, consumer.Config{Brokers: []string{"x:1"}, GroupID: "g", Topics: []string{"t"}}, nil); !errors.Is(err, consumer.ErrInvalidConfig) {
+		t.Fatalf("nil handler: err = %v", err)
+	}
+	c, err := consumer.New(db.Pool, consumer.Config{Brokers: []string{"x:1"}, GroupID: "g", Topics: []string{"t"}}, apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := c.Config(); cfg.Name != "g" || cfg.Schema != "sagabox" || cfg.MaxAttempts != 10 || cfg.Concurrency < 1 {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	t.Parallel()
+	base := errors.New("x")
+	if consumer.Permanent(nil) != nil {
+		t.Fatal("Permanent(nil) != nil")
+	}
+	err := fmt.Errorf("wrapped: %w", consumer.Permanent(base))
+	if !consumer.IsPermanent(err) || !errors.Is(err, base) {
+		t.Fatalf("IsPermanent/Is lost through wrapping: %v", err)
+	}
+	if consumer.IsPermanent(base) {
+		t.Fatal("a plain error is not permanent")
+	}
+}
