@@ -60,7 +60,7 @@ type Config struct {
 func FastConsumer() consumer.Config {
 	return consumer.Config{
 		SessionTimeout: 2 * time.Second, HeartbeatInterval: 200 * time.Millisecond, RebalanceTimeout: 2 * time.Second,
-		JoinGroupBackoff: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond, CommitInterval: 100 * time.Millisecond,
+		JoinGroupBackoff: 200 * time.Millisecond, CommitInterval: 100 * time.Millisecond,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 	}
 }
