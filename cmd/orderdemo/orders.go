@@ -183,7 +183,13 @@ func runOrders(ctx context.Context, c *config) error {
 	if driveErr != nil && !errors.Is(driveErr, errUnfinished) {
 		return driveErr
 	}
-	return report(ctx, c, in, orch, results, elapsed, stock)
+	if err := report(ctx, c, in, orch, results, elapsed, stock); err != nil {
+		return err
+	}
+	if in.stopDB != nil {
+		fmt.Fprintln(out, "(the throwaway database goes away now; run with --database-url to keep the sagas for sagactl saga list/show)")
+	}
+	return nil
 }
 
 var errUnfinished = errors.New("sagas unfinished")
