@@ -151,21 +151,32 @@ func (tl Timeline) writeSVG(b *bytes.Buffer) {
 				// A cross at the end of the bar, and the reason beside it when there is room.
 				cx, cy := x1+w, float64(by+barH/2)
 				fmt.Fprintf(b, `<path d="M%.1f %.1fl8 8m0 -8l-8 8" stroke="%s" stroke-width="2.5"/>`, cx-1, cy-4, colors["failed"])
-				// The reason goes right of the cross, cut to the room before the next bar
-				// of the row (the tooltip keeps all of it).
-				// When the right side is too short for it and the left is longer, it goes left.
-				room := nextBarX(tl, l.Bars, bi) - (cx + 11)
-				left := x1 - 6 - prevBarX(tl, l.Bars, bi)
-				need := 6.3 * float64(len([]rune(shorten(bar.Detail, 60))))
-				if bar.Detail != "" && room < need && left > room && left >= 40 {
-					fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" text-anchor="end" fill="%s">%s</text>`,
-						x1-6, cy+4, colors["failed"], esc(shorten(bar.Detail, min(60, int(left/6.3)))))
-				} else if bar.Detail != "" && room >= 40 {
-					fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="%s">%s</text>`,
-						cx+11, cy+4, colors["failed"], esc(shorten(bar.Detail, min(60, int(room/6.3)))))
-				} else if bar.Detail != "" && w >= 60 {
-					fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" fill="#ffffff">%s</text>`,
-						x1+4, cy+3.5, esc(shorten(bar.Detail, int((w-8)/5.8))))
+				// The reason goes right of the cross if it fits there, else inside the bar,
+				// else left of it, else wherever is widest, cut to fit (the tooltip keeps it all).
+				if bar.Detail != "" {
+					label := shorten(bar.Detail, 60)
+					n := float64(len([]rune(label)))
+					right := nextBarX(tl, l.Bars, bi) - (cx + 11)
+					left := x1 - 6 - prevBarX(tl, l.Bars, bi)
+					inside := w - 8
+					textAt := func(x float64, anchor, color string, size, charW, room float64) {
+						fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="%g" text-anchor="%s" fill="%s">%s</text>`,
+							x, cy+size/3, size, anchor, color, esc(shorten(bar.Detail, min(60, int(room/charW)))))
+					}
+					switch {
+					case right >= 6.3*n:
+						textAt(cx+11, "start", colors["failed"], 11, 6.3, right)
+					case inside >= 5.8*n:
+						textAt(x1+4, "start", "#ffffff", 10, 5.8, inside)
+					case left >= 6.3*n:
+						textAt(x1-6, "end", colors["failed"], 11, 6.3, left)
+					case right >= left && right >= inside && right >= 40:
+						textAt(cx+11, "start", colors["failed"], 11, 6.3, right)
+					case left >= inside && left >= 40:
+						textAt(x1-6, "end", colors["failed"], 11, 6.3, left)
+					case inside >= 40:
+						textAt(x1+4, "start", "#ffffff", 10, 5.8, inside)
+					}
 				}
 			}
 			b.WriteString("</g>\n")

@@ -59,7 +59,7 @@ func (tl Timeline) Text(w io.Writer, cols int) error {
 	}
 	fmt.Fprintf(&sb, "  %-*s  %s\n", nameW, "", strings.TrimRight(string(axis), " "))
 	for _, m := range tl.Marks {
-		fmt.Fprintf(&sb, "  +%-9s saga %s%s\n", fmtOffset(m.At.Sub(tl.Start), step), m.Label, detailSuffix(shorten(m.Detail, 70)))
+		fmt.Fprintf(&sb, "  +%-9s saga %s%s\n", roundDur(m.At.Sub(tl.Start)), m.Label, detailSuffix(shorten(m.Detail, 70)))
 	}
 	fmt.Fprintf(&sb, "  legend: = step  ~ compensation  X failed  . no outcome\n")
 	_, err := io.WriteString(w, sb.String())
