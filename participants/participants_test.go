@@ -1,0 +1,482 @@
+package participants_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/kafkatest"
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/participants"
+	"github.com/sagabox/sagabox/sagastate/wire"
+)
+
+func TestMain(m *testing.M) {
+	code := testenv.Run(m)
+	if code == 0 {
+		// testenv's CreateTopic uses kafka-go's shared DefaultTransport, whose idle
+		// connection pool lives for the process; everything else must be gone.
+		if err := goleak.Find(
+			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const replyTopic = "payment.replies"
+
+// wallet is a payment service: charge takes the amount from the wallet (refusing to go
+// below zero) and announces it (choreography); refund gives it back. It counts calls.
+type wallet struct {
+	mu       sync.Mutex
+	charges  map[uuid.UUID]int
+	refunds  map[uuid.UUID]int
+	failNext map[uuid.UUID]error // returned by the next charge or refund of that saga, after its writes
+}
+
+type payload struct {
+	Amount int64 `json:"amount"`
+}
+
+func (w *wallet) count(m map[uuid.UUID]int, id uuid.UUID) (error, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m[id]++
+	err := w.failNext[id]
+	delete(w.failNext, id)
+	return err, m[id]
+}
+
+func (w *wallet) calls(id uuid.UUID) (charges, refunds int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.charges[id], w.refunds[id]
+}
+
+func (w *wallet) charge(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	injected, _ := w.count(w.charges, cmd.SagaID)
+	var p payload
+	if err := json.Unmarshal(cmd.Payload, &p); err != nil {
+		return nil, participants.Failf("bad payload: %v", err)
+	}
+	var left int64
+	err := tx.QueryRow(ctx, `INSERT INTO "wallets" VALUES ($1, 100 - $2) ON CONFLICT ("id") DO UPDATE SET "balance" = "wallets"."balance" - $2 RETURNING "balance"`,
+		cmd.SagaID, p.Amount).Scan(&left)
+	if err != nil {
+		return nil, err
+	}
+	if err := outbox.Enqueue(ctx, tx, outbox.Message{Topic: "wallet.events", Key: cmd.SagaID.String(), Payload: []byte("charged")}); err != nil {
+		return nil, err
+	}
+	if injected != nil {
+		return nil, injected
+	}
+	if left < 0 {
+		return nil, participants.Failf("insufficient funds: %d short", -left)
+	}
+	return []byte(fmt.Sprintf(`{"charged":%d}`, p.Amount)), nil
+}
+
+func (w *wallet) refund(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+	injected, _ := w.count(w.refunds, cmd.SagaID)
+	var p payload
+	if err := json.Unmarshal(cmd.Payload, &p); err != nil {
+		return nil, participants.Failf("bad payload: %v", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE "wallets" SET "balance" = "balance" + $2 WHERE "id" = $1`, cmd.SagaID, p.Amount); err != nil {
+		return nil, err
+	}
+	return nil, injected
+}
+
+type env struct {
+	db *testenv.DB
+	w  *wallet
+	p  *participants.Participant
+}
+
+func setup(t *testing.T, cfg participants.Config) *env {
+	t.Helper()
+	db := testenv.NewDB(t)
+	if _, err := db.Pool.Exec(context.Background(), `CREATE TABLE "wallets" ("id" uuid PRIMARY KEY, "balance" bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	w := &wallet{charges: map[uuid.UUID]int{}, refunds: map[uuid.UUID]int{}, failNext: map[uuid.UUID]error{}}
+	p, err := participants.New(db.Pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Step("payment.charge", w.charge, "payment.refund", w.refund)
+	return &env{db: db, w: w, p: p}
+}
+
+func command(saga uuid.UUID, op wire.Op, attempt int, amount int64) wire.Command {
+	name := "payment.charge"
+	if op == wire.OpCompensate {
+		name = "payment.refund"
+	}
+	return wire.Command{SagaID: saga, SagaType: "order", Step: "payment", Op: op, Attempt: attempt, Name: name,
+		ReplyTo: replyTopic, Payload: []byte(fmt.Sprintf(`{"amount":%d}`, amount)), Headers: map[string]string{"traceparent": "00-trace-" + saga.String()}}
+}
+
+// deliver runs cmd through the participant in a transaction of its own, as a delivery
+// under a new message id would, and returns the reply it enqueued.
+func (e *env) deliver(t *testing.T, cmd wire.Command) wire.Reply {
+	t.Helper()
+	ctx := context.Background()
+	var reply wire.Reply
+	err := pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error {
+		if err := e.p.HandleCommand(ctx, tx, cmd); err != nil {
+			return err
+		}
+		var headers map[string]string
+		var body []byte
+		err := tx.QueryRow(ctx, `SELECT "headers", "payload" FROM "sagabox"."outbox_messages" WHERE "topic" = $1 AND "key" = $2 ORDER BY "seq" DESC LIMIT 1`,
+			replyTopic, cmd.SagaID.String()).Scan(&headers, &body)
+		if err != nil {
+			return fmt.Errorf("no reply enqueued: %w", err)
+		}
+		reply, err = wire.ParseReply(headers, body)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply.Attempt != cmd.Attempt || reply.Op != cmd.Op || reply.Step != cmd.Step {
+		t.Fatalf("reply %+v does not answer command %+v", reply, cmd)
+	}
+	return reply
+}
+
+func (e *env) balance(t *testing.T, saga uuid.UUID) int64 {
+	t.Helper()
+	var b int64
+	err := e.db.Pool.QueryRow(context.Background(), `SELECT "balance" FROM "wallets" WHERE "id" = $1`, saga).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 100
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (e *env) events(t *testing.T, saga uuid.UUID) int {
+	t.Helper()
+	var n int
+	if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "sagabox"."outbox_messages" WHERE "topic" = 'wallet.events' AND "key" = $1`, saga.String()).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func expect(t *testing.T, r wire.Reply, outcome wire.Outcome, reason string) {
+	t.Helper()
+	if r.Outcome != outcome || !strings.Contains(r.Reason, reason) || (reason == "" && r.Reason != "") {
+		t.Fatalf("reply = %s %q, want %s with reason containing %q", r.Outcome, r.Reason, outcome, reason)
+	}
+}
+
+func TestBarrier(t *testing.T) {
+	t.Parallel()
+	e := setup(t, participants.Config{})
+
+	t.Run("DuplicateForward", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		for _, attempt := range []int{1, 1, 2} { // a redelivery, then an orchestrator retry
+			r := e.deliver(t, command(saga, wire.OpForward, attempt, 30))
+			expect(t, r, wire.OutcomeSuccess, "")
+			if string(r.Payload) != `{"charged":30}` {
+				t.Fatalf("attempt %d: result %q, want the stored result", attempt, r.Payload)
+			}
+			if r.Headers["traceparent"] != "00-trace-"+saga.String() {
+				t.Fatalf("trace context not carried to the reply: %v", r.Headers)
+			}
+		}
+		if b := e.balance(t, saga); b != 70 {
+			t.Fatalf("balance = %d, want 70: charged once", b)
+		}
+		if c, _ := e.w.calls(saga); c != 1 || e.events(t, saga) != 1 {
+			t.Fatalf("charge ran %d times, %d events; want 1, 1", c, e.events(t, saga))
+		}
+	})
+
+	t.Run("DuplicateCompensation", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+		for _, attempt := range []int{1, 1, 2} {
+			expect(t, e.deliver(t, command(saga, wire.OpCompensate, attempt, 30)), wire.OutcomeSuccess, "")
+		}
+		// A forward redelivered after the compensation is answered from the barrier, not re-run.
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+		if b := e.balance(t, saga); b != 100 {
+			t.Fatalf("balance = %d, want 100: charged once, refunded once", b)
+		}
+		if c, r := e.w.calls(saga); c != 1 || r != 1 {
+			t.Fatalf("charge ran %d, refund %d times; want 1, 1", c, r)
+		}
+	})
+
+	t.Run("NullCompensationThenHangingForward", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 1, 30)), wire.OutcomeSuccess, "")
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 1, 30)), wire.OutcomeSuccess, "")
+		for _, attempt := range []int{1, 2} {
+			expect(t, e.deliver(t, command(saga, wire.OpForward, attempt, 30)), wire.OutcomeIgnored, "hanging")
+		}
+		if c, r := e.w.calls(saga); c != 0 || r != 0 {
+			t.Fatalf("charge ran %d, refund %d times; want neither", c, r)
+		}
+		if b := e.balance(t, saga); b != 100 || e.events(t, saga) != 0 {
+			t.Fatalf("balance %d, %d events; want 100, 0", b, e.events(t, saga))
+		}
+	})
+
+	t.Run("BusinessFailure", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 500)), wire.OutcomeFailure, "insufficient funds: 400 short")
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 500)), wire.OutcomeFailure, "insufficient funds: 400 short")
+		// Compensating a refused step undoes nothing.
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 1, 500)), wire.OutcomeSuccess, "")
+		if c, r := e.w.calls(saga); c != 1 || r != 0 {
+			t.Fatalf("charge ran %d, refund %d times; want 1, 0", c, r)
+		}
+		if b := e.balance(t, saga); b != 100 || e.events(t, saga) != 0 {
+			t.Fatalf("balance %d, %d events: the refused step's writes and messages must be rolled back", b, e.events(t, saga))
+		}
+	})
+
+	t.Run("TransientErrorRepliesRetryableAndRunsAgain", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		e.w.mu.Lock()
+		e.w.failNext[saga] = errors.New("connection reset by peer")
+		e.w.mu.Unlock()
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 30)), wire.OutcomeRetryable, "connection reset by peer")
+		if b := e.balance(t, saga); b != 100 || e.events(t, saga) != 0 {
+			t.Fatalf("balance %d, %d events after a transient failure; want 100, 0", b, e.events(t, saga))
+		}
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 2, 30)), wire.OutcomeSuccess, "")
+		if b := e.balance(t, saga); b != 70 {
+			t.Fatalf("balance = %d, want 70", b)
+		}
+	})
+
+	t.Run("RefusalIsRememberedAcrossResends", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		bad := command(saga, wire.OpForward, 1, 30)
+		bad.Payload = []byte(`{"amount": "thirty"}`)
+		expect(t, e.deliver(t, bad), wire.OutcomeFailure, "bad payload")
+		// A resend, even with a good payload, gets the recorded answer: the step is decided.
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 2, 30)), wire.OutcomeFailure, "bad payload")
+		if c, _ := e.w.calls(saga); c != 1 {
+			t.Fatalf("charge ran %d times, want 1", c)
+		}
+	})
+
+	t.Run("FailedCompensationIsRetried", func(t *testing.T) {
+		t.Parallel()
+		saga := uuid.New()
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+		e.w.mu.Lock()
+		e.w.failNext[saga] = participants.Fail("ledger closed")
+		e.w.mu.Unlock()
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 1, 30)), wire.OutcomeFailure, "ledger closed")
+		if b := e.balance(t, saga); b != 70 {
+			t.Fatalf("balance = %d after a refused refund, want 70", b)
+		}
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 2, 30)), wire.OutcomeSuccess, "")
+		expect(t, e.deliver(t, command(saga, wire.OpCompensate, 3, 30)), wire.OutcomeSuccess, "")
+		if c, r := e.w.calls(saga); c != 1 || r != 2 {
+			t.Fatalf("charge ran %d, refund %d times; want 1, 2 (the refused one and the successful one)", c, r)
+		}
+		if b := e.balance(t, saga); b != 100 {
+			t.Fatalf("balance = %d, want 100", b)
+		}
+	})
+
+	t.Run("AbortedTransactionIsRecovered", func(t *testing.T) {
+		t.Parallel()
+		p, err := participants.New(e.db.Pool, participants.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Handle("payment.charge", func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+			_, err := tx.Exec(ctx, `SELECT 1/0`)
+			return nil, err
+		})
+		saga := uuid.New()
+		err = pgx.BeginFunc(context.Background(), e.db.Pool, func(tx pgx.Tx) error {
+			return p.HandleCommand(context.Background(), tx, command(saga, wire.OpForward, 1, 1))
+		})
+		if err != nil {
+			t.Fatalf("a failed statement in the handler must not abort the step's transaction: %v", err)
+		}
+		var reason string
+		err = e.db.Pool.QueryRow(context.Background(), `SELECT "headers"->>'saga-reason' FROM "sagabox"."outbox_messages" WHERE "key" = $1 AND "topic" = $2`, saga.String(), replyTopic).Scan(&reason)
+		if err != nil || !strings.Contains(reason, "division by zero") {
+			t.Fatalf("retryable reply reason = %q, %v", reason, err)
+		}
+	})
+
+	t.Run("UnknownAndMalformedCommandsArePermanent", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		cmd := command(uuid.New(), wire.OpForward, 1, 1)
+		cmd.Name = "payment.teleport"
+		err := pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return e.p.HandleCommand(ctx, tx, cmd) })
+		if !errors.Is(err, participants.ErrUnknownCommand) || !consumer.IsPermanent(err) || !strings.Contains(err.Error(), "payment.teleport") {
+			t.Fatalf("unknown command: err = %v", err)
+		}
+		err = pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error {
+			return e.p.HandleMessage(ctx, tx, consumer.Message{Headers: map[string]string{"saga-id": "x"}})
+		})
+		if !errors.Is(err, wire.ErrMalformed) || !consumer.IsPermanent(err) {
+			t.Fatalf("malformed command: err = %v", err)
+		}
+		bad := command(uuid.New(), wire.OpForward, 1, 1)
+		bad.ReplyTo = "not a topic"
+		err = pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return e.p.HandleCommand(ctx, tx, bad) })
+		if !errors.Is(err, outbox.ErrInvalidTopic) || !consumer.IsPermanent(err) {
+			t.Fatalf("bad reply topic: err = %v", err)
+		}
+	})
+}
+
+func TestConfig(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	if _, err := participants.New(db.Pool, participants.Config{Schema: "Bad"}); !errors.Is(err, participants.ErrInvalidConfig) {
+		t.Fatalf("bad schema: err = %v", err)
+	}
+	_, err := participants.New(db.Pool, participants.Config{GroupID: "payments"})
+	if !errors.Is(err, participants.ErrInvalidConfig) || !strings.Contains(err.Error(), "Brokers is empty") || !strings.Contains(err.Error(), "Topics is empty") {
+		t.Fatalf("partial Kafka settings: err = %v", err)
+	}
+	p, err := participants.New(db.Pool, participants.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Run(context.Background()); !errors.Is(err, participants.ErrInvalidConfig) {
+		t.Fatalf("Run without Kafka settings: err = %v", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("registering a command twice must panic")
+		}
+	}()
+	h := func(context.Context, pgx.Tx, wire.Command) ([]byte, error) { return nil, nil }
+	p.Handle("x", h).Handle("x", h)
+}
+
+// TestOverKafka delivers every command twice, in orders that matter, through the
+// real consumer loop, and checks each business effect happened once.
+func TestOverKafka(t *testing.T) {
+	t.Parallel()
+	k := testenv.NewKafka(t)
+	topic := testenv.Topic("payment.commands")
+	k.CreateTopic(t, topic, 3)
+	group := testenv.Topic("payments")
+	e := setup(t, participants.Config{
+		Brokers: k.Brokers, GroupID: group, CommandTopics: []string{topic},
+		Consumer: consumer.Config{SessionTimeout: time.Second, HeartbeatInterval: 100 * time.Millisecond, RebalanceTimeout: time.Second,
+			JoinGroupBackoff: 100 * time.Millisecond, MaxWait: 100 * time.Millisecond, CommitInterval: 20 * time.Millisecond},
+	})
+
+	type sagaCase struct {
+		id      uuid.UUID
+		order   []wire.Command // delivered in this order, then all again
+		balance int64
+		charges int
+		refunds int
+		replies []wire.Outcome // distinct deliveries' outcomes in order
+	}
+	fwd := func(id uuid.UUID, amount int64) wire.Command { return command(id, wire.OpForward, 1, amount) }
+	cmp := func(id uuid.UUID, amount int64) wire.Command { return command(id, wire.OpCompensate, 1, amount) }
+	a, b, c, d := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	cases := []sagaCase{
+		{id: a, order: []wire.Command{fwd(a, 30)}, balance: 70, charges: 1,
+			replies: []wire.Outcome{wire.OutcomeSuccess}},
+		{id: b, order: []wire.Command{cmp(b, 30), fwd(b, 30)}, balance: 100, // null compensation, then hanging
+			replies: []wire.Outcome{wire.OutcomeSuccess, wire.OutcomeIgnored}},
+		{id: c, order: []wire.Command{fwd(c, 30), cmp(c, 30)}, balance: 100, charges: 1, refunds: 1,
+			replies: []wire.Outcome{wire.OutcomeSuccess, wire.OutcomeSuccess}},
+		{id: d, order: []wire.Command{fwd(d, 500), cmp(d, 500)}, balance: 100, charges: 1,
+			replies: []wire.Outcome{wire.OutcomeFailure, wire.OutcomeSuccess}},
+	}
+	var records []kafkatest.Record
+	for round := range 2 {
+		for _, sc := range cases {
+			for i, cmd := range sc.order {
+				m := cmd.Message(topic)
+				m.ID = uuid.NewSHA1(sc.id, []byte{byte(i)}) // the same message id in both rounds: a redelivery
+				records = append(records, kafkatest.FromOutbox(m, int(sc.id[0])%3))
+			}
+		}
+		if round == 0 {
+			kafkatest.Produce(t, k.Brokers, topic, records...)
+			records = nil
+		}
+	}
+	// Second round: the same records again, plus each forward under a new message id
+	// (an orchestrator resend), so both the inbox and the barrier are exercised.
+	for _, sc := range cases {
+		m := sc.order[len(sc.order)-1].Message(topic)
+		records = append(records, kafkatest.FromOutbox(m, int(sc.id[0])%3))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	kafkatest.Produce(t, k.Brokers, topic, records...)
+	kafkatest.WaitCommitted(t, k.Brokers, group, topic, 3, time.Minute)
+
+	for i, sc := range cases {
+		if bal := e.balance(t, sc.id); bal != sc.balance {
+			t.Errorf("saga %d: balance %d, want %d", i, bal, sc.balance)
+		}
+		if ch, rf := e.w.calls(sc.id); ch != sc.charges || rf != sc.refunds {
+			t.Errorf("saga %d: charge ran %d, refund %d times; want %d, %d", i, ch, rf, sc.charges, sc.refunds)
+		}
+		rows, err := e.db.Pool.Query(context.Background(), `SELECT "headers"->>'saga-outcome' FROM "sagabox"."outbox_messages" WHERE "topic" = $1 AND "key" = $2 ORDER BY "seq"`, replyTopic, sc.id.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[wire.Outcome])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One reply per distinct delivery (the inbox drops redeliveries), then one for the resend.
+		want := append(append([]wire.Outcome{}, sc.replies...), sc.replies[len(sc.replies)-1])
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("saga %d: replies %v, want %v", i, got, want)
+		}
+	}
+}
