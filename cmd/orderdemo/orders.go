@@ -43,10 +43,24 @@ func makeOrder(i, k int) (demo.Order, bool) {
 
 // services runs long-lived parts until ctx ends and collects their errors.
 type services struct {
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	errs []error
-	fail context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	errs     []error
+	fail     context.CancelFunc
+	closePub func()
+}
+
+// startWithRelay starts the outbox relay under a context of its own; the other
+// parts join it with run, and stop ends them all.
+func startWithRelay(ctx context.Context, c *config, in *infra) (*services, context.Context, error) {
+	rl, closePub, err := in.newRelay(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	s := &services{fail: cancel, closePub: closePub}
+	s.run(runCtx, "relay", rl.Run)
+	return s, runCtx, nil
 }
 
 func (s *services) run(ctx context.Context, name string, fn func(context.Context) error) {
@@ -62,9 +76,22 @@ func (s *services) run(ctx context.Context, name string, fn func(context.Context
 	}()
 }
 
-func (s *services) wait() error {
+// stop ends every part, waits for them, and returns why the run went wrong, if it
+// did: an interrupt, a part that failed, or driveErr (sagas left unfinished are
+// not an error here: the report shows them and fails the checks).
+func (s *services) stop(ctx context.Context, driveErr error) error {
+	s.fail()
 	s.wg.Wait()
-	return errors.Join(s.errs...)
+	s.closePub()
+	switch {
+	case driveErr != nil && ctx.Err() != nil:
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	case len(s.errs) > 0:
+		return fmt.Errorf("a demo service stopped: %w", errors.Join(s.errs...))
+	case driveErr != nil && !errors.Is(driveErr, errUnfinished):
+		return driveErr
+	}
+	return nil
 }
 
 // finals tells workers when their saga has finished, from the orchestrator's event feed.
@@ -132,24 +159,16 @@ func runOrders(ctx context.Context, c *config) error {
 	if err != nil {
 		return err
 	}
-	rl, closePub, err := in.newRelay(c)
+	svcs, runCtx, err := startWithRelay(ctx, c, in)
 	if err != nil {
 		return err
 	}
-	defer closePub()
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	svcs := &services{fail: cancel}
-	svcs.run(runCtx, "relay", rl.Run)
 	svcs.run(runCtx, "orchestrator", orch.Run)
 	switch {
 	case c.processes:
 		stop, err := startChildren(c, in)
 		if err != nil {
-			cancel()
-			_ = svcs.wait()
-			return err
+			return svcs.stop(ctx, err)
 		}
 		defer stop()
 		fmt.Fprintf(out, "  participants: %s as separate processes\n", strings.Join(demo.Roles, ", "))
@@ -159,9 +178,7 @@ func runOrders(ctx context.Context, c *config) error {
 				Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
 			})
 			if err != nil {
-				cancel()
-				_ = svcs.wait()
-				return err
+				return svcs.stop(ctx, err)
 			}
 			svcs.run(runCtx, role+" participant", p.Run)
 		}
@@ -172,16 +189,8 @@ func runOrders(ctx context.Context, c *config) error {
 	start := time.Now()
 	results, driveErr := drive(runCtx, c, orch, in, f, start)
 	elapsed := time.Since(start)
-	cancel()
-	svcErr := svcs.wait()
-	if driveErr != nil && ctx.Err() != nil {
-		return fmt.Errorf("interrupted: %w", ctx.Err())
-	}
-	if svcErr != nil {
-		return fmt.Errorf("a demo service stopped: %w", svcErr)
-	}
-	if driveErr != nil && !errors.Is(driveErr, errUnfinished) {
-		return driveErr
+	if err := svcs.stop(ctx, driveErr); err != nil {
+		return err
 	}
 	if err := report(ctx, c, in, orch, results, elapsed, stock); err != nil {
 		return err

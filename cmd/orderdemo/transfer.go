@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -83,32 +82,18 @@ func runTransfers(ctx context.Context, c *config) error {
 	if err != nil {
 		return err
 	}
-	rl, closePub, err := in.newRelay(c)
+	svcs, runCtx, err := startWithRelay(ctx, c, in)
 	if err != nil {
 		return err
 	}
-	defer closePub()
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	svcs := &services{fail: cancel}
-	svcs.run(runCtx, "relay", rl.Run)
 	for i, cons := range consumers {
 		svcs.run(runCtx, []string{"debit", "credit", "audit"}[i]+" service", cons.Run)
 	}
-
 	start := time.Now()
 	rows, driveErr := driveTransfers(runCtx, c, in, bank, start)
 	elapsed := time.Since(start)
-	cancel()
-	svcErr := svcs.wait()
-	if driveErr != nil && ctx.Err() != nil {
-		return fmt.Errorf("interrupted: %w", ctx.Err())
-	}
-	if svcErr != nil {
-		return fmt.Errorf("a demo service stopped: %w", svcErr)
-	}
-	if driveErr != nil && !errors.Is(driveErr, errUnfinished) {
-		return driveErr
+	if err := svcs.stop(ctx, driveErr); err != nil {
+		return err
 	}
 	return reportTransfers(ctx, c, in, bank, rows, elapsed, initial)
 }

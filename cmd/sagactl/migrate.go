@@ -33,12 +33,21 @@ func openMigrator(ctx context.Context, o *opts) (*migrations.Migrator, error) {
 	return migrations.Open(o.databaseURL, o.schema)
 }
 
-func migrateUp(ctx context.Context, a *app, o *opts, _ []string) error {
+// withMigrator runs fn with a migrator on a database known to answer.
+func withMigrator(ctx context.Context, o *opts, fn func(*migrations.Migrator) error) error {
 	m, err := openMigrator(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
+	return fn(m)
+}
+
+func migrateUp(ctx context.Context, a *app, o *opts, _ []string) error {
+	return withMigrator(ctx, o, func(m *migrations.Migrator) error { return up(ctx, a, o, m) })
+}
+
+func up(ctx context.Context, a *app, o *opts, m *migrations.Migrator) error {
 	res, err := m.Up(ctx)
 	out := results(res)
 	if err != nil {
@@ -57,11 +66,10 @@ func migrateUp(ctx context.Context, a *app, o *opts, _ []string) error {
 }
 
 func migrateDown(ctx context.Context, a *app, o *opts, _ []string) error {
-	m, err := openMigrator(ctx, o)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+	return withMigrator(ctx, o, func(m *migrations.Migrator) error { return down(ctx, a, o, m) })
+}
+
+func down(ctx context.Context, a *app, o *opts, m *migrations.Migrator) error {
 	// goose fails obscurely on a schema it never touched; say what is wrong instead.
 	st, err := m.Status(ctx)
 	if err != nil {
@@ -90,11 +98,10 @@ func migrateDown(ctx context.Context, a *app, o *opts, _ []string) error {
 }
 
 func migrateStatus(ctx context.Context, a *app, o *opts, _ []string) error {
-	m, err := openMigrator(ctx, o)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+	return withMigrator(ctx, o, func(m *migrations.Migrator) error { return status(ctx, a, o, m) })
+}
+
+func status(ctx context.Context, a *app, o *opts, m *migrations.Migrator) error {
 	st, err := m.Status(ctx)
 	if err != nil {
 		return err

@@ -315,45 +315,36 @@ func writeFile(path string, fn func(*os.File) error) error {
 }
 
 func sagaRetry(ctx context.Context, a *app, o *opts, pos []string) error {
-	id, err := parseID(pos[0])
-	if err != nil {
-		return err
-	}
-	pool, orch, err := orchestrator(ctx, o)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if err := orch.Retry(ctx, id); err != nil {
-		return explainSaga(err, id, o)
-	}
-	if o.json {
-		return a.printJSON(map[string]any{"id": id, "retried": true})
-	}
-	fmt.Fprintf(a.stdout, "saga %s: compensation resumed; follow it with 'sagactl saga show %s'\n", id, id)
-	return nil
+	return sagaAction(ctx, a, o, pos[0], func(orch *sagastate.Orchestrator, id uuid.UUID) error { return orch.Retry(ctx, id) },
+		"retried", "saga %[1]s: compensation resumed; follow it with 'sagactl saga show %[1]s'\n")
 }
 
 func sagaAbort(ctx context.Context, a *app, o *opts, pos []string) error {
-	id, err := parseID(pos[0])
-	if err != nil {
-		return err
-	}
 	if strings.TrimSpace(o.reason) == "" {
 		return errors.New("saga abort: --reason is required; it is recorded in the saga's log for whoever settles its effects")
+	}
+	return sagaAction(ctx, a, o, pos[0], func(orch *sagastate.Orchestrator, id uuid.UUID) error { return orch.Abort(ctx, id, o.reason) },
+		"aborted", "saga %s aborted: it stays failed; settle what its compensation did not undo by hand\n")
+}
+
+// sagaAction runs an operator action on saga rawID and reports it as done.
+func sagaAction(ctx context.Context, a *app, o *opts, rawID string, act func(*sagastate.Orchestrator, uuid.UUID) error, done, human string) error {
+	id, err := parseID(rawID)
+	if err != nil {
+		return err
 	}
 	pool, orch, err := orchestrator(ctx, o)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := orch.Abort(ctx, id, o.reason); err != nil {
+	if err := act(orch, id); err != nil {
 		return explainSaga(err, id, o)
 	}
 	if o.json {
-		return a.printJSON(map[string]any{"id": id, "aborted": true})
+		return a.printJSON(map[string]any{"id": id, done: true})
 	}
-	fmt.Fprintf(a.stdout, "saga %s aborted: it stays failed; settle what its compensation did not undo by hand\n", id)
+	fmt.Fprintf(a.stdout, human, id)
 	return nil
 }
 
