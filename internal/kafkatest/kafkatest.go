@@ -137,7 +137,7 @@ func WaitCommitted(t testing.TB, brokers []string, group, topic string, partitio
 	Poll(t, timeout, func() bool {
 		got = Committed(t, brokers, group, topic, partitions)
 		for i := range ends {
-			if got[i] < ends[i] {
+			if ends[i] > 0 && got[i] < ends[i] { // an empty partition has nothing to commit
 				return false
 			}
 		}
