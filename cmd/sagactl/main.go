@@ -1,10 +1,3 @@
-// Command sagactl operates a sagabox installation: it migrates the schema, shows
-// the outbox backlog and dead letters, lists and inspects sagas, retries or aborts
-// sagas stuck in failed, and draws a saga's timeline.
-//
-// Every subcommand reads the database from --database-url or DATABASE_URL and the
-// schema from --schema (default "sagabox"), prints human tables by default and JSON
-// with --json, and accepts --help.
 package main
 
 import (

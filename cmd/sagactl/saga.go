@@ -230,18 +230,12 @@ func sagaList(ctx context.Context, a *app, o *opts, _ []string) error {
 }
 
 func sagaShow(ctx context.Context, a *app, o *opts, pos []string) error {
-	id, err := parseID(pos[0])
-	if err != nil {
+	var s *sagastate.Instance
+	if err := withSaga(ctx, o, pos[0], func(orch *sagastate.Orchestrator, id uuid.UUID) (err error) {
+		s, err = orch.Get(ctx, id)
 		return err
-	}
-	pool, orch, err := orchestrator(ctx, o)
-	if err != nil {
+	}); err != nil {
 		return err
-	}
-	defer pool.Close()
-	s, err := orch.Get(ctx, id)
-	if err != nil {
-		return explainSaga(err, id, o)
 	}
 	tl := timeline.FromSaga(s)
 	if o.svg != "" {
@@ -327,8 +321,8 @@ func sagaAbort(ctx context.Context, a *app, o *opts, pos []string) error {
 		"aborted", "saga %s aborted: it stays failed; settle what its compensation did not undo by hand\n")
 }
 
-// sagaAction runs an operator action on saga rawID and reports it as done.
-func sagaAction(ctx context.Context, a *app, o *opts, rawID string, act func(*sagastate.Orchestrator, uuid.UUID) error, done, human string) error {
+// withSaga runs fn on saga rawID with an orchestrator, explaining its errors.
+func withSaga(ctx context.Context, o *opts, rawID string, fn func(*sagastate.Orchestrator, uuid.UUID) error) error {
 	id, err := parseID(rawID)
 	if err != nil {
 		return err
@@ -338,9 +332,18 @@ func sagaAction(ctx context.Context, a *app, o *opts, rawID string, act func(*sa
 		return err
 	}
 	defer pool.Close()
-	if err := act(orch, id); err != nil {
+	if err := fn(orch, id); err != nil {
 		return explainSaga(err, id, o)
 	}
+	return nil
+}
+
+// sagaAction runs an operator action on saga rawID and reports it as done.
+func sagaAction(ctx context.Context, a *app, o *opts, rawID string, act func(*sagastate.Orchestrator, uuid.UUID) error, done, human string) error {
+	if err := withSaga(ctx, o, rawID, act); err != nil {
+		return err
+	}
+	id, _ := uuid.Parse(rawID)
 	if o.json {
 		return a.printJSON(map[string]any{"id": id, done: true})
 	}
