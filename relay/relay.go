@@ -137,7 +137,7 @@ func (r *Relay) publishLoop(ctx context.Context) {
 	defer poll.Stop()
 	failures := 0
 	for ctx.Err() == nil {
-		n, err := r.cycle(ctx)
+		_, err := r.cycle(ctx)
 		if err != nil && ctx.Err() == nil {
 			failures++
 			pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
@@ -149,9 +149,6 @@ func (r *Relay) publishLoop(ctx context.Context) {
 			continue
 		}
 		failures = 0
-		if n == r.cfg.BatchSize {
-			continue // more may be waiting
-		}
 		poll.Reset(r.cfg.PollInterval)
 		select {
 		case <-ctx.Done():
@@ -172,12 +169,15 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 	}
 	start := time.Now()
 	now := r.cfg.Now()
-	rows, err := r.q.claim(ctx, r.db, shards, len(shards) == Shards, now, r.cfg.BatchSize)
+	rows, scanned, err := r.q.claim(ctx, r.db, shards, len(shards) == Shards, now, r.cfg.BatchSize)
 	if err != nil {
 		return 0, err
 	}
 	if len(rows) == 0 {
 		return 0, nil
+	}
+	if scanned == r.cfg.BatchSize {
+		r.wake() // the scan was full: more rows may be ready behind it
 	}
 	msgs := make([]outbox.Message, len(rows))
 	for i := range rows {

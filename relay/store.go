@@ -37,27 +37,19 @@ type queries struct {
 // (insert order), skipping every key that has a row waiting for a retry. A row is
 // ready when its transaction is older than every running one (txid below the
 // snapshot's xmin: no row of an older transaction can still appear) and its retry,
-// if any, is due. It is claimed when it and every earlier scanned row of its key
-// are ready. Rows without a key hold nothing back. See doc.go, "Commit order".
-const claimSQL = `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-scan AS (
-    SELECT m."id", m."seq", m."topic", m."key", m."payload", m."headers", m."attempts",
-        m."txid" < (SELECT xmin FROM snap) AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2) AS ready
-    FROM %[1]s AS m
-    WHERE m."dead_at" IS NULL
-      %[2]s
-      AND (m."key" = '' OR NOT EXISTS (
-          SELECT 1 FROM %[1]s AS w
-          WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > $2 AND w."seq" <= m."seq"))
-    ORDER BY m."seq"
-    LIMIT $4
-),
-clear AS (
-    SELECT *, bool_and(ready) OVER (
-        PARTITION BY CASE WHEN "key" = '' THEN "id"::text ELSE "key" END ORDER BY "seq") AS clear
-    FROM scan
-)
-SELECT "id", "topic", "key", "payload", "headers", "attempts" FROM clear WHERE clear ORDER BY "seq" LIMIT $1`
+// if any, is due. claim then takes a row when it and every earlier scanned row of
+// its key are ready. Rows without a key hold nothing back. See doc.go, "Commit order".
+const claimSQL = `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+    m."txid" < (SELECT xmin FROM snap) AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2) AS ready
+FROM %[1]s AS m
+WHERE m."dead_at" IS NULL
+  %[2]s
+  AND (m."key" = '' OR NOT EXISTS (
+      SELECT 1 FROM %[1]s AS w
+      WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > $2 AND w."seq" <= m."seq"))
+ORDER BY m."seq"
+LIMIT $1`
 
 func newQueries(schema string) queries {
 	msgs := pgx.Identifier{schema, "outbox_messages"}.Sanitize()
@@ -97,35 +89,50 @@ RETURNING "shard"`,
 	}
 }
 
-func (q *queries) claim(ctx context.Context, db *pgxpool.Pool, shards []int16, all bool, now time.Time, limit int) ([]row, error) {
+// claim returns the rows to publish next, in order, and how many rows it scanned
+// (when that is limit, more may be waiting).
+func (q *queries) claim(ctx context.Context, db *pgxpool.Pool, shards []int16, all bool, now time.Time, limit int) ([]row, int, error) {
 	sql := q.claimSome
 	if all {
 		sql = q.claimAll
 	}
-	// Scanning twice the batch leaves room for rows that are not ready yet.
-	rows, err := db.Query(ctx, sql, limit, now, shards, 2*limit)
+	rows, err := db.Query(ctx, sql, limit, now, shards)
 	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+		return nil, 0, fmt.Errorf("claim: %w", err)
 	}
 	defer rows.Close()
 	var out []row
+	scanned := 0
+	blocked := map[string]bool{} // keys with an earlier row that is not ready
 	for rows.Next() {
 		var r row
 		var headers []byte
-		if err := rows.Scan(&r.msg.ID, &r.msg.Topic, &r.msg.Key, &r.msg.Payload, &headers, &r.attempts); err != nil {
-			return nil, fmt.Errorf("claim: %w", err)
+		var ready bool
+		if err := rows.Scan(&r.msg.ID, &r.msg.Topic, &r.msg.Key, &r.msg.Payload, &headers, &r.attempts, &ready); err != nil {
+			return nil, 0, fmt.Errorf("claim: %w", err)
+		}
+		scanned++
+		keyed := r.msg.Key != ""
+		if keyed && blocked[r.msg.Key] {
+			continue
+		}
+		if !ready {
+			if keyed {
+				blocked[r.msg.Key] = true
+			}
+			continue
 		}
 		if len(headers) > 2 { // "{}" is the common case
 			if err := json.Unmarshal(headers, &r.msg.Headers); err != nil {
-				return nil, fmt.Errorf("claim: row %s has unreadable headers: %w", r.msg.ID, err)
+				return nil, 0, fmt.Errorf("claim: row %s has unreadable headers: %w", r.msg.ID, err)
 			}
 		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+		return nil, 0, fmt.Errorf("claim: %w", err)
 	}
-	return out, nil
+	return out, scanned, nil
 }
 
 // failure is the bookkeeping of one failed row.
