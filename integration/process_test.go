@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -17,11 +18,12 @@ import (
 
 // Proc is a sagabox binary running as a process of its own, so a fault can SIGKILL it.
 type Proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
+	name   string
+	cmd    *exec.Cmd
+	out    *syncBuffer // stdout and stderr
+	stdout *syncBuffer
+	done   chan struct{}
+	err    error
 }
 
 type syncBuffer struct {
@@ -47,8 +49,8 @@ func startProc(t testing.TB, name, bin string, env []string, args ...string) *Pr
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &Proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
+	p := &Proc{name: name, cmd: cmd, out: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(p.out, p.stdout), p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -88,6 +90,32 @@ func (p *Proc) Stop(t testing.TB) {
 		<-p.done
 		t.Errorf("%s did not stop within 10 s of SIGTERM", p.name)
 	}
+}
+
+// Wait waits up to timeout for the process to exit by itself and returns its stdout.
+func (p *Proc) Wait(t testing.TB, timeout time.Duration) (stdout string, err error) {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.stdout.String(), p.err
+	case <-time.After(timeout):
+		t.Fatalf("%s did not finish within %s; its output:\n%s", p.name, timeout, tail(p.out.String(), 40))
+		return "", nil
+	}
+}
+
+// WaitOutput waits until the process printed want (on stdout or stderr).
+func (p *Proc) WaitOutput(t testing.TB, want string, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("%s to print %q", p.name, want), func() error {
+		if strings.Contains(p.out.String(), want) {
+			return nil
+		}
+		if done, err := p.Exited(); done {
+			t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, err, want, tail(p.out.String(), 40))
+		}
+		return fmt.Errorf("not yet")
+	})
 }
 
 // Exited reports whether the process ended, and how.
