@@ -45,6 +45,7 @@ type Querier interface {
 type Store struct {
 	schema        string
 	recordSQL     string
+	recordManySQL string
 	sweepSQL      string
 	addDeadSQL    string
 	listDeadSQL   string
@@ -65,6 +66,8 @@ func NewStore(schema string) (*Store, error) {
 		schema: schema,
 		recordSQL: `INSERT INTO ` + inbox + ` ("consumer", "message_id") VALUES ($1, $2)
 ON CONFLICT ("consumer", "message_id") DO NOTHING`,
+		recordManySQL: `INSERT INTO ` + inbox + ` ("consumer", "message_id") SELECT $1, unnest($2::uuid[])
+ON CONFLICT ("consumer", "message_id") DO NOTHING RETURNING "message_id"`,
 		// Batched so a large backlog never holds one huge delete's locks and WAL.
 		sweepSQL: `DELETE FROM ` + inbox + ` WHERE ctid IN (
 SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 LIMIT $2)`,
@@ -93,17 +96,52 @@ func Record(ctx context.Context, tx Execer, consumer string, id uuid.UUID) (firs
 // recorded by a committed transaction: skip the effect. If another transaction is
 // recording the same pair right now, Record waits for it to end.
 func (s *Store) Record(ctx context.Context, tx Execer, consumer string, id uuid.UUID) (first bool, err error) {
-	if consumer == "" {
-		return false, fmt.Errorf("inbox: %w: the consumer name is empty; name the consumer (e.g. its group id) so its dedup rows are its own", ErrInvalidConsumer)
-	}
-	if id == uuid.Nil {
-		return false, fmt.Errorf("inbox: %w: the zero UUID; messages need the id the outbox assigned (header %q)", ErrInvalidMessageID, "message-id")
+	if err := validate(consumer, id); err != nil {
+		return false, err
 	}
 	tag, err := tx.Exec(ctx, s.recordSQL, consumer, id)
 	if err != nil {
 		return false, fmt.Errorf("inbox: record message %s for consumer %q: %w", id, consumer, err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+func validate(consumer string, ids ...uuid.UUID) error {
+	if consumer == "" {
+		return fmt.Errorf("inbox: %w: the consumer name is empty; name the consumer (e.g. its group id) so its dedup rows are its own", ErrInvalidConsumer)
+	}
+	for _, id := range ids {
+		if id == uuid.Nil {
+			return fmt.Errorf("inbox: %w: the zero UUID; messages need the id the outbox assigned (header %q)", ErrInvalidMessageID, "message-id")
+		}
+	}
+	return nil
+}
+
+// RecordMany is Record for several messages in one statement: first[i] reports
+// whether ids[i] is new. An id repeated within ids is new at most at its first position.
+func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids []uuid.UUID) (first []bool, err error) {
+	if err := validate(consumer, ids...); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, s.recordManySQL, consumer, ids)
+	if err != nil {
+		return nil, fmt.Errorf("inbox: record %d messages for consumer %q: %w", len(ids), consumer, err)
+	}
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("inbox: record %d messages for consumer %q: %w", len(ids), consumer, err)
+	}
+	fresh := make(map[uuid.UUID]bool, len(inserted))
+	for _, id := range inserted {
+		fresh[id] = true
+	}
+	first = make([]bool, len(ids))
+	for i, id := range ids {
+		first[i] = fresh[id]
+		delete(fresh, id)
+	}
+	return first, nil
 }
 
 // Sweep deletes inbox entries received before `before`, batch rows per statement,

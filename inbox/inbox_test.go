@@ -3,6 +3,7 @@ package inbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -255,5 +256,26 @@ func TestDeadLetters(t *testing.T) {
 	}
 	if _, err := s.AddDeadLetter(ctx, db.Pool, inbox.DeadLetter{}); !errors.Is(err, inbox.ErrInvalidConsumer) {
 		t.Fatalf("no consumer: err = %v", err)
+	}
+}
+
+func TestRecordMany(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	s, _ := inbox.NewStore("")
+	a, b, c := uuid.New(), uuid.New(), uuid.New()
+	if _, err := s.Record(ctx, db.Pool, "c", b); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.RecordMany(ctx, db.Pool, "c", []uuid.UUID{a, b, a, c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(first) != "[true false false true]" {
+		t.Fatalf("first = %v, want [true false false true]: b was recorded before, a repeats", first)
+	}
+	if _, err := s.RecordMany(ctx, db.Pool, "c", []uuid.UUID{a, uuid.Nil}); !errors.Is(err, inbox.ErrInvalidMessageID) {
+		t.Fatalf("nil id: err = %v", err)
 	}
 }

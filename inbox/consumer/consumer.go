@@ -381,10 +381,21 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 	failed, failure := 0, error(nil)
 	if len(msgs) > 1 {
 		err := r.inTx(func(tx pgx.Tx) error {
+			ids := make([]uuid.UUID, len(msgs))
 			for i, m := range msgs {
-				if err := r.apply(tx, m); err != nil {
+				ids[i] = m.ID
+			}
+			first, err := r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
+			if err != nil {
+				return err
+			}
+			for i, m := range msgs {
+				if !first[i] {
+					continue
+				}
+				if err := r.c.handler(r.ctx, tx, m); err != nil {
 					failed = i
-					return err
+					return &handlerError{err}
 				}
 			}
 			return nil
@@ -541,3 +552,4 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		}
 	}
 }
+
