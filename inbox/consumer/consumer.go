@@ -552,4 +552,3 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		}
 	}
 }
-
