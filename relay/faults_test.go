@@ -171,13 +171,13 @@ func TestMissingTopic(t *testing.T) {
 	}
 }
 
-// steppedRelayWith is steppedRelay for a given pool and publisher, with a fresh
-// lease set: a second one takes the leases after the first released none, so it
-// gets them once they expire; tests call it on an idle first relay.
+// steppedRelayWith is steppedRelay for a given pool and publisher. It first clears
+// the lease tables, as if earlier stepped relays had stopped, so it owns every shard.
 func steppedRelayWith(t *testing.T, pool *pgxpool.Pool, pub relay.Publisher) *relay.Relay {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `UPDATE "sagabox"."outbox_leases" SET "owner" = NULL, "expires_at" = '-infinity'`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE "sagabox"."outbox_leases" SET "owner" = NULL, "expires_at" = '-infinity';
+DELETE FROM "sagabox"."outbox_relays"`); err != nil {
 		t.Fatal(err)
 	}
 	r, err := relay.New(pool, pub, fastConfig())

@@ -27,15 +27,12 @@ func TestMain(m *testing.M) {
 	code := testenv.Run(m)
 	if code == 0 {
 		if err := goleak.Find(
-			// kafka-go's transport keeps idle connections and a metadata
-			// refresher per Transport; they are not ours to stop.
+			// kafka-go's DefaultTransport (used by the test helpers' kafka.Client
+			// and testenv.CreateTopic) keeps connection pools it never stops.
 			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
 			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go/protocol.(*Conn).readLoop"),
 			goleak.IgnoreAnyFunction("github.com/segmentio/kafka-go.(*conn).run"),
 			goleak.IgnoreAnyFunction("github.com/segmentio/kafka-go.(*connGroup).connect.func1"),
-			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-			goleak.IgnoreTopFunction("github.com/jackc/pgx/v5/pgxpool.(*Pool).backgroundHealthCheck"),
-			goleak.IgnoreAnyFunction("github.com/twmb/franz-go/pkg/kfake.(*Cluster).run"),
 		); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
