@@ -74,6 +74,10 @@ func (b *barrier) run(ctx context.Context, tx pgx.Tx, cmd wire.Command, h Handle
 		return wire.Reply{}, fmt.Errorf("participants: savepoint: %w", err)
 	}
 	result, herr := h(ctx, tx, cmd)
+	if herr != nil && ctx.Err() != nil {
+		// Shutting down: not the step's failure. Nothing commits; the record comes again.
+		return wire.Reply{}, fmt.Errorf("participants: saga %s step %s interrupted: %w", cmd.SagaID, cmd.Step, herr)
+	}
 	if herr == nil {
 		return b.finish(ctx, tx, cmd, wire.OutcomeSuccess, "", result)
 	}

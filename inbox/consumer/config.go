@@ -52,6 +52,10 @@ type Config struct {
 	CommitInterval time.Duration
 	// CommitTimeout bounds each offset commit. Defaults to 10s.
 	CommitTimeout time.Duration
+	// ShutdownTimeout is how long Run, once its context ended, lets the records in
+	// flight finish before canceling their handlers' context (they are then rolled back
+	// and come again after a restart). Defaults to 10s.
+	ShutdownTimeout time.Duration
 
 	// SessionTimeout is the consumer-group session timeout. Defaults to 10s.
 	SessionTimeout time.Duration
@@ -96,6 +100,7 @@ func (c *Config) applyDefaults(poolMaxConns int) {
 	setDefault(&c.MaxBackoff, 10*time.Second)
 	setDefault(&c.CommitInterval, 500*time.Millisecond)
 	setDefault(&c.CommitTimeout, 10*time.Second)
+	setDefault(&c.ShutdownTimeout, 10*time.Second)
 	setDefault(&c.SessionTimeout, 10*time.Second)
 	setDefault(&c.HeartbeatInterval, 3*time.Second)
 	setDefault(&c.RebalanceTimeout, 30*time.Second)
@@ -150,7 +155,7 @@ func (c *Config) validate(poolMaxConns int) error {
 		v    time.Duration
 	}{
 		{"MinBackoff", c.MinBackoff}, {"MaxBackoff", c.MaxBackoff}, {"CommitInterval", c.CommitInterval},
-		{"CommitTimeout", c.CommitTimeout}, {"SessionTimeout", c.SessionTimeout}, {"HeartbeatInterval", c.HeartbeatInterval},
+		{"CommitTimeout", c.CommitTimeout}, {"ShutdownTimeout", c.ShutdownTimeout}, {"SessionTimeout", c.SessionTimeout}, {"HeartbeatInterval", c.HeartbeatInterval},
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff}, {"MaxWait", c.MaxWait},
 	} {
 		if f.v < 0 {

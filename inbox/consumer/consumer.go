@@ -118,16 +118,20 @@ func (c *Consumer) Config() Config { return c.cfg }
 // run is the state of one Run call.
 type run struct {
 	c       *Consumer
-	ctx     context.Context // canceled on shutdown or crash
+	stop    context.Context // ends when Run's ctx ends (or on a crash): stop fetching and retrying
+	halt    context.CancelFunc
+	ctx     context.Context // handlers' context: ends ShutdownTimeout after stop, or on a crash
 	cancel  context.CancelFunc
 	done    chan kafka.Message // handled records, in order per partition
 	crashed atomic.Bool
 }
 
-// Run consumes until ctx ends, then stops fetching, lets workers abandon what they
-// have not committed (it is redelivered later), commits the offsets of everything
-// handled, closes the Kafka reader and returns nil. It returns an error only if the
-// consumer cannot run at all. Run may be called again after it returned.
+// Run consumes until ctx ends. Then it stops fetching, lets the records in flight
+// finish (for at most ShutdownTimeout; after that their handlers' context is canceled
+// and they roll back), abandons records fetched but not started, commits the offsets
+// of everything handled, closes the Kafka reader and returns nil. Abandoned records
+// come again after a restart. Run returns an error only if the consumer cannot run
+// at all; it may be called again after it returned.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("consumer %q: %w", c.cfg.Name, ErrRunning)
@@ -135,9 +139,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 
 	reader := kafka.NewReader(c.readerConfig())
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	r := &run{c: c, ctx: rctx, cancel: cancel, done: make(chan kafka.Message, c.cfg.Concurrency*c.cfg.BatchSize)}
+	r := &run{c: c, done: make(chan kafka.Message, c.cfg.Concurrency*c.cfg.BatchSize)}
+	r.stop, r.halt = context.WithCancel(ctx)
+	defer r.halt()
+	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer r.cancel()
 
 	committed := make(chan struct{})
 	go func() {
@@ -158,10 +164,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	r.fetchLoop(reader, queues)
 
+	// Let the records in flight finish, within ShutdownTimeout; queued ones are
+	// abandoned and come again after the restart.
+	deadline := time.AfterFunc(c.cfg.ShutdownTimeout, r.cancel)
 	for _, q := range queues {
 		close(q)
 	}
 	workers.Wait()
+	deadline.Stop()
 	close(r.done)
 	<-committed
 	// Only now: closing the reader while a commit is in flight can hang kafka-go.
@@ -203,8 +213,8 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 func (r *run) fetchLoop(reader *kafka.Reader, queues []chan kafka.Message) {
 	failures := 0
 	for {
-		m, err := reader.FetchMessage(r.ctx)
-		if r.ctx.Err() != nil {
+		m, err := reader.FetchMessage(r.stop)
+		if r.stopping() {
 			return
 		}
 		if err != nil {
@@ -221,7 +231,7 @@ func (r *run) fetchLoop(reader *kafka.Reader, queues []chan kafka.Message) {
 		failures = 0
 		select {
 		case queues[queueIndex(m.Topic, m.Partition, len(queues))] <- m:
-		case <-r.ctx.Done():
+		case <-r.stop.Done():
 			return
 		}
 	}
@@ -233,6 +243,10 @@ func queueIndex(topic string, partition, n int) int {
 	return int((h.Sum32() + uint32(partition)) % uint32(n))
 }
 
+// stopping reports whether Run's context ended: no new record is started and no
+// failed one retried.
+func (r *run) stopping() bool { return r.stop.Err() != nil }
+
 // sleep waits the backoff for the given attempt (1 = first retry) and reports
 // false if the run ended meanwhile.
 func (r *run) sleep(attempt int) bool {
@@ -241,7 +255,7 @@ func (r *run) sleep(attempt int) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-r.ctx.Done():
+	case <-r.stop.Done():
 		return false
 	}
 }
@@ -304,7 +318,7 @@ func (r *run) commitLoop(reader *kafka.Reader) {
 func (r *run) work(q chan kafka.Message) {
 	batch := make([]kafka.Message, 0, r.c.cfg.BatchSize)
 	for m := range q {
-		if r.ctx.Err() != nil {
+		if r.stopping() {
 			continue // shutting down: drain; uncommitted records come again later
 		}
 		batch = append(batch[:0], m)
@@ -403,7 +417,7 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 		if err == nil {
 			return r.handled(msgs, raw)
 		}
-		if r.ctx.Err() != nil {
+		if r.stopping() {
 			return false
 		}
 		var he *handlerError
@@ -437,7 +451,7 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 			if err == nil {
 				return r.handled([]Message{m}, []kafka.Message{km})
 			}
-			if r.ctx.Err() != nil {
+			if r.stopping() {
 				return false
 			}
 			var he *handlerError
@@ -510,6 +524,7 @@ func (r *run) handled(msgs []Message, raw []kafka.Message) bool {
 		for _, m := range msgs {
 			if hook(m) {
 				r.crashed.Store(true)
+				r.halt()
 				r.cancel()
 				return false
 			}
@@ -543,7 +558,7 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempts", attempts, "reason", d.Reason)
 			return r.handled([]Message{m}, []kafka.Message{km})
 		}
-		if r.ctx.Err() != nil {
+		if r.stopping() {
 			return false
 		}
 		cfg.Logger.Warn("consumer: storing dead letter failed, will retry", "consumer", cfg.Name, "err", err)

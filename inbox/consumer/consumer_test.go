@@ -469,3 +469,72 @@ func TestPermanent(t *testing.T) {
 		t.Fatal("a plain error is not permanent")
 	}
 }
+
+func TestShutdown(t *testing.T) {
+	t.Parallel()
+
+	// blocking starts a consumer whose handler waits for release (or its context).
+	blocking := func(t *testing.T, e *env, cfg consumer.Config) (started chan struct{}, release chan struct{}, cancel func(), done chan error) {
+		started, release = make(chan struct{}), make(chan struct{})
+		c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+			if err := apply(ctx, tx, msg); err != nil {
+				return err
+			}
+			close(started)
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done = make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		return started, release, cancel, done
+	}
+
+	t.Run("InFlightRecordFinishesAndIsCommitted", func(t *testing.T) {
+		t.Parallel()
+		e := setup(t, 1)
+		kafkatest.Produce(t, e.k.Brokers, e.topic, e.record(0, 0), e.record(0, 1))
+		cfg := e.config()
+		cfg.BatchSize = 1
+		started, release, cancel, done := blocking(t, e, cfg)
+		<-started
+		cancel() // while the handler is in the middle of record 0
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if n := e.count(t, `SELECT count(*) FROM "applied"`); n != 1 {
+			t.Fatalf("%d records applied, want 1: the one in flight finishes, the queued one waits", n)
+		}
+		if off := kafkatest.Committed(t, e.k.Brokers, e.group, e.topic, 1)[0]; off != 1 {
+			t.Fatalf("committed offset %d, want 1: the finished record's offset is committed on the way out", off)
+		}
+	})
+
+	t.Run("StuckHandlerIsCanceledAfterShutdownTimeout", func(t *testing.T) {
+		t.Parallel()
+		e := setup(t, 1)
+		kafkatest.Produce(t, e.k.Brokers, e.topic, e.record(0, 0))
+		cfg := e.config()
+		cfg.ShutdownTimeout = 50 * time.Millisecond
+		started, _, cancel, done := blocking(t, e, cfg)
+		<-started
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if n := e.count(t, `SELECT count(*) FROM "applied"`); n != 0 {
+			t.Fatalf("%d records applied, want 0: the canceled handler's transaction rolls back", n)
+		}
+		if off := kafkatest.Committed(t, e.k.Brokers, e.group, e.topic, 1)[0]; off > 0 {
+			t.Fatalf("committed offset %d, want none: the record must come again", off)
+		}
+	})
+}
