@@ -10,4 +10,9 @@
 // Enqueue validates every message before writing any of them: an empty or
 // invalid topic, an oversized payload or an invalid header is rejected with an
 // error naming the message and the problem, and nothing is written.
+//
+// Each row's "shard" (hashtext(key) & 255, computed by the database) decides which
+// relay publishes it; see package relay. For operators (sagactl): Stats reports
+// the backlog and dead letters, ListDead shows the dead-lettered rows with their
+// errors, RetryDead makes them pending again.
 package outbox
