@@ -13,7 +13,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/internal/kafkatest"
@@ -23,21 +22,7 @@ import (
 	"github.com/sagabox/sagabox/sagastate/wire"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Run(m)
-	if code == 0 {
-		// testenv's CreateTopic uses kafka-go's shared DefaultTransport, whose idle
-		// connection pool lives for the process; everything else must be gone.
-		if err := goleak.Find(
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-		); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(kafkatest.Main(m)) }
 
 const replyTopic = "payment.replies"
 

@@ -6,12 +6,15 @@ package kafkatest
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
 
+	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -160,4 +163,23 @@ func Poll(t testing.TB, timeout time.Duration, cond func() bool, what func() str
 		case <-tick.C:
 		}
 	}
+}
+
+// Main runs the tests of a package that starts goroutines: testenv.Run, then a goleak
+// check. Use it as: func TestMain(m *testing.M) { os.Exit(kafkatest.Main(m)) }
+func Main(m *testing.M) int {
+	code := testenv.Run(m)
+	if code != 0 {
+		return code
+	}
+	// testenv's CreateTopic uses kafka-go's shared DefaultTransport, whose idle
+	// connection pool lives for the process; everything else must be gone.
+	if err := goleak.Find(
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+	); err != nil {
+		fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+		return 1
+	}
+	return 0
 }
