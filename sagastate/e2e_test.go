@@ -43,8 +43,13 @@ const topic = "svc.commands"
 var (
 	linear = sagastate.Define[script]("linear",
 		sagastate.Step("a", topic).Do("a.do").Undo("a.undo").UndoRetry(fastUndo),
-		sagastate.Step("b", topic).Do("b.do").Undo("b.undo").Timeout(time.Second).Retry(sagastate.RetryPolicy{MaxAttempts: 1}),
+		sagastate.Step("b", topic).Do("b.do").Undo("b.undo"),
 		sagastate.Step("c", topic).Do("c.do").Undo("c.undo"),
+	)
+	// impatient gives b one attempt of one second: the timeout test holds b's participant.
+	impatient = sagastate.Define[script]("impatient",
+		sagastate.Step("a", topic).Do("a.do").Undo("a.undo"),
+		sagastate.Step("b", topic).Do("b.do").Undo("b.undo").Timeout(time.Second).Retry(sagastate.RetryPolicy{MaxAttempts: 1}),
 	)
 	fanout = sagastate.Define[script]("fanout",
 		sagastate.Step("a", topic).Do("a.do").Undo("a.undo"),
@@ -80,7 +85,7 @@ func setup(t *testing.T) *fixture {
 	}
 	f.env = sagatest.Start(t, f.db.Pool, k.Brokers, sagatest.Config{
 		Orchestrator: sagastate.Config{
-			Sagas:     []sagastate.Definition{linear, fanout, fragile},
+			Sagas:     []sagastate.Definition{linear, impatient, fanout, fragile},
 			Listeners: []sagastate.Listener{func(e sagastate.Event) { f.events <- e }},
 		},
 		Participants: []sagatest.Runner{p},
@@ -240,7 +245,7 @@ func TestSagaEndToEnd(t *testing.T) {
 	})
 
 	t.Run("TimeoutThenLateSuccessIsCompensated", func(t *testing.T) {
-		id := f.env.StartSaga(t, "linear", script{Hold: "b"})
+		id := f.env.StartSaga(t, "impatient", script{Hold: "b"})
 		s := sagatest.AwaitStatus(t, o, id, wait, sagastate.SagaTimeout)
 		if s.Step("b").Status != sagastate.StepCompensating {
 			t.Fatalf("after the timeout:\n%s", sagatest.Describe(s))

@@ -203,7 +203,9 @@ func Describe(s *sagastate.Instance) string {
 func CreateTopics(brokers []string, partitions int, topics ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections() // or its connection pool outlives the call
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: 1})
