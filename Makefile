@@ -31,7 +31,7 @@ integration: ## End-to-end suite on testcontainers-go with faults (needs Docker;
 	$(GO) test -tags integration -count=1 -timeout 30m -run '$(RUN)' -v ./integration/
 
 soak: ## Soak run, not in CI: SOAK_SAGAS sagas (default 100000) under random faults; prints invariants and throughput.
-	SAGABOX_SOAK_SAGAS=$(SOAK_SAGAS) $(GO) test -tags integration -count=1 -timeout 3h -run '^TestSoak$$' -v ./integration/
+	SAGABOX_SOAK_SAGAS=$(SOAK_SAGAS) $(GO) test -tags integration -count=1 -timeout 8h -run '^TestSoak$$' -v ./integration/
 
 images: ## Build the local PostgreSQL and broker images for the integration suite (scripts/build-images.sh).
 	scripts/build-images.sh

@@ -88,7 +88,7 @@ func (e *relayEnv) waitProgress(t *testing.T, n int) {
 // finish waits for every committed message and checks the invariants.
 func (e *relayEnv) finish(t *testing.T) Report {
 	t.Helper()
-	e.col.WaitAll(t, e.producer, deliverWait)
+	e.col.WaitAll(t, e.producer, deliverWait, 45*time.Second)
 	rep := e.col.Check(e.producer.Committed(t, e.pg))
 	requireInvariants(t, rep)
 	return rep
