@@ -1,12 +1,17 @@
 // Package integration is sagabox's end-to-end suite: PostgreSQL and a Kafka-protocol broker
-// run as containers (testcontainers-go), the relay runs as real processes
-// (cmd/outbox-relay, built once per run), and faults are injected the way production brings
-// them — a relay killed with SIGKILL mid-batch, two relays with one killed, the PostgreSQL
-// container restarted, the broker stopped for 20 s.
+// run as containers (testcontainers-go), the relay and the saga's services run as real
+// processes (relays: the test binary re-executed running package relay with 6 s leases;
+// the order saga: cmd/orderdemo --role driver|orders|inventory|payments|shipping), and
+// faults are injected the way production brings them — a relay killed with SIGKILL
+// mid-batch, two relays with one killed, the PostgreSQL container restarted, the broker
+// stopped for 20 s, a participant killed between its database commit and its offset
+// commit, every message delivered twice.
 //
-// Guarantee checked after every fault: no outbox message lost, and per key the messages
-// reach Kafka in commit order (the first delivery of each message comes after the first
-// delivery of its predecessor; redelivery of an in-flight batch is allowed and counted).
+// Guarantees checked after every fault: no outbox message lost; per key the messages reach
+// Kafka in commit order (the first delivery of each message comes after the first delivery
+// of its predecessor; redelivery of an in-flight batch is allowed and counted); every saga
+// completed or compensated as expected; no effect applied twice (stock conserved, no
+// payment or shipment left for a compensated order, every record applied once).
 //
 // The files carry the build tag "integration"; run them with
 //
