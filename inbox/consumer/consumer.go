@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -182,7 +183,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 func (c *Consumer) readerConfig() kafka.ReaderConfig {
-	logger := c.cfg.Logger
 	start := kafka.FirstOffset
 	if c.cfg.StartAtLatest {
 		start = kafka.LastOffset
@@ -201,13 +201,21 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 		QueueCapacity:     c.cfg.QueueCapacity,
 		// Commits are synchronous calls from our own commit loop, batched there.
 		CommitInterval: 0,
-		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
-			logger.Debug("kafka: "+strings.TrimSpace(fmt.Sprintf(msg, args...)), "consumer", c.cfg.Name)
-		}),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			logger.Warn("kafka: "+strings.TrimSpace(fmt.Sprintf(msg, args...)), "consumer", c.cfg.Name)
-		}),
+		Logger:         c.kafkaLogger(slog.LevelDebug),
+		ErrorLogger:    c.kafkaLogger(slog.LevelWarn),
 	}
+}
+
+// kafkaLogger forwards kafka-go's messages at level, or returns nil when the logger
+// would drop them: kafka-go logs per fetch, and formatting costs.
+func (c *Consumer) kafkaLogger(level slog.Level) kafka.Logger {
+	logger := c.cfg.Logger
+	if !logger.Enabled(context.Background(), level) {
+		return nil
+	}
+	return kafka.LoggerFunc(func(msg string, args ...any) {
+		logger.Log(context.Background(), level, "kafka: "+strings.TrimSpace(fmt.Sprintf(msg, args...)), "consumer", c.cfg.Name)
+	})
 }
 
 func (r *run) fetchLoop(reader *kafka.Reader, queues []chan kafka.Message) {
