@@ -89,8 +89,8 @@
 //
 // What NOTIFY costs producers (BenchmarkNotifyCost: 8 connections committing one
 // 1 KiB message per transaction, trigger enabled and disabled in alternating
-// rounds of one run): a median of 1663 against 2218 commits/s, 0.75×, on this
-// project's loaded 2-core machine. A notifying commit takes PostgreSQL's global
+// rounds of one run): 0.75× (1663 against 2218 commits/s) and 0.91× (1277
+// against 1406) in two runs on this project's loaded 2-core machine. A notifying commit takes PostgreSQL's global
 // notify-queue lock, so notifying transactions commit one at a time. It stays on by
 // default because it buys latency: commit → consumer p50 is about one batch, not
 // PollInterval/2 (BenchmarkCommitToPublishLatency). Where producers commit so fast
