@@ -76,6 +76,15 @@ type PG struct {
 
 func startPostgres(t testing.TB) *PG {
 	t.Helper()
+	pg, err := runPostgres(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pg
+}
+
+// runPostgres is startPostgres for any goroutine: it reports errors instead of failing t.
+func runPostgres(t testing.TB) (*PG, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	port := freePort(t)
@@ -92,26 +101,53 @@ func startPostgres(t testing.TB) *PG {
 	)
 	testcontainers.CleanupContainer(t, c)
 	if err != nil {
-		t.Fatalf("start PostgreSQL container from %s: %v (build it with scripts/build-images.sh, or set SAGABOX_IT_POSTGRES_IMAGE)", postgresImage(), err)
+		return nil, fmt.Errorf("start PostgreSQL container from %s: %w (build it with scripts/build-images.sh, or set SAGABOX_IT_POSTGRES_IMAGE)", postgresImage(), err)
 	}
 	url, err := c.ConnectionString(ctx, "sslmode=disable")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := migrations.Up(ctx, url, schema); err != nil {
-		t.Fatalf("migrate %s: %v", url, err)
+		return nil, fmt.Errorf("migrate %s: %w", url, err)
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cfg.MaxConns = 8
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(pool.Close)
-	return &PG{C: c, URL: url, Pool: pool}
+	return &PG{C: c, URL: url, Pool: pool}, nil
+}
+
+// startContainers starts a PostgreSQL and a broker container, in parallel.
+func startContainers(t testing.TB) (*PG, *Broker) {
+	t.Helper()
+	type result struct {
+		pg  *PG
+		err error
+	}
+	pgc := make(chan result, 1)
+	go func() {
+		pg, err := runPostgres(t)
+		pgc <- result{pg, err}
+	}()
+	received := false
+	defer func() { // if startBroker fails t, the PostgreSQL start still ends before the test does
+		if !received {
+			<-pgc
+		}
+	}()
+	b := startBroker(t)
+	r := <-pgc
+	received = true
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return r.pg, b
 }
 
 // Restart stops the container (PostgreSQL gets its stop signal, then SIGKILL after 2 s) and

@@ -29,13 +29,7 @@ type relayEnv struct {
 func setup(t *testing.T, nkeys int) *relayEnv {
 	t.Helper()
 	e := &relayEnv{}
-	pgc := make(chan *PG, 1)
-	go func() { pgc <- startPostgres(t) }() // the two containers start in parallel
-	e.broker = startBroker(t)
-	e.pg = <-pgc
-	if e.pg == nil {
-		t.FailNow()
-	}
+	e.pg, e.broker = startContainers(t)
 	e.topic = fmt.Sprintf("it.%s", sanitize(t.Name()))
 	e.broker.CreateTopic(t, e.topic, partitions)
 	for i := range nkeys {

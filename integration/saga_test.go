@@ -31,13 +31,7 @@ type sagaEnv struct {
 func setupSaga(t *testing.T) *sagaEnv {
 	t.Helper()
 	bin := binary(t, "orderdemo")
-	pgc := make(chan *PG, 1)
-	go func() { pgc <- startPostgres(t) }()
-	b := startBroker(t)
-	pg := <-pgc
-	if pg == nil {
-		t.FailNow()
-	}
+	pg, b := startContainers(t)
 	return &sagaEnv{pg: pg, broker: b, bin: bin}
 }
 
