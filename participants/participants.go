@@ -176,7 +176,7 @@ func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Com
 		return consumer.Permanent(fmt.Errorf("participants: %w %q (saga %s step %s %s); register a handler for it with Handle",
 			ErrUnknownCommand, cmd.Name, cmd.SagaID, cmd.Step, cmd.Op))
 	}
-	reply, err := p.barrier.run(ctx, tx, cmd, h)
+	reply, batch, err := p.barrier.run(ctx, tx, cmd, h)
 	if err != nil {
 		return err
 	}
@@ -185,12 +185,13 @@ func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Com
 			"attempt", cmd.Attempt, "outcome", reply.Outcome, "reason", reply.Reason)
 	}
 	reply.Headers = traceHeaders(cmd.Headers)
-	if err := p.outbox.Enqueue(ctx, tx, reply.Message(cmd.ReplyTo)); err != nil {
-		var ve *outbox.ValidationError
-		if errors.As(err, &ve) {
-			return consumer.Permanent(fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err))
-		}
-		return fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err)
+	if err := p.outbox.Enqueue(ctx, queue{batch}, reply.Message(cmd.ReplyTo)); err != nil {
+		// Only validation can fail here (the insert is queued): a reply topic Kafka
+		// would refuse. Retrying cannot fix the command.
+		return consumer.Permanent(fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err))
+	}
+	if _, err := sendBatch(ctx, tx, batch); err != nil {
+		return fmt.Errorf("participants: record and reply (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, cmd.Op, err)
 	}
 	return nil
 }
