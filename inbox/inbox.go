@@ -70,7 +70,7 @@ ON CONFLICT ("consumer", "message_id") DO NOTHING`,
 ON CONFLICT ("consumer", "message_id") DO NOTHING RETURNING "message_id"`,
 		// Batched so a large backlog never holds one huge delete's locks and WAL.
 		sweepSQL: `DELETE FROM ` + inbox + ` WHERE ctid IN (
-SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 LIMIT $2)`,
+SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 AND ($3 = '' OR "consumer" = $3) LIMIT $2)`,
 		addDeadSQL: `INSERT INTO ` + dead + ` ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason")
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ("consumer", "topic", "partition", "offset") DO NOTHING`,
@@ -144,16 +144,16 @@ func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids
 	return first, nil
 }
 
-// Sweep deletes inbox entries received before `before`, batch rows per statement,
-// until none is left, and returns how many it deleted. Entries of every consumer are
-// swept. A batch of 0 or less means 1000.
-func (s *Store) Sweep(ctx context.Context, db Execer, before time.Time, batch int) (int64, error) {
+// Sweep deletes the entries of consumer ("" means every consumer) received before
+// `before`, batch rows per statement, until none is left, and returns how many it
+// deleted. A batch of 0 or less means 1000.
+func (s *Store) Sweep(ctx context.Context, db Execer, consumer string, before time.Time, batch int) (int64, error) {
 	if batch <= 0 {
 		batch = 1000
 	}
 	var total int64
 	for {
-		tag, err := db.Exec(ctx, s.sweepSQL, before, batch)
+		tag, err := db.Exec(ctx, s.sweepSQL, before, batch, consumer)
 		if err != nil {
 			return total, fmt.Errorf("inbox: sweep entries before %s: %w", before.Format(time.RFC3339), err)
 		}

@@ -146,7 +146,12 @@ func TestSweep(t *testing.T) {
 			old[id] = age > 7*24*time.Hour
 		}
 	}
-	s, err := inbox.NewSweeper(db.Pool, inbox.SweeperConfig{BatchSize: 2, Now: func() time.Time { return now }})
+	for range 2 { // another consumer's old entries: not this sweeper's business
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO "sagabox"."inbox_messages" ("consumer", "message_id", "received_at") VALUES ('other', $1, $2)`, uuid.New(), now.Add(-30*24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := inbox.NewSweeper(db.Pool, inbox.SweeperConfig{Consumer: "c", BatchSize: 2, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +161,9 @@ func TestSweep(t *testing.T) {
 	}
 	if n != 5 {
 		t.Fatalf("swept %d, want the 5 entries older than the 7-day default", n)
+	}
+	if n := count(t, db, `SELECT count(*) FROM "sagabox"."inbox_messages" WHERE "consumer" = 'other'`); n != 2 {
+		t.Fatalf("%d of the other consumer's entries left, want 2", n)
 	}
 	for id, wasOld := range old {
 		left := count(t, db, `SELECT count(*) FROM "sagabox"."inbox_messages" WHERE "message_id" = $1`, id)

@@ -19,6 +19,8 @@ const DefaultRetention = 7 * 24 * time.Hour
 type SweeperConfig struct {
 	// Schema holds the inbox tables. Defaults to "sagabox".
 	Schema string
+	// Consumer limits sweeping to one consumer name's entries. Defaults to "" (all).
+	Consumer string
 	// Retention is the dedup window: entries received longer ago are deleted, and a
 	// redelivery of such a message is processed again. Keep it above the longest
 	// possible redelivery delay (the topic's retention if consumers may rewind).
@@ -100,7 +102,7 @@ func NewSweeper(db Execer, cfg SweeperConfig) (*Sweeper, error) {
 
 // SweepOnce deletes every entry received before Now() - Retention and returns how many.
 func (s *Sweeper) SweepOnce(ctx context.Context) (int64, error) {
-	return s.store.Sweep(ctx, s.db, s.cfg.Now().Add(-s.cfg.Retention), s.cfg.BatchSize)
+	return s.store.Sweep(ctx, s.db, s.cfg.Consumer, s.cfg.Now().Add(-s.cfg.Retention), s.cfg.BatchSize)
 }
 
 // Run sweeps at once and then every Interval until ctx ends, and returns nil then.
@@ -115,9 +117,9 @@ func (s *Sweeper) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
-			s.cfg.Logger.Warn("inbox sweep failed", "err", err)
+			s.cfg.Logger.Warn("inbox sweep failed", "consumer", s.cfg.Consumer, "err", err)
 		case n > 0:
-			s.cfg.Logger.Info("inbox sweep", "deleted", n, "retention", s.cfg.Retention)
+			s.cfg.Logger.Info("inbox sweep", "consumer", s.cfg.Consumer, "deleted", n, "retention", s.cfg.Retention)
 		}
 		select {
 		case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/sagabox/sagabox/inbox"
 	"github.com/sagabox/sagabox/migrations"
 )
 
@@ -26,6 +27,12 @@ type Config struct {
 	Name string
 	// Schema holds the inbox tables. Defaults to "sagabox".
 	Schema string
+
+	// Retention is the dedup window of this consumer's inbox rows: Run deletes rows of
+	// its Name older than that, every minute (a redelivery arriving later than Retention
+	// after the first delivery is processed again; see package inbox). Negative turns the
+	// sweep off, for when an inbox.Sweeper runs elsewhere. Defaults to 7 days.
+	Retention time.Duration
 
 	// Concurrency is the number of workers; each partition is handled by one of them,
 	// in order. It must not exceed the pool's MaxConns. Defaults to 8, or the pool's
@@ -93,6 +100,7 @@ func (c *Config) applyDefaults(poolMaxConns int) {
 			c.Concurrency = poolMaxConns
 		}
 	}
+	setDefault(&c.Retention, inbox.DefaultRetention)
 	setDefault(&c.BatchSize, 32)
 	setDefault(&c.QueueCapacity, 256)
 	setDefault(&c.MaxAttempts, 10)

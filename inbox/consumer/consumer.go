@@ -82,6 +82,7 @@ type Consumer struct {
 	cfg     Config
 	handler Handler
 	store   *inbox.Store
+	sweeper *inbox.Sweeper // nil when Retention < 0
 	running atomic.Bool
 
 	// crashAfterDBCommit, set by tests, simulates a process killed after the database
@@ -110,7 +111,15 @@ func New(pool *pgxpool.Pool, cfg Config, h Handler) (*Consumer, error) {
 	}
 	cfg.Brokers = append([]string(nil), cfg.Brokers...)
 	cfg.Topics = append([]string(nil), cfg.Topics...)
-	return &Consumer{pool: pool, cfg: cfg, handler: h, store: store}, nil
+	c := &Consumer{pool: pool, cfg: cfg, handler: h, store: store}
+	if cfg.Retention > 0 {
+		c.sweeper, err = inbox.NewSweeper(pool, inbox.SweeperConfig{Schema: cfg.Schema, Consumer: cfg.Name,
+			Retention: cfg.Retention, Interval: min(time.Minute, cfg.Retention), Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("consumer: %w: %w", ErrInvalidConfig, err)
+		}
+	}
+	return c, nil
 }
 
 // Config returns the configuration with defaults applied.
@@ -152,6 +161,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		r.commitLoop(reader)
 	}()
 
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		if c.sweeper != nil {
+			_ = c.sweeper.Run(r.stop) // logs its own failures; returns nil when stopped
+		}
+	}()
+
 	queues := make([]chan kafka.Message, c.cfg.Concurrency)
 	var workers sync.WaitGroup
 	for i := range queues {
@@ -175,6 +192,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	deadline.Stop()
 	close(r.done)
 	<-committed
+	<-swept
 	// Only now: closing the reader while a commit is in flight can hang kafka-go.
 	if err := reader.Close(); err != nil {
 		c.cfg.Logger.Warn("consumer: close kafka reader", "consumer", c.cfg.Name, "err", err)

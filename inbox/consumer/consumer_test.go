@@ -523,3 +523,38 @@ func TestShutdown(t *testing.T) {
 		}
 	})
 }
+
+func TestRunSweepsItsOwnOldInboxRows(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	ctx := context.Background()
+	old := time.Now().Add(-2 * time.Hour)
+	for _, name := range []string{e.group, "someone-else"} {
+		if _, err := e.db.Pool.Exec(ctx, `INSERT INTO "sagabox"."inbox_messages" ("consumer", "message_id", "received_at") VALUES ($1, $2, $3)`, name, uuid.New(), old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, e.record(0, 0))
+	cfg := e.config()
+	cfg.Retention = time.Hour
+	c, err := consumer.New(e.db.Pool, cfg, apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	var left []string
+	kafkatest.Poll(t, waitFor, func() bool {
+		rows, err := e.db.Pool.Query(ctx, `SELECT "consumer" || CASE WHEN "received_at" < now() - interval '1 hour' THEN ':old' ELSE ':new' END FROM "sagabox"."inbox_messages" ORDER BY 1`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(left) == fmt.Sprintf("[%s:new someone-else:old]", e.group)
+	}, func() string {
+		return fmt.Sprintf("inbox rows %v; want this consumer's old row swept, its new row and the other consumer's row kept", left)
+	})
+}

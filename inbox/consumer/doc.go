@@ -5,7 +5,8 @@
 // orchestrator (package sagastate) and choreography services all consume through it.
 //
 // Guarantee: every record of the subscribed topics is handled exactly once per
-// consumer Name (within the inbox retention window) or lands in the
+// consumer Name (within the inbox retention window, Config.Retention, 7 days by
+// default; Run sweeps the consumer's older inbox rows) or lands in the
 // inbox_dead_letters table with its reason; none is lost. Kafka delivers at least
 // once — after a crash between the database commit and the offset commit, or a
 // rebalance, records come again — and the inbox turns every repeat into a skip.
