@@ -50,6 +50,8 @@ type Store struct {
 	addDeadSQL    string
 	listDeadSQL   string
 	deleteDeadSQL string
+	takeDeadSQL   string
+	forgetSQL     string
 }
 
 // NewStore returns a Store for schema ("" means DefaultSchema).
@@ -77,6 +79,9 @@ ON CONFLICT ("consumer", "topic", "partition", "offset") DO NOTHING`,
 		listDeadSQL: `SELECT "id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at"
 FROM ` + dead + ` WHERE ($1 = '' OR "consumer" = $1) ORDER BY "id" LIMIT $2`,
 		deleteDeadSQL: `DELETE FROM ` + dead + ` WHERE "id" = $1`,
+		takeDeadSQL: `DELETE FROM ` + dead + ` WHERE "id" = $1
+RETURNING "id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at"`,
+		forgetSQL: `DELETE FROM ` + inbox + ` WHERE "consumer" = $1 AND "message_id" = $2`,
 	}, nil
 }
 
@@ -217,26 +222,54 @@ func (s *Store) ListDeadLetters(ctx context.Context, db Querier, consumer string
 		return nil, fmt.Errorf("inbox: list dead letters: %w", err)
 	}
 	defer rows.Close()
-	var out []DeadLetter
-	for rows.Next() {
-		var d DeadLetter
-		var msgID *uuid.UUID
-		var h []byte
-		if err := rows.Scan(&d.ID, &d.Consumer, &msgID, &d.Topic, &d.Partition, &d.Offset, &d.Key, &d.Value, &h, &d.Attempts, &d.Reason, &d.DeadAt); err != nil {
-			return nil, fmt.Errorf("inbox: list dead letters: %w", err)
-		}
-		if msgID != nil {
-			d.MessageID = *msgID
-		}
-		if err := json.Unmarshal(h, &d.Headers); err != nil {
-			return nil, fmt.Errorf("inbox: dead letter %d headers: %w", d.ID, err)
-		}
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, scanDeadLetter)
+	if err != nil {
 		return nil, fmt.Errorf("inbox: list dead letters: %w", err)
 	}
 	return out, nil
+}
+
+func scanDeadLetter(row pgx.CollectableRow) (DeadLetter, error) {
+	var d DeadLetter
+	var msgID *uuid.UUID
+	var h []byte
+	if err := row.Scan(&d.ID, &d.Consumer, &msgID, &d.Topic, &d.Partition, &d.Offset, &d.Key, &d.Value, &h, &d.Attempts, &d.Reason, &d.DeadAt); err != nil {
+		return DeadLetter{}, err
+	}
+	if msgID != nil {
+		d.MessageID = *msgID
+	}
+	if err := json.Unmarshal(h, &d.Headers); err != nil {
+		return DeadLetter{}, fmt.Errorf("dead letter %d headers: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// TakeDeadLetter deletes the dead letter with the given id within tx and returns it,
+// e.g. to publish it again in the same transaction. It returns ErrNotFound if there is none.
+func (s *Store) TakeDeadLetter(ctx context.Context, tx Querier, id int64) (DeadLetter, error) {
+	rows, err := tx.Query(ctx, s.takeDeadSQL, id)
+	if err != nil {
+		return DeadLetter{}, fmt.Errorf("inbox: take dead letter %d: %w", id, err)
+	}
+	d, err := pgx.CollectExactlyOneRow(rows, scanDeadLetter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return DeadLetter{}, fmt.Errorf("inbox: dead letter %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return DeadLetter{}, fmt.Errorf("inbox: take dead letter %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// Forget deletes consumer's inbox row for message id within tx, so a redelivery of
+// that message is handled again. It reports whether there was a row.
+func (s *Store) Forget(ctx context.Context, tx Execer, consumer string, id uuid.UUID) (bool, error) {
+	tag, err := tx.Exec(ctx, s.forgetSQL, consumer, id)
+	if err != nil {
+		return false, fmt.Errorf("inbox: forget message %s for consumer %q: %w", id, consumer, err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // DeleteDeadLetter removes the dead letter with the given id, e.g. after an operator

@@ -262,6 +262,21 @@ func TestDeadLetters(t *testing.T) {
 	if err := s.DeleteDeadLetter(ctx, db.Pool, got[0].ID); !errors.Is(err, inbox.ErrNotFound) {
 		t.Fatalf("second delete: err = %v, want ErrNotFound", err)
 	}
+	took, err := s.TakeDeadLetter(ctx, db.Pool, all[1].ID)
+	if err != nil || took.MessageID != d2.MessageID || took.Consumer != "other" {
+		t.Fatalf("take = %+v, %v", took, err)
+	}
+	if _, err := s.TakeDeadLetter(ctx, db.Pool, all[1].ID); !errors.Is(err, inbox.ErrNotFound) {
+		t.Fatalf("second take: err = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Record(ctx, db.Pool, "other", d2.MessageID); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []bool{true, false} {
+		if had, err := s.Forget(ctx, db.Pool, "other", d2.MessageID); err != nil || had != want {
+			t.Fatalf("forget: had = %v, err = %v; want %v", had, err, want)
+		}
+	}
 	if _, err := s.AddDeadLetter(ctx, db.Pool, inbox.DeadLetter{}); !errors.Is(err, inbox.ErrInvalidConsumer) {
 		t.Fatalf("no consumer: err = %v", err)
 	}

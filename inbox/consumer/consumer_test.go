@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,8 +259,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	good := func(n int) kafkatest.Record { return e.record(0, n) }
 	malformed := kafkatest.Record{Key: "acct-0", Value: []byte("1")}
 	badID := kafkatest.Record{Key: "acct-0", Value: []byte("1"), Headers: map[string]string{outbox.HeaderMessageID: "xyz"}}
-	poison := good(100)
-	poison.Value = []byte("boom")
+	poison := good(100) // fine, but its handler fails until "fixed"
 	permanent := good(101)
 	permanent.Value = []byte("not-a-number")
 	kafkatest.Produce(t, e.k.Brokers, e.topic, good(0), malformed, good(1), badID, poison, good(2), permanent, good(3), poison)
@@ -268,8 +268,9 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	cfg := e.config()
 	cfg.MaxAttempts = 3
 	var attempts int
+	var fixed atomic.Bool
 	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-		if msg.ID == poisonID {
+		if msg.ID == poisonID && !fixed.Load() {
 			attempts++
 			return errors.New("downstream says boom")
 		}
@@ -312,8 +313,63 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 				i, d.Offset, d.Attempts, d.Reason, w.offset, w.attempts, w.reason)
 		}
 	}
-	if dead[2].MessageID != poisonID || string(dead[2].Value) != "boom" {
+	if dead[2].MessageID != poisonID || string(dead[2].Value) != "101" {
 		t.Errorf("poison dead letter lost its id or value: %+v", dead[2])
+	}
+
+	// The operator fixes the cause and replays the poison and the malformed record.
+	fixed.Store(true)
+	ctx := context.Background()
+	err = pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error {
+		for _, d := range []inbox.DeadLetter{dead[0], dead[2]} {
+			id, err := consumer.Replay(ctx, tx, "", d.ID)
+			if err != nil {
+				return err
+			}
+			if d.MessageID != uuid.Nil && id != d.MessageID {
+				return fmt.Errorf("replayed under %s, want the original id %s", id, d.MessageID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error {
+		_, err := consumer.Replay(ctx, tx, "", dead[2].ID)
+		return err
+	})
+	if !errors.Is(err, inbox.ErrNotFound) {
+		t.Fatalf("second replay: err = %v, want ErrNotFound", err)
+	}
+	relayOutbox(t, e) // what the relay would do
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	if b := e.balances(t)["acct-0"]; b != 10+101+1 {
+		t.Fatalf("balance = %d after replay, want 112: the replayed records took effect once each", b)
+	}
+	if left, _ := store.ListDeadLetters(ctx, e.db.Pool, e.group, 0); len(left) != 2 {
+		t.Fatalf("%d dead letters left after replaying 2 of 4", len(left))
+	}
+}
+
+// relayOutbox publishes and deletes the outbox rows, as the relay does.
+func relayOutbox(t *testing.T, e *env) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := e.db.Pool.Query(ctx, `DELETE FROM "sagabox"."outbox_messages" RETURNING "id", "topic", "key", "payload", "headers"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (outbox.Message, error) {
+		var m outbox.Message
+		err := row.Scan(&m.ID, &m.Topic, &m.Key, &m.Payload, &m.Headers)
+		return m, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		kafkatest.Produce(t, e.k.Brokers, m.Topic, kafkatest.FromOutbox(m, 0))
 	}
 }
 
