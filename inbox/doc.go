@@ -24,7 +24,7 @@
 //
 // Dead letters: messages a consumer can never process are stored in the
 // inbox_dead_letters table with their reason (see AddDeadLetter, ListDeadLetters);
-// they are not swept.
+// they are not swept. consumer.Replay publishes one again once its cause is fixed.
 //
 // This package depends only on pgx; the Kafka consumer loop built on it is package
 // inbox/consumer.

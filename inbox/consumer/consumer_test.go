@@ -158,8 +158,8 @@ func TestDuplicatesTakeEffectOnce(t *testing.T) {
 
 	var calls sync.Map
 	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-		v, _ := calls.LoadOrStore(msg.ID, new(int))
-		*v.(*int)++ // per partition, sequential: no race on one id
+		v, _ := calls.LoadOrStore(msg.ID, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
 		return apply(ctx, tx, msg)
 	})
 	if err != nil {
@@ -175,8 +175,8 @@ func TestDuplicatesTakeEffectOnce(t *testing.T) {
 		t.Fatalf("%d applications for %d distinct messages of %d records", n, len(originals), len(all))
 	}
 	calls.Range(func(k, v any) bool {
-		if *v.(*int) != 1 {
-			t.Errorf("handler ran %d times for message %v", *v.(*int), k)
+		if n := v.(*atomic.Int64).Load(); n != 1 {
+			t.Errorf("handler ran %d times for message %v", n, k)
 		}
 		return true
 	})
@@ -267,11 +267,11 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 
 	cfg := e.config()
 	cfg.MaxAttempts = 3
-	var attempts int
+	var attempts atomic.Int64
 	var fixed atomic.Bool
 	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
 		if msg.ID == poisonID && !fixed.Load() {
-			attempts++
+			attempts.Add(1)
 			return errors.New("downstream says boom")
 		}
 		return apply(ctx, tx, msg)
@@ -285,8 +285,8 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	if b := e.balances(t)["acct-0"]; b != 1+2+3+4 {
 		t.Fatalf("balance = %d, want 10: every good message after a poison one was applied", b)
 	}
-	if attempts != 3 {
-		t.Fatalf("poison handler ran %d times, want MaxAttempts = 3 (and not again for its redelivery)", attempts)
+	if n := attempts.Load(); n != 3 {
+		t.Fatalf("poison handler ran %d times, want MaxAttempts = 3 (and not again for its redelivery)", n)
 	}
 	store, _ := inbox.NewStore("")
 	dead, err := store.ListDeadLetters(context.Background(), e.db.Pool, e.group, 0)
@@ -379,13 +379,13 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	recs := []kafkatest.Record{e.record(0, 0), e.record(0, 1), e.record(0, 2)}
 	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
 	flaky := uuid.MustParse(recs[1].Headers[outbox.HeaderMessageID])
-	var attempts int
+	var attempts atomic.Int64
 	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
 		if err := apply(ctx, tx, msg); err != nil {
 			return err
 		}
 		if msg.ID == flaky {
-			if attempts++; attempts < 3 {
+			if attempts.Add(1) < 3 {
 				return errors.New("deadlock detected (pretend)") // after writing: the rollback must undo it
 			}
 		}
@@ -396,8 +396,8 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	}
 	start(t, c)
 	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
-	if attempts != 3 {
-		t.Fatalf("flaky message attempted %d times, want 3", attempts)
+	if n := attempts.Load(); n != 3 {
+		t.Fatalf("flaky message attempted %d times, want 3", n)
 	}
 	if b := e.balances(t)["acct-0"]; b != 6 {
 		t.Fatalf("balance = %d, want 6: failed attempts must leave nothing behind", b)
