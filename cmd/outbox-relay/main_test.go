@@ -32,8 +32,6 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Run(m))
 }
 
-func noEnv(string) string { return "" }
-
 func TestHelpDocumentsEveryFlagAndVariable(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
