@@ -1,6 +1,9 @@
 package relay
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Heartbeat runs one lease heartbeat, for tests that drive a relay step by step.
 func Heartbeat(ctx context.Context, r *Relay) error { return r.heartbeat(ctx) }
@@ -13,3 +16,6 @@ func OwnedShards(r *Relay) int { return r.leases.count() }
 
 // Backoff exposes the backoff schedule.
 var Backoff = backoff
+
+// UsableShards returns how many shards r may start a batch on now.
+func UsableShards(r *Relay) int { return len(r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))) }

@@ -1,0 +1,83 @@
+package relay_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
+	"github.com/sagabox/sagabox/relay/kafkapub"
+)
+
+// TestLeases checks the two halves of exclusive ownership: a relay publishes only
+// the shards it holds, and stops as soon as its lease may have run out.
+func TestLeases(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("ARelayLeavesOtherRelaysShardsAlone", func(t *testing.T) {
+		t.Parallel()
+		e := setup(t, 2)
+		a := steppedRelay(t, e)
+		// a stalls (its leases run out); b starts and takes its share.
+		if _, err := e.db.Pool.Exec(ctx, `UPDATE "sagabox"."outbox_leases" SET "expires_at" = now() - interval '1 second'`); err != nil {
+			t.Fatal(err)
+		}
+		b, err := relay.New(e.db.Pool, newPublisher(t, kafkapub.Config{Brokers: e.kafka.Brokers}), fastConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := relay.Heartbeat(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := relay.Heartbeat(ctx, a); err != nil { // a renews nothing, takes what is left
+			t.Fatal(err)
+		}
+		if na, nb := relay.OwnedShards(a), relay.OwnedShards(b); na != relay.Shards/2 || nb != relay.Shards/2 {
+			t.Fatalf("a owns %d, b %d; want half each", na, nb)
+		}
+		var msgs []outbox.Message
+		for i := range 200 {
+			key := "key-" + string(rune('A'+i%40))
+			msgs = append(msgs, outbox.Message{Topic: e.topic, Key: key, Payload: payload(key, i/40+1)})
+		}
+		enqueue(t, e.db.Pool, msgs...)
+		var ofB int
+		if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM "sagabox"."outbox_messages" m
+JOIN "sagabox"."outbox_leases" l ON l."shard" = m."shard" WHERE l."owner" = $1`, b.ID()).Scan(&ofB); err != nil {
+			t.Fatal(err)
+		}
+		if ofB == 0 || ofB == len(msgs) {
+			t.Fatalf("b's shards hold %d of %d rows; the test needs rows on both sides", ofB, len(msgs))
+		}
+		cycleUntil(t, a, len(msgs)-ofB)
+		if n := cycleOnce(t, a); n != 0 {
+			t.Fatalf("a claimed %d more rows: they belong to b's shards", n)
+		}
+		if left := countRows(t, e.db.Pool, "true"); left != ofB {
+			t.Fatalf("%d rows left, want b's %d untouched", left, ofB)
+		}
+	})
+
+	t.Run("NoBatchStartsOnALeaseThatMayHaveExpired", func(t *testing.T) {
+		t.Parallel()
+		e := setup(t, 1)
+		cfg := fastConfig()
+		cfg.LeaseTTL, cfg.HeartbeatInterval, cfg.PublishTimeout = 600*time.Millisecond, 200*time.Millisecond, 300*time.Millisecond
+		r, err := relay.New(e.db.Pool, e.pub, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := relay.Heartbeat(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", 1)})
+		// Without heartbeats the lease is usable for LeaseTTL - PublishTimeout at most.
+		waitFor(t, 5*time.Second, "the unrenewed lease to become unusable", func() bool { return relay.UsableShards(r) == 0 })
+		if n, err := relay.Cycle(ctx, r); err != nil || n != 0 {
+			t.Fatalf("cycle on an unrenewed lease claimed %d (%v); want 0", n, err)
+		}
+		cycleUntil(t, r, 1) // renewed: it publishes again
+	})
+}
