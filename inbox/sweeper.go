@@ -59,20 +59,22 @@ func (c *SweeperConfig) applyDefaults() {
 
 func (c *SweeperConfig) validate() error {
 	var errs []error
+	// Messages name the Config field, capitalised as in Go.
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Retention < 0 {
-		errs = append(errs, fmt.Errorf("Retention is %s; it must be positive (0 means the 7-day default)", c.Retention))
+		add("Retention is %s; it must be positive (0 means the 7-day default)", c.Retention)
 	}
 	if c.Interval < 0 {
-		errs = append(errs, fmt.Errorf("Interval is %s; it must be positive (0 means 1 minute)", c.Interval))
+		add("Interval is %s; it must be positive (0 means 1 minute)", c.Interval)
 	}
 	if c.BatchSize < 0 {
-		errs = append(errs, fmt.Errorf("BatchSize is %d; it must be positive (0 means 1000)", c.BatchSize))
+		add("BatchSize is %d; it must be positive (0 means 1000)", c.BatchSize)
 	}
 	if err := migrations.ValidateSchema(c.Schema); err != nil {
-		errs = append(errs, fmt.Errorf("Schema: %w", err))
+		add("Schema: %w", err)
 	}
 	if c.Retention > 0 && c.Interval > c.Retention {
-		errs = append(errs, fmt.Errorf("Interval %s is longer than Retention %s; entries would outlive the window by more than the window itself", c.Interval, c.Retention))
+		add("Interval %s is longer than Retention %s; entries would outlive the window by more than the window itself", c.Interval, c.Retention)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("inbox: %w: %w", ErrInvalidConfig, err)

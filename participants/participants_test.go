@@ -39,13 +39,14 @@ type payload struct {
 	Amount int64 `json:"amount"`
 }
 
-func (w *wallet) count(m map[uuid.UUID]int, id uuid.UUID) (error, int) {
+// count counts a call and returns the failure injected for it, if any.
+func (w *wallet) count(m map[uuid.UUID]int, id uuid.UUID) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	m[id]++
 	err := w.failNext[id]
 	delete(w.failNext, id)
-	return err, m[id]
+	return err
 }
 
 func (w *wallet) calls(id uuid.UUID) (charges, refunds int) {
@@ -55,7 +56,7 @@ func (w *wallet) calls(id uuid.UUID) (charges, refunds int) {
 }
 
 func (w *wallet) charge(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
-	injected, _ := w.count(w.charges, cmd.SagaID)
+	injected := w.count(w.charges, cmd.SagaID)
 	var p payload
 	if err := json.Unmarshal(cmd.Payload, &p); err != nil {
 		return nil, participants.Failf("bad payload: %v", err)
@@ -79,7 +80,7 @@ func (w *wallet) charge(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byt
 }
 
 func (w *wallet) refund(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
-	injected, _ := w.count(w.refunds, cmd.SagaID)
+	injected := w.count(w.refunds, cmd.SagaID)
 	var p payload
 	if err := json.Unmarshal(cmd.Payload, &p); err != nil {
 		return nil, participants.Failf("bad payload: %v", err)

@@ -29,12 +29,11 @@ const waitFor = 60 * time.Second
 // env is one test's database, broker and topic, with an accounts table the handler
 // changes: each message adds its value to its key's balance and logs the application.
 type env struct {
-	db     *testenv.DB
-	k      *testenv.Kafka
-	topic  string
-	group  string
-	parts  int
-	nextID int
+	db    *testenv.DB
+	k     *testenv.Kafka
+	topic string
+	group string
+	parts int
 }
 
 func setup(t *testing.T, partitions int) *env {
