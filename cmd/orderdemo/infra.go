@@ -132,8 +132,10 @@ func createTopics(ctx context.Context, brokers, topics []string) error {
 	return nil
 }
 
-// consumerConfig tunes the consumer loops: the in-process broker accepts short
-// group timeouts, which makes the demo start in a second instead of several.
+// consumerConfig tunes the consumer loops. For the in-process broker (or with
+// --fast-groups) heartbeats, join backoff and fetch waits are short, so the groups
+// form in a second instead of several; the session stays at Kafka's 6 s minimum so
+// that a loaded machine does not evict members and stall the demo in rebalances.
 func (in *infra) consumerConfig(c *config) consumer.Config {
 	cc := consumer.Config{
 		Brokers: in.brokers, Schema: c.schema, Concurrency: 4, Logger: c.log,
@@ -141,8 +143,8 @@ func (in *infra) consumerConfig(c *config) consumer.Config {
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: time.Second,
 	}
 	if in.embedded {
-		cc.SessionTimeout, cc.HeartbeatInterval = 2*time.Second, 200*time.Millisecond
-		cc.RebalanceTimeout, cc.JoinGroupBackoff = 2*time.Second, 200*time.Millisecond
+		cc.SessionTimeout, cc.HeartbeatInterval = 6*time.Second, 300*time.Millisecond
+		cc.RebalanceTimeout, cc.JoinGroupBackoff = 5*time.Second, 200*time.Millisecond
 		cc.MaxWait = 50 * time.Millisecond
 	}
 	return cc

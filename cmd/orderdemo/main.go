@@ -78,7 +78,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*c
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up when the sagas have not all finished after this long")
 	fs.BoolVar(&c.timelines, "timelines", true, "print the timeline of one completed and one compensated saga")
 	fs.StringVar(&c.svgDir, "svg-dir", "", "also write those two timelines as SVG files into this directory")
-	fs.BoolVar(&c.fastGroups, "fast-groups", false, "short consumer-group timeouts (only for brokers that allow sessions below 6s, like the in-process one; --processes sets it for its children)")
+	fs.BoolVar(&c.fastGroups, "fast-groups", false, "join consumer groups faster (short heartbeats, join backoff and fetch waits); set by itself for the in-process broker and passed on by --processes")
 	fs.BoolVar(&c.verbose, "verbose", false, "log what the relay, orchestrator and participants do to stderr")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: orderdemo [flags]")

@@ -40,7 +40,7 @@ type result struct {
 func orderdemo(t *testing.T, args ...string) result {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	code := run(ctx, args, &out, &errOut, func(string) string { return "" })
 	return result{code, out.String(), errOut.String()}
@@ -53,7 +53,8 @@ func env(t *testing.T) (*testenv.DB, []string) {
 }
 
 func infraArgs(db *testenv.DB, brokers []string) []string {
-	return []string{"--database-url", db.URL, "--brokers", strings.Join(brokers, ","), "--fast-groups"}
+	// A generous --timeout: under -race on a loaded machine a saga can take many seconds.
+	return []string{"--database-url", db.URL, "--brokers", strings.Join(brokers, ","), "--fast-groups", "--timeout", "150s"}
 }
 
 func decode(t *testing.T, r result) summary {
