@@ -29,7 +29,7 @@ const (
 )
 
 type barrier struct {
-	insertSQL, selectSQL, finishSQL, deleteSQL string
+	insertSQL, selectSQL, finishSQL, deleteSQL, sweepSQL string
 }
 
 func newBarrier(schema string) *barrier {
@@ -40,6 +40,7 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT ("saga_id", "step", "op") DO NOTHING`,
 		selectSQL: `SELECT "outcome", "reason", "result" FROM ` + t + ` WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
 		finishSQL: `UPDATE ` + t + ` SET "outcome" = $4, "reason" = $5, "result" = $6 WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
 		deleteSQL: `DELETE FROM ` + t + ` WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
+		sweepSQL:  `DELETE FROM ` + t + ` WHERE ctid IN (SELECT ctid FROM ` + t + ` WHERE "created_at" < $1 LIMIT $2)`,
 	}
 }
 

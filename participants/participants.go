@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -64,6 +65,11 @@ type Config struct {
 	// dialer). Its Brokers, GroupID, Topics, Name, Schema and Logger are taken from the
 	// fields above. Defaults to the consumer package's defaults.
 	Consumer consumer.Config
+	// BarrierRetention is how long barrier rows are kept: Run deletes rows older than
+	// that every minute. A command resent later than BarrierRetention after its step was
+	// decided would run again, so keep it above the longest a saga can live, retries
+	// included. Negative turns the sweep off. Defaults to 30 days.
+	BarrierRetention time.Duration
 	// Logger receives outcomes other than success. Defaults to discarding.
 	Logger *slog.Logger
 }
@@ -78,6 +84,9 @@ func (c *Config) applyDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if c.BarrierRetention == 0 {
+		c.BarrierRetention = DefaultBarrierRetention
+	}
 	c.Consumer.Brokers = c.Brokers
 	c.Consumer.GroupID = c.GroupID
 	c.Consumer.Topics = c.CommandTopics
@@ -85,6 +94,9 @@ func (c *Config) applyDefaults() {
 	c.Consumer.Schema = c.Schema
 	c.Consumer.Logger = c.Logger
 }
+
+// DefaultBarrierRetention is how long barrier rows are kept unless Config says otherwise.
+const DefaultBarrierRetention = 30 * 24 * time.Hour
 
 // Participant answers saga commands with registered handlers.
 type Participant struct {
@@ -146,12 +158,62 @@ func (p *Participant) Step(forward string, do Handler, compensate string, undo H
 	return p.Handle(forward, do).Handle(compensate, undo)
 }
 
-// Run consumes commands until ctx ends. See consumer.Consumer.Run.
+// Run consumes commands until ctx ends (see consumer.Consumer.Run) and meanwhile
+// deletes barrier rows older than BarrierRetention.
 func (p *Participant) Run(ctx context.Context) error {
 	if p.consumer == nil {
 		return fmt.Errorf("participants: %w: Run needs Brokers, GroupID and CommandTopics", ErrInvalidConfig)
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.cfg.BarrierRetention > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.sweepLoop(ctx)
+		}()
+	}
 	return p.consumer.Run(ctx)
+}
+
+// sweepLoop deletes old barrier rows every minute until ctx ends.
+func (p *Participant) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(min(time.Minute, p.cfg.BarrierRetention))
+	defer t.Stop()
+	for {
+		n, err := p.SweepBarrier(ctx, time.Now().Add(-p.cfg.BarrierRetention))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			p.cfg.Logger.Warn("participants: barrier sweep failed", "err", err)
+		case n > 0:
+			p.cfg.Logger.Info("participants: barrier sweep", "deleted", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// SweepBarrier deletes barrier rows created before `before`, a thousand per statement,
+// and returns how many. Run calls it every minute with BarrierRetention.
+func (p *Participant) SweepBarrier(ctx context.Context, before time.Time) (int64, error) {
+	var total int64
+	for {
+		tag, err := p.pool.Exec(ctx, p.barrier.sweepSQL, before, 1000)
+		if err != nil {
+			return total, fmt.Errorf("participants: sweep barrier rows before %s: %w", before.Format(time.RFC3339), err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 1000 {
+			return total, nil
+		}
+	}
 }
 
 // HandleMessage is the consumer.Handler of the participant: it parses the record as a

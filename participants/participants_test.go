@@ -432,6 +432,12 @@ func TestOverKafka(t *testing.T) {
 		records = append(records, kafkatest.FromOutbox(m, int(sc.id[0])%3))
 	}
 
+	// A barrier row from long ago, for Run's sweep.
+	ancient := uuid.New()
+	if _, err := e.db.Pool.Exec(context.Background(), `INSERT INTO "sagabox"."saga_barrier" ("saga_id", "step", "op", "outcome", "created_at") VALUES ($1, 'payment', 'forward', 'success', now() - interval '90 days')`, ancient); err != nil {
+		t.Fatal(err)
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.p.Run(ctx) }()
@@ -444,6 +450,17 @@ func TestOverKafka(t *testing.T) {
 	kafkatest.Produce(t, k.Brokers, topic, records...)
 	kafkatest.WaitCommitted(t, k.Brokers, group, topic, 3, time.Minute)
 
+	kafkatest.Poll(t, time.Minute, func() bool {
+		var n int
+		if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "sagabox"."saga_barrier" WHERE "saga_id" = $1`, ancient).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	}, func() string { return "the 90-day-old barrier row was not swept (BarrierRetention defaults to 30 days)" })
+	var recent int
+	if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "sagabox"."saga_barrier"`).Scan(&recent); err != nil || recent != 7 {
+		t.Fatalf("%d barrier rows left (%v), want the 7 recent ones: a, b×2, c×2, d×2", recent, err)
+	}
 	for i, sc := range cases {
 		if bal := e.balance(t, sc.id); bal != sc.balance {
 			t.Errorf("saga %d: balance %d, want %d", i, bal, sc.balance)

@@ -46,6 +46,7 @@ CREATE TABLE "saga_barrier" (
     "created_at" timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ("saga_id", "step", "op")
 );
+CREATE INDEX "saga_barrier_created_at_idx" ON "saga_barrier" ("created_at");
 
 -- +goose Down
 DROP TABLE "saga_barrier";
