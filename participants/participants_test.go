@@ -456,7 +456,9 @@ func TestOverKafka(t *testing.T) {
 			t.Fatal(err)
 		}
 		return n == 0
-	}, func() string { return "the 90-day-old barrier row was not swept (BarrierRetention defaults to 30 days)" })
+	}, func() string {
+		return "the 90-day-old barrier row was not swept (BarrierRetention defaults to 30 days)"
+	})
 	var recent int
 	if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "sagabox"."saga_barrier"`).Scan(&recent); err != nil || recent != 7 {
 		t.Fatalf("%d barrier rows left (%v), want the 7 recent ones: a, b×2, c×2, d×2", recent, err)
