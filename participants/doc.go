@@ -10,7 +10,8 @@
 // they commit or roll back with the step.
 //
 // Guarantee: per (saga id, step, op) the business action runs at most once and every
-// command gets a reply, whatever Kafka redelivers or the orchestrator resends.
+// command gets a reply, whatever Kafka redelivers or the orchestrator resends — within
+// Config.BarrierRetention (30 days by default), after which Run sweeps barrier rows.
 //
 // The barrier is one row per (saga id, step, op) in the saga_barrier table, inserted in
 // the handler's transaction:
