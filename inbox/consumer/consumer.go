@@ -53,6 +53,12 @@ type Message struct {
 // Handler handles one message inside the inbox transaction: its writes commit together
 // with the inbox row, or not at all. It must not commit or roll back tx. Return an
 // error to retry the message later, or Permanent(err) to dead-letter it now.
+//
+// A handler's writes take effect once, but the handler itself may run more than once
+// for a message whose transaction rolled back (a retry, a batch redone one record at a
+// time, a shutdown), so effects outside tx must be idempotent. Several messages may
+// share one transaction (BatchSize): leave no session or transaction state behind
+// (SET LOCAL, open cursors). Handlers of different partitions run concurrently.
 type Handler func(ctx context.Context, tx pgx.Tx, msg Message) error
 
 type permanentError struct{ err error }
