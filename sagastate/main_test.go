@@ -11,6 +11,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runOrchestratorChild())
+	}
 	code := testenv.Run(m)
 	if code == 0 {
 		// Everything the tests started (orchestrators, relays, participants, consumers)

@@ -1,0 +1,5 @@
+//go:build !race
+
+package sagastate_test
+
+const raceEnabled = false
