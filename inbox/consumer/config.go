@@ -82,6 +82,10 @@ type Config struct {
 	// clusters. Defaults to kafka-go's default dialer (plaintext).
 	Dialer *kafka.Dialer
 
+	// Hooks observe handled, retried and dead-lettered records, e.g. for metrics.
+	// Defaults to none.
+	Hooks Hooks
+
 	// Logger receives retries, dead letters and Kafka errors (kafka-go's own messages at
 	// debug level). Defaults to discarding.
 	Logger *slog.Logger
@@ -183,4 +187,17 @@ func (c *Config) validate(poolMaxConns int) error {
 		return fmt.Errorf("consumer: %w: %w", ErrInvalidConfig, err)
 	}
 	return nil
+}
+
+// Hooks observe a consumer, e.g. to count records for metrics. Each is optional, runs
+// on the worker that handled the record and must return quickly.
+type Hooks struct {
+	// Handled is called for every record whose transaction committed; duplicate tells a
+	// record the inbox skipped without running the handler.
+	Handled func(msg Message, duplicate bool)
+	// Retry is called when a record failed (handler or database) and will be tried again
+	// after a backoff; attempt counts from 1.
+	Retry func(msg Message, attempt int, err error)
+	// DeadLettered is called after a record was stored as a dead letter.
+	DeadLettered func(d inbox.DeadLetter)
 }

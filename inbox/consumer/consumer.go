@@ -426,12 +426,14 @@ func decode(km kafka.Message) (Message, error) {
 func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 	failed, failure := 0, error(nil)
 	if len(msgs) > 1 {
+		var first []bool
 		err := r.inTx(func(tx pgx.Tx) error {
 			ids := make([]uuid.UUID, len(msgs))
 			for i, m := range msgs {
 				ids[i] = m.ID
 			}
-			first, err := r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
+			var err error
+			first, err = r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
 			if err != nil {
 				return err
 			}
@@ -447,7 +449,7 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 			return nil
 		})
 		if err == nil {
-			return r.handled(msgs, raw)
+			return r.handled(msgs, first, raw)
 		}
 		if r.stopping() {
 			return false
@@ -479,9 +481,13 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	for {
 		var err error
 		if handlerErr == nil {
-			err = r.inTx(func(tx pgx.Tx) error { return r.apply(tx, m) })
+			var first bool
+			err = r.inTx(func(tx pgx.Tx) (err error) {
+				first, err = r.apply(tx, m)
+				return err
+			})
 			if err == nil {
-				return r.handled([]Message{m}, []kafka.Message{km})
+				return r.handled([]Message{m}, []bool{first}, []kafka.Message{km})
 			}
 			if r.stopping() {
 				return false
@@ -507,6 +513,9 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 			dbFailures++
 			attempt = dbFailures
 		}
+		if hook := cfg.Hooks.Retry; hook != nil {
+			hook(m, attempt, err)
+		}
 		cfg.Logger.Warn("consumer: message failed, will retry", "consumer", cfg.Name, "topic", m.Topic,
 			"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempt", attempt, "err", err)
 		if !r.sleep(attempt) {
@@ -515,16 +524,17 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	}
 }
 
-// apply records m in the inbox and runs the handler unless m was handled before.
-func (r *run) apply(tx pgx.Tx, m Message) error {
-	first, err := r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
+// apply records m in the inbox and runs the handler unless m was handled before,
+// which it reports as first = false.
+func (r *run) apply(tx pgx.Tx, m Message) (first bool, err error) {
+	first, err = r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
 	if err != nil || !first {
-		return err
+		return first, err
 	}
 	if err := r.c.handler(r.ctx, tx, m); err != nil {
-		return &handlerError{err}
+		return true, &handlerError{err}
 	}
-	return nil
+	return true, nil
 }
 
 // handlerError tells handler failures (counted against MaxAttempts) from database
@@ -551,7 +561,7 @@ func (r *run) inTx(fn func(pgx.Tx) error) error {
 
 // handled marks committed records for the offset commit. It reports false when a
 // test simulated a crash right after the database commit.
-func (r *run) handled(msgs []Message, raw []kafka.Message) bool {
+func (r *run) handled(msgs []Message, first []bool, raw []kafka.Message) bool {
 	if hook := r.c.crashAfterDBCommit; hook != nil {
 		for _, m := range msgs {
 			if hook(m) {
@@ -560,6 +570,11 @@ func (r *run) handled(msgs []Message, raw []kafka.Message) bool {
 				r.cancel()
 				return false
 			}
+		}
+	}
+	if hook := r.c.cfg.Hooks.Handled; hook != nil && first != nil {
+		for i, m := range msgs {
+			hook(m, !first[i])
 		}
 	}
 	r.done <- raw[len(raw)-1]
@@ -588,7 +603,10 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		if err == nil {
 			cfg.Logger.Warn("consumer: message dead-lettered", "consumer", cfg.Name, "topic", m.Topic,
 				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempts", attempts, "reason", d.Reason)
-			return r.handled([]Message{m}, []kafka.Message{km})
+			if hook := cfg.Hooks.DeadLettered; hook != nil {
+				hook(d)
+			}
+			return r.handled([]Message{m}, nil, []kafka.Message{km})
 		}
 		if r.stopping() {
 			return false

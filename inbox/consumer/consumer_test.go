@@ -156,7 +156,16 @@ func TestDuplicatesTakeEffectOnce(t *testing.T) {
 	kafkatest.Produce(t, e.k.Brokers, e.topic, all...)
 
 	var calls sync.Map
-	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+	var fresh, dups atomic.Int64
+	cfg := e.config()
+	cfg.Hooks.Handled = func(msg consumer.Message, duplicate bool) {
+		if duplicate {
+			dups.Add(1)
+		} else {
+			fresh.Add(1)
+		}
+	}
+	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
 		v, _ := calls.LoadOrStore(msg.ID, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
 		return apply(ctx, tx, msg)
@@ -172,6 +181,10 @@ func TestDuplicatesTakeEffectOnce(t *testing.T) {
 	}
 	if n := e.count(t, `SELECT count(*) FROM "applied"`); n != len(originals) {
 		t.Fatalf("%d applications for %d distinct messages of %d records", n, len(originals), len(all))
+	}
+	// A rebalance under load may replay a few more duplicates; never more fresh ones.
+	if f, d := fresh.Load(), dups.Load(); f != int64(len(originals)) || d < int64(len(all)-len(originals)) {
+		t.Fatalf("Handled hook saw %d fresh and %d duplicate records; want %d and at least %d", f, d, len(originals), len(all)-len(originals))
 	}
 	calls.Range(func(k, v any) bool {
 		if n := v.(*atomic.Int64).Load(); n != 1 {
@@ -266,6 +279,13 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 
 	cfg := e.config()
 	cfg.MaxAttempts = 3
+	var retries, deadHooks atomic.Int64
+	cfg.Hooks.Retry = func(m consumer.Message, attempt int, err error) {
+		if m.ID == poisonID && strings.Contains(err.Error(), "boom") {
+			retries.Add(1)
+		}
+	}
+	cfg.Hooks.DeadLettered = func(inbox.DeadLetter) { deadHooks.Add(1) }
 	var attempts atomic.Int64
 	var fixed atomic.Bool
 	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
@@ -286,6 +306,9 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	}
 	if n := attempts.Load(); n != 3 {
 		t.Fatalf("poison handler ran %d times, want MaxAttempts = 3 (and not again for its redelivery)", n)
+	}
+	if r, d := retries.Load(), deadHooks.Load(); r != 2 || d != 4 {
+		t.Fatalf("hooks saw %d retries of the poison and %d dead letters; want 2 and 4", r, d)
 	}
 	store, _ := inbox.NewStore("")
 	dead, err := store.ListDeadLetters(context.Background(), e.db.Pool, e.group, 0)
