@@ -273,7 +273,7 @@ func runOrchestratorChild() int {
 // the points kill -9 hits only by chance.
 func TestCrashRecoveryMidTransaction(t *testing.T) {
 	t.Parallel()
-	sagas := 500
+	sagas := 300
 	if raceEnabled {
 		sagas = 100
 	}

@@ -35,6 +35,7 @@ type fixture struct {
 	release  chan struct{}
 	mu       sync.Mutex
 	undoSeen map[string]int
+	traces   sync.Map // saga id + step → traceparent seen by the participant
 	events   chan sagastate.Event
 }
 
@@ -96,6 +97,7 @@ func setup(t *testing.T) *fixture {
 
 func (f *fixture) handler(step string, op wire.Op) participants.Handler {
 	return func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+		f.traces.Store(cmd.SagaID.String()+step, cmd.Headers["traceparent"])
 		var s script
 		if err := json.Unmarshal(cmd.Payload, &s); err != nil {
 			return nil, participants.Fail("bad payload: " + err.Error())
@@ -155,8 +157,16 @@ func TestSagaEndToEnd(t *testing.T) {
 	o := f.env.Orchestrator
 
 	t.Run("HappyPath", func(t *testing.T) {
-		id := f.env.StartSaga(t, "linear", script{})
+		const trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		id := uuid.New()
+		ctx := sagastate.WithTraceContext(context.Background(), map[string]string{"traceparent": trace})
+		if err := pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, "linear", id, script{}) }); err != nil {
+			t.Fatal(err)
+		}
 		s := f.env.Await(t, id, wait)
+		if got, _ := f.traces.Load(id.String() + "c"); got != trace {
+			t.Fatalf("the last step's command carries traceparent %q, want %q", got, trace)
+		}
 		if s.Status != sagastate.SagaCompleted {
 			t.Fatalf("saga:\n%s", sagatest.Describe(s))
 		}

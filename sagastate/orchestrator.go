@@ -201,6 +201,14 @@ func (o *Orchestrator) now() time.Time { return o.cfg.Now().UTC().Truncate(time.
 // An unknown type, an invalid payload or an id already used returns an error (wrapping
 // ErrUnknownSagaType, ErrInvalidPayload or ErrDuplicate) and writes nothing.
 func (o *Orchestrator) Start(ctx context.Context, tx DB, sagaType string, id uuid.UUID, payload any) error {
+	err := o.start(ctx, tx, sagaType, id, payload)
+	if err != nil {
+		o.log.Warn("sagastate: saga not started", "type", sagaType, "saga", id, "err", err)
+	}
+	return err
+}
+
+func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uuid.UUID, payload any) error {
 	p, ok := o.plans[sagaType]
 	if !ok {
 		return fmt.Errorf("sagastate: start saga %s: %w %q; registered: %v (add its definition to Config.Sagas)", id, ErrUnknownSagaType, sagaType, o.typeNames())
@@ -220,7 +228,8 @@ func (o *Orchestrator) Start(ctx context.Context, tx DB, sagaType string, id uui
 	if err != nil {
 		return err
 	}
-	return o.persist(ctx, tx, &Instance{}, &res)
+	h, _ := ctx.Value(headersKey{}).(map[string]string)
+	return o.persist(ctx, tx, &Instance{}, &res, traceHeaders(h))
 }
 
 func toJSON(payload any) ([]byte, error) {
@@ -261,13 +270,14 @@ func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {
 }
 
 // persist writes a transition's output — state, log and commands — in one round trip.
-func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *result) error {
+// headers (trace context) are copied onto every command.
+func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *result, headers map[string]string) error {
 	var w writes
 	o.q.save(&w, prev, &res.state, res.events)
 	if len(res.commands) > 0 {
 		msgs := make([]outbox.Message, len(res.commands))
 		for i, c := range res.commands {
-			c.Cmd.ReplyTo = o.cfg.ReplyTopic
+			c.Cmd.ReplyTo, c.Cmd.Headers = o.cfg.ReplyTopic, headers
 			msgs[i] = c.Cmd.Message(c.Topic)
 		}
 		if err := o.out.Enqueue(ctx, &w, msgs...); err != nil {
@@ -304,7 +314,7 @@ func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input)
 			"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
 		return nil
 	}
-	if err := o.persist(ctx, tx, &s, &res); err != nil {
+	if err := o.persist(ctx, tx, &s, &res, traceHeaders(in.reply.Headers)); err != nil {
 		return err
 	}
 	if err := o.crash("after-save"); err != nil {
@@ -314,6 +324,31 @@ func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input)
 		o.log.Debug("sagastate: saga status", "saga", id, "type", s.Type, "from", s.Status, "to", res.state.Status)
 	}
 	return nil
+}
+
+type headersKey struct{}
+
+// WithTraceContext returns ctx carrying W3C trace context headers ("traceparent",
+// "tracestate"; others are ignored) for Start: the saga's first commands carry them, the
+// participants copy them onto their replies, and the orchestrator onto the next commands,
+// so one trace spans the saga.
+func WithTraceContext(ctx context.Context, headers map[string]string) context.Context {
+	return context.WithValue(ctx, headersKey{}, headers)
+}
+
+// traceHeaders keeps the W3C trace context of a reply, so the commands it causes continue
+// the same trace.
+func traceHeaders(h map[string]string) map[string]string {
+	var out map[string]string
+	for _, k := range []string{"traceparent", "tracestate"} {
+		if v, ok := h[k]; ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (o *Orchestrator) crash(point string) error {
