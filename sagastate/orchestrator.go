@@ -379,7 +379,8 @@ func (o *Orchestrator) Abort(ctx context.Context, id uuid.UUID, reason string) e
 	return o.inTx(ctx, func(tx pgx.Tx) error { return o.apply(ctx, tx, id, input{kind: inAbort, reason: reason}) })
 }
 
-// Sweep handles every saga whose timeout or scheduled retry is due now, in transactions of
+// Sweep handles every saga of a registered type whose timeout or scheduled retry is due
+// now, in transactions of
 // up to SweepBatch sagas locked with FOR UPDATE SKIP LOCKED, so sweepers of several
 // processes share the work and never block on each other or on reply handling. It returns
 // how many sagas it handled.
@@ -398,7 +399,7 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 	n := 0
 	err := o.inTx(ctx, func(tx pgx.Tx) error {
 		now := o.now()
-		rows, err := tx.Query(ctx, o.q.dueSagas, now, o.cfg.SweepBatch)
+		rows, err := tx.Query(ctx, o.q.dueSagas, now, o.cfg.SweepBatch, o.typeNames())
 		if err != nil {
 			return fmt.Errorf("sagastate: sweep: %w", err)
 		}

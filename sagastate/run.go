@@ -82,8 +82,10 @@ func (o *Orchestrator) handleMessage(ctx context.Context, tx pgx.Tx, msg consume
 		return consumer.Permanent(err)
 	}
 	err = o.HandleReply(ctx, tx, r)
-	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) {
-		o.log.Warn("sagastate: reply for an unknown saga or step", "saga", r.SagaID, "step", r.Step, "err", err)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) || errors.Is(err, ErrUnknownSagaType) {
+		// Retrying cannot help: the reply is dead-lettered with this reason, to be replayed
+		// once the cause (say a missing definition) is fixed.
+		o.log.Warn("sagastate: reply cannot be applied", "saga", r.SagaID, "step", r.Step, "err", err)
 		return consumer.Permanent(err)
 	}
 	return err

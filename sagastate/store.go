@@ -61,7 +61,7 @@ ON CONFLICT ("saga_id", "name") DO UPDATE SET "status" = excluded."status", "op"
 		insertEvents: `INSERT INTO ` + events + ` ("saga_id", "at", "type", "step", "op", "attempt", "detail")
 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])`,
 		selectEvents: `SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail" FROM ` + events + ` WHERE "saga_id" = $1 ORDER BY "id"`,
-		dueSagas:     `SELECT "id" FROM ` + inst + ` WHERE "wake_at" <= $1 ORDER BY "wake_at" LIMIT $2 FOR UPDATE SKIP LOCKED`,
+		dueSagas:     `SELECT "id" FROM ` + inst + ` WHERE "wake_at" <= $1 AND "type" = ANY($3::text[]) ORDER BY "wake_at" LIMIT $2 FOR UPDATE SKIP LOCKED`,
 	}
 }
 

@@ -53,6 +53,7 @@ type machine struct {
 	s   Instance
 	now time.Time
 	out result
+	err error // set when the transition cannot be computed at all
 }
 
 func transition(p *plan, s Instance, in input) (result, error) {
@@ -72,6 +73,9 @@ func transition(p *plan, s Instance, in input) (result, error) {
 		err = m.onAbort(in.reason)
 	default:
 		err = fmt.Errorf("sagastate: unknown input kind %d", in.kind)
+	}
+	if err == nil {
+		err = m.err
 	}
 	if err != nil {
 		return result{}, err
@@ -112,6 +116,13 @@ func (m *machine) startStage(stage int) {
 }
 
 func (m *machine) sendForward(st *StepState) {
+	if st.Input == nil && m.p == nil {
+		// Not a step failure: an orchestrator that lacks the definition must not decide
+		// the fate of sagas it cannot run. The whole transition is refused.
+		m.err = fmt.Errorf("%w: saga %s is of type %q, not registered with this orchestrator; add its definition to Config.Sagas",
+			ErrUnknownSagaType, m.s.ID, m.s.Type)
+		return
+	}
 	if st.Input == nil {
 		in, err := m.computeInput(st)
 		if err != nil {
@@ -151,9 +162,6 @@ func (m *machine) command(st *StepState, name string) {
 }
 
 func (m *machine) computeInput(st *StepState) ([]byte, error) {
-	if m.p == nil {
-		return nil, fmt.Errorf("%w: %q is not registered with this orchestrator", ErrUnknownSagaType, m.s.Type)
-	}
 	fn, ok := m.p.inputs[st.Name]
 	if !ok {
 		return []byte(m.s.Payload), nil

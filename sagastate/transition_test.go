@@ -411,6 +411,15 @@ func TestTransitionCompensationGivesUpThenOperator(t *testing.T) {
 		h.undone("a")
 		h.expectStatus(SagaCompensated, StepCompensated)
 	})
+	t.Run("RetryWithoutTheDefinition", func(t *testing.T) {
+		t.Parallel()
+		h := fail(t)
+		h.p = nil // an operator tool that knows no definitions can still resume compensation
+		h.apply(input{kind: inRetry})
+		h.expectSent("a:compensate:3")
+		h.undone("a")
+		h.expectStatus(SagaCompensated, StepCompensated)
+	})
 	t.Run("Abort", func(t *testing.T) {
 		t.Parallel()
 		h := fail(t)
@@ -490,6 +499,16 @@ func TestTransitionInputFromEarlierResults(t *testing.T) {
 			t.Fatalf("last error %q", h.s.Step("b").LastError)
 		}
 	})
+}
+
+func TestTransitionWithoutTheDefinitionRefusesToRunForward(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, threeSteps())
+	s := h.s
+	_, err := transition(nil, s, input{kind: inReply, now: h.now, reply: wire.Reply{SagaID: s.ID, Step: "a", Op: wire.OpForward, Attempt: 1, Outcome: wire.OutcomeSuccess}})
+	if !errors.Is(err, ErrUnknownSagaType) {
+		t.Fatalf("err = %v, want ErrUnknownSagaType (b's input needs the definition)", err)
+	}
 }
 
 func TestBackoff(t *testing.T) {
