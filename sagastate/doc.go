@@ -34,7 +34,19 @@
 // exponential backoff and jitter; past its limit the saga is failed and listed for an
 // operator, who can Retry (resume compensation) or Abort it.
 //
-// Statuses, events (saga_events, handed to Config.Listeners after commit) and queries
-// (Get, List, Events, Stats) use the usual saga vocabulary; see SagaStatus, StepStatus and
-// EventType.
+// Unknown input. Start rejects an unknown saga type, a payload that does not decode into
+// the definition's type (or fails its Validate method) and a duplicate id with an error,
+// writing nothing. A reply for an unknown saga or step, or for a saga type the
+// orchestrator has no definition for, is logged and dead-lettered by the reply consumer;
+// a stale reply (for an attempt or op the saga has moved past) is logged and ignored.
+//
+// Statuses, events and queries use the usual saga vocabulary; see SagaStatus, StepStatus
+// and EventType. Every event is persisted in saga_events (Get, Events) and handed to
+// Config.Listeners after it commits: the listener feed reads the log like the relay reads
+// the outbox (below the oldest running transaction), so a long-running transaction anywhere
+// in the database delays listeners as it delays the relay. List filters by type, status
+// and age (stuck sagas); Stats gives counts by status, the compensation rate and time to
+// consistency percentiles.
+//
+// Package sagatest runs sagas end to end inside one test function.
 package sagastate

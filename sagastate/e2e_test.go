@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/participants"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/sagastate/sagatest"
@@ -272,6 +273,36 @@ func TestSagaEndToEnd(t *testing.T) {
 		}
 		if !timedOut {
 			t.Fatalf("no timeout in the log:\n%s", sagatest.Describe(s))
+		}
+	})
+
+	t.Run("ReplyForUnknownSagaIsDeadLettered", func(t *testing.T) {
+		ghost := uuid.New()
+		err := pgx.BeginFunc(context.Background(), f.db.Pool, func(tx pgx.Tx) error {
+			r := wire.Reply{SagaID: ghost, Step: "a", Op: wire.OpForward, Attempt: 1, Outcome: wire.OutcomeSuccess}
+			return outbox.Enqueue(context.Background(), tx, r.Message(o.Config().ReplyTopic))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(wait)
+		for {
+			var reason string
+			err := f.db.Pool.QueryRow(context.Background(), `SELECT "reason" FROM sagabox.inbox_dead_letters WHERE "consumer" = $1 AND "headers"->>'saga-id' = $2`,
+				o.Config().GroupID, ghost.String()).Scan(&reason)
+			if err == nil {
+				if !strings.Contains(reason, "saga not found") || !strings.Contains(reason, ghost.String()) {
+					t.Fatalf("dead letter reason %q", reason)
+				}
+				break
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				t.Fatal(err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the reply for an unknown saga was not dead-lettered")
+			}
+			time.Sleep(20 * time.Millisecond) // polling for the dead letter
 		}
 	})
 
