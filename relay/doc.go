@@ -84,8 +84,10 @@
 // A statement-level AFTER INSERT trigger sends pg_notify on channel
 // "<schema>.outbox" and the relay LISTENs on a connection of its own; PostgreSQL
 // folds a transaction's identical notifications into one. Polling every
-// PollInterval is the safety net: for lost notifications, for rows held back by
-// the xmin rule, and for retries falling due.
+// PollInterval is the safety net: for lost notifications and for retries falling
+// due. Rows a cycle left because an older transaction was still open get no
+// notification when it ends, so the relay looks again after 10 ms, doubling up to
+// PollInterval while they stay held.
 //
 // What NOTIFY costs producers (BenchmarkNotifyCost: 8 connections committing one
 // 1 KiB message per transaction, trigger enabled and disabled in alternating

@@ -9,7 +9,10 @@ import (
 func Heartbeat(ctx context.Context, r *Relay) error { return r.heartbeat(ctx) }
 
 // Cycle runs one claim → publish → settle cycle and returns how many rows it claimed.
-func Cycle(ctx context.Context, r *Relay) (int, error) { return r.cycle(ctx) }
+func Cycle(ctx context.Context, r *Relay) (int, error) {
+	n, _, err := r.cycle(ctx)
+	return n, err
+}
 
 // OwnedShards returns how many shards r holds.
 func OwnedShards(r *Relay) int { return r.leases.count() }

@@ -136,8 +136,9 @@ func (r *Relay) publishLoop(ctx context.Context) {
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
 	failures := 0
+	heldPause := time.Duration(0)
 	for ctx.Err() == nil {
-		_, err := r.cycle(ctx)
+		_, held, err := r.cycle(ctx)
 		if err != nil && ctx.Err() == nil {
 			failures++
 			pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
@@ -149,7 +150,16 @@ func (r *Relay) publishLoop(ctx context.Context) {
 			continue
 		}
 		failures = 0
-		poll.Reset(r.cfg.PollInterval)
+		// Rows held back by an open older transaction become ready without any
+		// notification: look again soon, backing off while they stay held.
+		wait := r.cfg.PollInterval
+		if held > 0 {
+			heldPause = min(max(2*heldPause, 10*time.Millisecond), r.cfg.PollInterval)
+			wait = heldPause
+		} else {
+			heldPause = 0
+		}
+		poll.Reset(wait)
 		select {
 		case <-ctx.Done():
 		case <-r.wakeC:
@@ -159,22 +169,24 @@ func (r *Relay) publishLoop(ctx context.Context) {
 }
 
 // cycle claims one batch of the usable shards, publishes it and settles it.
-// It returns how many rows it claimed.
-func (r *Relay) cycle(ctx context.Context) (int, error) {
+// It returns how many rows it claimed, and how many it scanned but left because
+// they are not ready yet (an older transaction is still open).
+func (r *Relay) cycle(ctx context.Context) (claimed, held int, err error) {
 	r.cycleMu.Lock()
 	defer r.cycleMu.Unlock()
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
 	if len(shards) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
 	start := time.Now()
 	now := r.cfg.Now()
 	rows, scanned, err := r.q.claim(ctx, r.db, shards, len(shards) == Shards, now, r.cfg.BatchSize)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	held = scanned - len(rows)
 	if len(rows) == 0 {
-		return 0, nil
+		return 0, held, nil
 	}
 	if scanned == r.cfg.BatchSize {
 		r.wake() // the scan was full: more rows may be ready behind it
@@ -199,7 +211,7 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 		for _, m := range msgs {
 			r.cfg.Hooks.failed(m.Topic, err)
 		}
-		return len(rows), fmt.Errorf("publish %d messages: %w", len(msgs), err)
+		return len(rows), held, fmt.Errorf("publish %d messages: %w", len(msgs), err)
 	}
 
 	done := make([]uuid.UUID, 0, len(rows))
@@ -244,21 +256,21 @@ func (r *Relay) cycle(ctx context.Context) (int, error) {
 	defer cancel()
 	if err := r.q.settle(setCtx, r.db, done, failed); err != nil {
 		// Published rows stay and are published again: a duplicate, never a loss.
-		return len(rows), err
+		return len(rows), held, err
 	}
 	for topic, n := range published {
 		r.cfg.Hooks.published(topic, n)
 	}
 	r.cfg.Hooks.batch(len(rows), time.Since(start))
 	if unavailable != nil {
-		return len(rows), fmt.Errorf("publish: %w", unavailable)
+		return len(rows), held, fmt.Errorf("publish: %w", unavailable)
 	}
 	if heldBack {
 		// The next claim decides: the rows flow if their head was dead-lettered,
 		// or wait behind it if it waits for a retry.
 		r.wake()
 	}
-	return len(rows), nil
+	return len(rows), held, nil
 }
 
 // backoff returns min·2^(n-1), capped at max, with ±20% jitter so relays and
