@@ -51,8 +51,10 @@
 // A batch starts only on shards whose lease stays valid for PublishTimeout, and its
 // publish is cancelled after PublishTimeout. What a takeover can still cause: a
 // batch that reached the broker but was not settled is published again by the new
-// owner (a duplicate, which the inbox absorbs); the new owner starts from the
-// oldest unsettled row, so no message overtakes an earlier one of its key.
+// owner (a duplicate, which the inbox absorbs). kafka-go may even deliver a
+// cancelled batch late, after the new owner's copies. Either way both relays send
+// the key's rows in the same order, starting from the oldest unsettled one, so the
+// first delivery of every message still comes in order; only duplicates come late.
 //
 // # Settling and failures
 //
