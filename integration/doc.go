@@ -1,7 +1,7 @@
 // Package integration is sagabox's end-to-end suite: PostgreSQL and a Kafka-protocol broker
 // run as containers (testcontainers-go), the relay and the saga's services run as real
-// processes (relays: the test binary re-executed running package relay with 6 s leases;
-// the order saga: cmd/orderdemo --role driver|orders|inventory|payments|shipping), and
+// processes (relays: cmd/outbox-relay with 6 s leases; the order saga: cmd/orderdemo
+// --role driver|orders|inventory|payments|shipping), both built once per run, and
 // faults are injected the way production brings them — a relay killed with SIGKILL
 // mid-batch, two relays with one killed, the PostgreSQL container restarted, the broker
 // stopped for 20 s, a participant killed between its database commit and its offset

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // binDir holds the sagabox binaries the suite runs as processes, built once per run.
@@ -19,9 +21,6 @@ var binDir string
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	if role := os.Getenv(childEnv); role != "" {
-		return runChild(role)
-	}
 	if err := dockerAvailable(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1
@@ -33,7 +32,20 @@ func run(m *testing.M) int {
 	}
 	binDir = dir
 	defer os.RemoveAll(dir)
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		// Processes and containers are stopped by the tests' cleanups; so must be every
+		// goroutine the suite started (collectors, producers).
+		if err := goleak.Find(
+			// kafka-go's default Transport (kafka.Client) keeps its pools after use.
+			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+			goleak.IgnoreAnyFunction("github.com/segmentio/kafka-go.(*conn).run"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: goroutines left behind:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 var (

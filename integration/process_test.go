@@ -136,14 +136,15 @@ func tail(s string, lines int) string {
 	return strings.Join(ls, "\n")
 }
 
-// startRelay runs a relay process (this test binary re-executed as one, see runRelay)
-// against pg and b.
+// startRelay runs cmd/outbox-relay (built once per run) against pg and b, with shorter
+// leases than its defaults: a killed relay's shards move within LeaseTTL plus one
+// heartbeat (≈7 s instead of ≈12 s), which keeps the suite short.
 func startRelay(t testing.TB, name string, pg *PG, b *Broker) *Proc {
 	t.Helper()
-	return startProc(t, name, os.Args[0], []string{
-		childEnv + "=relay",
+	return startProc(t, name, binary(t, "outbox-relay"), []string{
 		"DATABASE_URL=" + pg.URL,
 		"KAFKA_BROKERS=" + strings.Join(b.Brokers(), ","),
+		"RELAY_LEASE_TTL=6s", "RELAY_HEARTBEAT=1s", "RELAY_PUBLISH_TIMEOUT=4s", "RELAY_POLL_INTERVAL=200ms",
 	})
 }
 

@@ -84,7 +84,12 @@ DOCKERFILE
 }
 
 case "${1:-all}" in
-  all) build_kafkabroker; build_postgres ;;
+  all)
+    # debootstrap waits on the network and dpkg while go build uses the CPUs: run both at once.
+    build_postgres & pg_pid=$!
+    build_kafkabroker
+    wait "$pg_pid" || exit 1
+    ;;
   postgres) build_postgres ;;
   kafkabroker) build_kafkabroker ;;
   *) echo "usage: $0 [all|postgres|kafkabroker]" >&2; exit 2 ;;
