@@ -22,7 +22,7 @@ import (
 	"github.com/sagabox/sagabox/sagastate/wire"
 )
 
-const benchSagas = 1000
+const benchSagas = 500
 
 var benchSteps = []string{"s1", "s2", "s3", "s4"}
 
