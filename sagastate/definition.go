@@ -73,6 +73,9 @@ func (p RetryPolicy) validate(what string) error {
 	if p.Multiplier != 0 && p.Multiplier < 1 {
 		errs = append(errs, fmt.Errorf("%s: Multiplier is %g; it must be at least 1 (or 0 for the default)", what, p.Multiplier))
 	}
+	if p.Backoff > 0 && p.MaxBackoff > 0 && p.MaxBackoff < p.Backoff {
+		errs = append(errs, fmt.Errorf("%s: MaxBackoff %v is below Backoff %v", what, p.MaxBackoff, p.Backoff))
+	}
 	if p.Jitter > 1 {
 		errs = append(errs, fmt.Errorf("%s: Jitter is %g; it must be at most 1", what, p.Jitter))
 	}

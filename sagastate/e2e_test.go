@@ -383,8 +383,15 @@ func TestStartRejectsBadInput(t *testing.T) {
 	if !errors.Is(err, sagastate.ErrUnknownStep) {
 		t.Fatalf("reply for unknown step: %v", err)
 	}
-	if _, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{linear, linear}, ReplyTopic: "bad topic!", SweepBatch: -1}); !errors.Is(err, sagastate.ErrInvalidConfig) ||
-		!strings.Contains(err.Error(), "twice") || !strings.Contains(err.Error(), "ReplyTopic") || !strings.Contains(err.Error(), "SweepBatch") {
+	bad := sagastate.Config{Sagas: []sagastate.Definition{linear, linear}, ReplyTopic: "bad topic!", SweepBatch: -1}
+	bad.Consumer.GroupID = "other"
+	_, err = sagastate.New(db.Pool, bad)
+	if !errors.Is(err, sagastate.ErrInvalidConfig) {
 		t.Fatalf("bad config: %v", err)
+	}
+	for _, want := range []string{"twice", "ReplyTopic", "SweepBatch", "Consumer.GroupID"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("config error does not mention %s: %v", want, err)
+		}
 	}
 }

@@ -130,6 +130,17 @@ func (c *Config) validate() error {
 			add("Brokers[%d] is empty", i)
 		}
 	}
+	// The reply consumer must read the topic the commands name as reply-to, in the group
+	// the deployment shares; contradicting settings would strand replies.
+	if len(c.Consumer.Topics) > 0 && (len(c.Consumer.Topics) != 1 || c.Consumer.Topics[0] != c.ReplyTopic) {
+		add("Consumer.Topics is %v but replies go to ReplyTopic %q; leave Consumer.Topics empty", c.Consumer.Topics, c.ReplyTopic)
+	}
+	if c.Consumer.GroupID != "" && c.Consumer.GroupID != c.GroupID {
+		add("Consumer.GroupID %q contradicts GroupID %q; leave Consumer.GroupID empty", c.Consumer.GroupID, c.GroupID)
+	}
+	if c.Consumer.Schema != "" && c.Consumer.Schema != c.Schema {
+		add("Consumer.Schema %q contradicts Schema %q; leave Consumer.Schema empty", c.Consumer.Schema, c.Schema)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sagastate: %w: %w", ErrInvalidConfig, err)
 	}

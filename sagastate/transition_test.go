@@ -542,13 +542,13 @@ func TestDefineErrors(t *testing.T) {
 		Step("a", "").Do("x"),
 		Step("a", "t"),
 		Parallel(),
-		Step("b", "t").Do("x").Timeout(-time.Second).Retry(RetryPolicy{MaxAttempts: -1, Multiplier: 0.5}),
+		Step("b", "t").Do("x").Timeout(-time.Second).Retry(RetryPolicy{MaxAttempts: -1, Multiplier: 0.5, Backoff: time.Second, MaxBackoff: time.Millisecond}),
 	).Input("nope", func(testPayload, Results) (any, error) { return nil, nil })
 	err := d.Err()
 	if !errors.Is(err, ErrInvalidDefinition) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, want := range []string{"saga type name", "topic is empty", "declared twice", "no Do command", "Parallel needs", "Timeout", "MaxAttempts", "Multiplier", `Input for step "nope"`} {
+	for _, want := range []string{"saga type name", "topic is empty", "declared twice", "no Do command", "Parallel needs", "Timeout", "MaxAttempts", "Multiplier", "below Backoff", `Input for step "nope"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

@@ -39,8 +39,9 @@ type Runner interface {
 
 // Config configures Start.
 type Config struct {
-	// Orchestrator configures the orchestrator under test. Brokers defaults to Start's
-	// brokers, Consumer to FastConsumer(), SweepInterval to 50ms.
+	// Orchestrator configures the orchestrator under test. Defaults to sagastate's
+	// defaults, except Brokers (Start's brokers), Consumer (FastConsumer(), keeping its
+	// Concurrency and BatchSize) and SweepInterval (50ms).
 	Orchestrator sagastate.Config
 	// Participants run next to the orchestrator. Defaults to none.
 	Participants []Runner
