@@ -360,15 +360,26 @@ func TestStartRejectsBadInput(t *testing.T) {
 	if err := start("linear", id, script{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := start("linear", id, script{}); !errors.Is(err, sagastate.ErrDuplicate) {
-		t.Fatalf("duplicate: %v", err)
+	// A duplicate is refused before anything of it is written, so even a caller that
+	// commits anyway changes nothing.
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if err := o.Start(ctx, tx, "linear", id, script{Fail: "a"}); !errors.Is(err, sagastate.ErrDuplicate) {
+			t.Errorf("duplicate: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	var sagas, msgs int
-	if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.saga_instances), (SELECT count(*) FROM sagabox.outbox_messages)`).Scan(&sagas, &msgs); err != nil {
+	if err = db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sagabox.saga_instances), (SELECT count(*) FROM sagabox.outbox_messages)`).Scan(&sagas, &msgs); err != nil {
 		t.Fatal(err)
 	}
 	if sagas != 1 || msgs != 1 {
 		t.Fatalf("%d sagas and %d commands written, want only the good one's", sagas, msgs)
+	}
+	if s, err := o.Get(ctx, id); err != nil || string(s.Payload) != `{}` || s.Version != 1 || len(s.Events) != 2 {
+		t.Fatalf("the first saga changed: %+v, %v", s, err)
 	}
 	// A reply for a saga that does not exist changes nothing and says so.
 	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {

@@ -283,6 +283,11 @@ func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {
 // persist writes a transition's output — state, log and commands — in one round trip.
 // headers (trace context) are copied onto every command.
 func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *result, headers map[string]string) error {
+	if prev.Version == 0 {
+		if err := o.q.insertNew(ctx, db, &res.state); err != nil {
+			return err
+		}
+	}
 	var w writes
 	o.q.save(&w, prev, &res.state, res.events)
 	if len(res.commands) > 0 {

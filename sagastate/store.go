@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -29,7 +32,10 @@ type queries struct {
 	upsertSteps, selectSteps                                     string
 	insertEvents, selectEvents                                   string
 	dueSagas                                                     string
-	instances, eventsTable                                       string // table names, for List/Stats/feed
+	// writeTransition updates the instance (version check), upserts steps and appends
+	// events in one statement: one parse/execute instead of three for every reply.
+	writeTransition        string
+	instances, eventsTable string // table names, for List/Stats/feed
 }
 
 const instanceCols = `"id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at", "finished_at", "aborted_at"`
@@ -37,11 +43,21 @@ const instanceCols = `"id", "type", "status", "payload", "version", "last_error"
 const stepCols = `"saga_id", "name", "position", "stage", "topic", "do_command", "undo_command", "timeout_ms", "retry", "undo_retry",
  "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at", "must_undo", "done_seq", "input", "result", "last_error", "started_at", "finished_at"`
 
+// shiftParams renumbers the placeholders $1..$n of sql to $(1+by)..$(n+by).
+func shiftParams(sql string, by int) string {
+	return placeholder.ReplaceAllStringFunc(sql, func(m string) string {
+		n, _ := strconv.Atoi(m[1:])
+		return "$" + strconv.Itoa(n+by)
+	})
+}
+
+var placeholder = regexp.MustCompile(`\$[0-9]+`)
+
 func newQueries(schema string) queries {
 	inst := pgx.Identifier{schema, "saga_instances"}.Sanitize()
 	steps := pgx.Identifier{schema, "saga_steps"}.Sanitize()
 	events := pgx.Identifier{schema, "saga_events"}.Sanitize()
-	return queries{
+	q := queries{
 		instances: inst, eventsTable: events,
 		insertInstance: `INSERT INTO ` + inst + ` (` + instanceCols + `) VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ("id") DO NOTHING`,
@@ -63,6 +79,13 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
 		selectEvents: `SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail" FROM ` + events + ` WHERE "saga_id" = $1 ORDER BY "id"`,
 		dueSagas:     `SELECT "id" FROM ` + inst + ` WHERE "wake_at" <= $1 AND "type" = ANY($3::text[]) ORDER BY "wake_at" LIMIT $2 FOR UPDATE SKIP LOCKED`,
 	}
+	const onlyIfUpdated = ` WHERE EXISTS (SELECT FROM "upd")`
+	stepsSQL := strings.Replace(q.upsertSteps, "\nON CONFLICT", onlyIfUpdated+"\nON CONFLICT", 1)
+	q.writeTransition = `WITH "upd" AS (` + q.updateInstance + ` RETURNING 1),
+"st" AS (` + shiftParams(stepsSQL, 8) + `),
+"ev" AS (` + shiftParams(q.insertEvents+onlyIfUpdated, 31) + `)
+SELECT 1 FROM "upd"`
+	return q
 }
 
 func ts(t time.Time) pgtype.Timestamptz {
@@ -145,6 +168,21 @@ func (q *queries) load(ctx context.Context, db DB, id uuid.UUID, lock bool) (Ins
 	return s, nil
 }
 
+// insertNew inserts a new saga's instance row on its own, before anything else of it is
+// written: a duplicate id must stop Start before steps or commands are queued.
+func (q *queries) insertNew(ctx context.Context, db DB, s *Instance) error {
+	tag, err := db.Exec(ctx, q.insertInstance, s.ID, s.Type, string(s.Status), s.Payload, s.LastError, ts(s.WakeAt),
+		s.CreatedAt, s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
+	if err != nil {
+		return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
+	}
+	s.Version = 1
+	return nil
+}
+
 // batcher is implemented by pgx.Tx and pools: statements queued in a pgx.Batch go to the
 // server in one round trip.
 type batcher interface {
@@ -215,46 +253,48 @@ func (w *writes) flush(ctx context.Context, db DB, what string) error {
 // from (Version 0 for a new saga). Only steps that changed are written.
 func (q *queries) save(w *writes, prev *Instance, s *Instance, events []Event) {
 	if prev.Version == 0 {
-		w.add(func(tag pgconn.CommandTag, err error) error {
-			if err != nil {
-				return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
-			}
-			if tag.RowsAffected() == 0 {
-				return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
-			}
-			return nil
-		}, q.insertInstance, s.ID, s.Type, string(s.Status), s.Payload, s.LastError, ts(s.WakeAt),
-			s.CreatedAt, s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
-		s.Version = 1
-	} else {
-		prevVersion := prev.Version
-		w.add(func(tag pgconn.CommandTag, err error) error {
-			if err != nil {
-				return fmt.Errorf("sagastate: update saga %s: %w", s.ID, err)
-			}
-			if tag.RowsAffected() == 0 {
-				return fmt.Errorf("%w: saga %s is no longer at version %d", ErrConcurrentUpdate, s.ID, prevVersion)
-			}
-			return nil
-		}, q.updateInstance, s.ID, prevVersion, string(s.Status), s.LastError, ts(s.WakeAt),
-			s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
-		s.Version = prevVersion + 1
+		// The instance row was inserted first (insertNew); steps and log follow.
+		q.saveSteps(w, s.ID, s.Steps)
+		q.saveEvents(w, events)
+		return
 	}
+	prevVersion := prev.Version
 	var changed []StepState
 	for i, st := range s.Steps {
 		if i >= len(prev.Steps) || !reflect.DeepEqual(prev.Steps[i], st) {
 			changed = append(changed, st)
 		}
 	}
-	q.saveSteps(w, s.ID, changed)
-	q.saveEvents(w, events)
+	args := []any{s.ID, prevVersion, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt)}
+	args = append(args, stepArgs(s.ID, changed)...)
+	args = append(args, eventArgs(events)...)
+	w.add(func(tag pgconn.CommandTag, err error) error {
+		if err != nil {
+			return fmt.Errorf("sagastate: write saga %s: %w", s.ID, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("%w: saga %s is no longer at version %d", ErrConcurrentUpdate, s.ID, prevVersion)
+		}
+		return nil
+	}, q.writeTransition, args...)
+	s.Version = prevVersion + 1
 }
 
 func (q *queries) saveSteps(w *writes, id uuid.UUID, steps []StepState) {
-	n := len(steps)
-	if n == 0 {
+	if len(steps) == 0 {
 		return
 	}
+	w.add(func(_ pgconn.CommandTag, err error) error {
+		if err != nil {
+			return fmt.Errorf("sagastate: save steps of saga %s: %w", id, err)
+		}
+		return nil
+	}, q.upsertSteps, stepArgs(id, steps)...)
+}
+
+// stepArgs are the 23 array parameters of upsertSteps.
+func stepArgs(id uuid.UUID, steps []StepState) []any {
+	n := len(steps)
 	ids, names, topics, dos, undos, statuses, ops, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n),
 		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	positions, stages, attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
@@ -271,31 +311,31 @@ func (q *queries) saveSteps(w *writes, id uuid.UUID, steps []StepState) {
 		deadlines[i], nexts[i], undo[i], seqs[i], inputs[i], results[i] = ts(st.Deadline), ts(st.NextAttemptAt), st.MustUndo, int32(st.DoneSeq), st.Input, st.Result
 		errs[i], starts[i], fins[i] = st.LastError, ts(st.StartedAt), ts(st.FinishedAt)
 	}
-	w.add(func(_ pgconn.CommandTag, err error) error {
-		if err != nil {
-			return fmt.Errorf("sagastate: save steps of saga %s: %w", id, err)
-		}
-		return nil
-	}, q.upsertSteps, ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries,
-		statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins)
+	return []any{ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries,
+		statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins}
 }
 
 func (q *queries) saveEvents(w *writes, events []Event) {
-	n := len(events)
-	if n == 0 {
+	if len(events) == 0 {
 		return
-	}
-	ids, ats, types, steps, ops, attempts, details := make([]uuid.UUID, n), make([]time.Time, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]int32, n), make([]string, n)
-	for i, e := range events {
-		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = e.SagaID, e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
 	}
 	w.add(func(_ pgconn.CommandTag, err error) error {
 		if err != nil {
 			return fmt.Errorf("sagastate: save events of saga %s: %w", events[0].SagaID, err)
 		}
 		return nil
-	}, q.insertEvents, ids, ats, types, steps, ops, attempts, details)
+	}, q.insertEvents, eventArgs(events)...)
+}
+
+// eventArgs are the 7 array parameters of insertEvents.
+func eventArgs(events []Event) []any {
+	n := len(events)
+	ids, ats, types, steps, ops, attempts, details := make([]uuid.UUID, n), make([]time.Time, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]int32, n), make([]string, n)
+	for i, e := range events {
+		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = e.SagaID, e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
+	}
+	return []any{ids, ats, types, steps, ops, attempts, details}
 }
 
 func (q *queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {
