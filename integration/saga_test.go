@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -83,7 +84,11 @@ func finishDriver(t *testing.T, d *Proc, n int) demoSummary {
 	t.Helper()
 	out, err := d.Wait(t, sagaWait)
 	var sum demoSummary
-	if jerr := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &sum); jerr != nil {
+	jerr := errors.New("no JSON object on stdout")
+	if i := strings.Index(out, "{"); i >= 0 {
+		jerr = json.Unmarshal([]byte(out[i:]), &sum)
+	}
+	if jerr != nil {
 		t.Fatalf("orderdemo driver (exit %v) printed no JSON summary: %v\n%s", err, jerr, tail(d.out.String(), 40))
 	}
 	for _, inv := range sum.Invariants {
