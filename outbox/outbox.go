@@ -154,7 +154,12 @@ func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error 
 			ids[i] = id
 		}
 	}
-	if _, err := tx.Exec(ctx, w.insertSQL, ids, topics, keys, payloads, headers); err != nil {
+	// [16]byte is encoded in binary; uuid.UUID would go through its driver.Valuer as text.
+	rawIDs := make([][16]byte, len(ids))
+	for i, id := range ids {
+		rawIDs[i] = id
+	}
+	if _, err := tx.Exec(ctx, w.insertSQL, rawIDs, topics, keys, payloads, headers); err != nil {
 		return fmt.Errorf("outbox: enqueue %d message(s) into %s: %w", len(msgs), w.opts.Schema, err)
 	}
 	for i := range msgs {

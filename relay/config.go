@@ -20,9 +20,14 @@ type Config struct {
 	// ID names this relay in the lease tables; it must be unique among the relays
 	// of one schema. Defaults to "<hostname>-<pid>-<random>".
 	ID string
-	// BatchSize is the most rows claimed, published and settled at once.
+	// BatchSize is the most rows one publish loop claims, publishes and settles at once.
 	// Defaults to 500.
 	BatchSize int
+	// Workers is the number of publish loops. Loop i serves the leased shards s
+	// with s mod Workers = i, so the claim, publish and settle of different shards
+	// overlap while every key (one shard) stays on one loop, in order.
+	// Defaults to 2.
+	Workers int
 	// PollInterval is how often the relay looks for rows when no notification
 	// arrives: the bound on latency if NOTIFY is lost or disabled, and how soon a
 	// retry becomes due. Defaults to 1s.
@@ -82,6 +87,9 @@ func (c *Config) applyDefaults() {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 10
 	}
+	if c.Workers == 0 {
+		c.Workers = 2
+	}
 	def(&c.PollInterval, time.Second)
 	def(&c.RetryBackoffMin, time.Second)
 	def(&c.RetryBackoffMax, 5*time.Minute)
@@ -108,6 +116,9 @@ func (c *Config) validate() error {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		bad("BatchSize is %d; use 1..10000", c.BatchSize)
+	}
+	if c.Workers < 1 || c.Workers > Shards {
+		bad("Workers is %d; use 1..%d", c.Workers, Shards)
 	}
 	if c.MaxAttempts < 1 {
 		bad("MaxAttempts is %d; it must be at least 1", c.MaxAttempts)

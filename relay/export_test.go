@@ -8,10 +8,18 @@ import (
 // Heartbeat runs one lease heartbeat, for tests that drive a relay step by step.
 func Heartbeat(ctx context.Context, r *Relay) error { return r.heartbeat(ctx) }
 
-// Cycle runs one claim → publish → settle cycle and returns how many rows it claimed.
+// Cycle runs one claim → publish → settle cycle of every publish loop, one after
+// the other, and returns how many rows they claimed.
 func Cycle(ctx context.Context, r *Relay) (int, error) {
-	n, _, err := r.cycle(ctx)
-	return n, err
+	total := 0
+	for w := range r.cfg.Workers {
+		n, _, err := r.cycle(ctx, w)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // OwnedShards returns how many shards r holds.

@@ -44,7 +44,7 @@ func (l *leaseSet) count() int {
 
 // heartbeat registers the relay as alive, renews its leases, and moves it towards
 // its fair share: ceil(Shards / live relays). Releasing waits for the batch in
-// flight (cycleMu), so a released shard is never being published.
+// flight of every publish loop (cycleMu), so a released shard is never being published.
 func (r *Relay) heartbeat(ctx context.Context) error {
 	ttl := interval(r.cfg.LeaseTTL)
 	t0 := time.Now()

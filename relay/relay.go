@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,8 +27,8 @@ type Relay struct {
 	q       queries
 	log     *slog.Logger
 	leases  leaseSet
-	cycleMu sync.Mutex // held while a batch is in flight
-	wakeC   chan struct{}
+	cycleMu sync.RWMutex    // read-held by each loop while its batch is in flight
+	wakeC   []chan struct{} // one per publish loop
 	running atomic.Bool
 	lastOK  atomic.Int64 // unix nanos of the last successful heartbeat
 }
@@ -46,12 +47,16 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	wakeC := make([]chan struct{}, cfg.Workers)
+	for i := range wakeC {
+		wakeC[i] = make(chan struct{}, 1)
+	}
 	return &Relay{
 		db: db, pub: pub, cfg: cfg,
 		q:      newQueries(cfg.Schema),
 		log:    cfg.Logger.With("relay", cfg.ID),
 		leases: leaseSet{owned: map[int16]time.Time{}},
-		wakeC:  make(chan struct{}, 1),
+		wakeC:  wakeC,
 	}, nil
 }
 
@@ -97,8 +102,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	if !r.cfg.DisableNotify {
 		wg.Go(func() { r.listenLoop(loopCtx) })
 	}
-	r.publishLoop(loopCtx)
-	cancel()
+	for w := range r.cfg.Workers {
+		wg.Go(func() { r.publishLoop(loopCtx, w) })
+	}
+	<-loopCtx.Done()
 	wg.Wait()
 
 	stopCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -125,20 +132,28 @@ func (r *Relay) checkSchema(ctx context.Context) error {
 	return nil
 }
 
+// wake makes every publish loop look for rows now.
 func (r *Relay) wake() {
+	for w := range r.wakeC {
+		r.wakeWorker(w)
+	}
+}
+
+func (r *Relay) wakeWorker(w int) {
 	select {
-	case r.wakeC <- struct{}{}:
+	case r.wakeC[w] <- struct{}{}:
 	default:
 	}
 }
 
-func (r *Relay) publishLoop(ctx context.Context) {
+// publishLoop is publish loop w: it serves the shards s with s mod Workers = w.
+func (r *Relay) publishLoop(ctx context.Context, w int) {
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
 	failures := 0
 	heldPause := time.Duration(0)
 	for ctx.Err() == nil {
-		_, held, err := r.cycle(ctx)
+		_, held, err := r.cycle(ctx, w)
 		if err != nil && ctx.Err() == nil {
 			failures++
 			pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
@@ -162,19 +177,22 @@ func (r *Relay) publishLoop(ctx context.Context) {
 		poll.Reset(wait)
 		select {
 		case <-ctx.Done():
-		case <-r.wakeC:
+		case <-r.wakeC[w]:
 		case <-poll.C:
 		}
 	}
 }
 
-// cycle claims one batch of the usable shards, publishes it and settles it.
+// cycle claims one batch of loop w's usable shards, publishes it and settles it.
 // It returns how many rows it claimed, and how many it scanned but left because
 // they are not ready yet (an older transaction is still open).
-func (r *Relay) cycle(ctx context.Context) (claimed, held int, err error) {
-	r.cycleMu.Lock()
-	defer r.cycleMu.Unlock()
+func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
+	r.cycleMu.RLock()
+	defer r.cycleMu.RUnlock()
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
+	if r.cfg.Workers > 1 {
+		shards = slices.DeleteFunc(shards, func(s int16) bool { return int(s)%r.cfg.Workers != w })
+	}
 	if len(shards) == 0 {
 		return 0, 0, nil
 	}
@@ -189,7 +207,7 @@ func (r *Relay) cycle(ctx context.Context) (claimed, held int, err error) {
 		return 0, held, nil
 	}
 	if scanned == r.cfg.BatchSize {
-		r.wake() // the scan was full: more rows may be ready behind it
+		r.wakeWorker(w) // the scan was full: more rows may be ready behind it
 	}
 	msgs := make([]outbox.Message, len(rows))
 	for i := range rows {
@@ -268,7 +286,7 @@ func (r *Relay) cycle(ctx context.Context) (claimed, held int, err error) {
 	if heldBack {
 		// The next claim decides: the rows flow if their head was dead-lettered,
 		// or wait behind it if it waits for a retry.
-		r.wake()
+		r.wakeWorker(w)
 	}
 	return len(rows), held, nil
 }

@@ -147,7 +147,7 @@ type failure struct {
 func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []uuid.UUID, failed []failure) error {
 	b := &pgx.Batch{}
 	if len(done) > 0 {
-		b.Queue(q.deleteIDs, done)
+		b.Queue(q.deleteIDs, rawUUIDs(done))
 	}
 	if len(failed) > 0 {
 		ids := make([]uuid.UUID, len(failed))
@@ -157,7 +157,7 @@ func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []uuid.UUID
 		for i, f := range failed {
 			ids[i], errs[i], next[i], dead[i] = f.id, f.err, f.next, f.dead
 		}
-		b.Queue(q.fail, ids, errs, next, dead)
+		b.Queue(q.fail, rawUUIDs(ids), errs, next, dead)
 	}
 	if b.Len() == 0 {
 		return nil
@@ -166,6 +166,16 @@ func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []uuid.UUID
 		return fmt.Errorf("settle: %w", err)
 	}
 	return nil
+}
+
+// rawUUIDs lets pgx encode ids in binary; as uuid.UUID it would go through their
+// driver.Valuer, one string each, which was a fifth of the relay's CPU time.
+func rawUUIDs(ids []uuid.UUID) [][16]byte {
+	out := make([][16]byte, len(ids))
+	for i, id := range ids {
+		out[i] = id
+	}
+	return out
 }
 
 // notMigrated reports whether err says the schema or its tables are missing.

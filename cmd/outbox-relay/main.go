@@ -54,7 +54,7 @@ type options struct {
 	tls, tlsInsecure                                   bool
 	tlsCA, tlsCert, tlsKey                             string
 	saslMechanism, saslUser, saslPassword              string
-	batchSize, maxAttempts                             int
+	batchSize, workers, maxAttempts                    int
 	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
 	noNotify                                           bool
 	logLevel, logFormat                                string
@@ -131,6 +131,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 	str(&o.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL user name")
 	secret(&o.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password (prefer the environment variable)")
 	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", 500, "rows claimed, published and settled per batch")
+	integer(&o.workers, "workers", "RELAY_WORKERS", 2, "parallel publish loops; each serves its own shards, so per-key order holds")
 	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", 10, "failed publishes of a message before it is dead-lettered")
 	duration(&o.pollInterval, "poll-interval", "RELAY_POLL_INTERVAL", time.Second, "polling interval, the fallback for LISTEN/NOTIFY")
 	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", 10*time.Second, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
@@ -300,7 +301,7 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 		return err
 	}
 	r, err := relay.New(pool, pub, relay.Config{
-		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, MaxAttempts: o.maxAttempts,
+		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxAttempts: o.maxAttempts,
 		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
 		PublishTimeout: o.publishTimeout, DisableNotify: o.noNotify, Logger: log, Hooks: metrics.Hooks(),
 	})

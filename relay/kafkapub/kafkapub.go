@@ -156,12 +156,14 @@ func New(cfg Config) (*Publisher, error) {
 		MaxAttempts:     cfg.MaxAttempts,
 		WriteBackoffMin: 50 * time.Millisecond,
 		WriteBackoffMax: 500 * time.Millisecond,
-		BatchSize:       10000, // relay batches are at most this large
-		BatchBytes:      int64(cfg.MaxMessageBytes) + 4096,
-		BatchTimeout:    cfg.BatchTimeout,
-		ReadTimeout:     cfg.WriteTimeout,
-		WriteTimeout:    cfg.WriteTimeout,
-		Transport:       transport,
+		// kafka-go allocates BatchSize messages for every partition batch: keep it near
+		// what one relay batch puts on one partition, not at the 10000 rows it could.
+		BatchSize:    1000,
+		BatchBytes:   int64(cfg.MaxMessageBytes) + 4096,
+		BatchTimeout: cfg.BatchTimeout,
+		ReadTimeout:  cfg.WriteTimeout,
+		WriteTimeout: cfg.WriteTimeout,
+		Transport:    transport,
 	}
 	return &Publisher{
 		cfg: cfg, transport: transport, w: w,
