@@ -43,6 +43,12 @@
 // own them after at most LeaseTTL + HeartbeatInterval (defaults 10 s + 2 s;
 // TestKilledRelayProcess measures 2.1 s with 2 s + 0.2 s).
 //
+// Within one relay, Workers publish loops (default 2) split the leased shards by
+// shard mod Workers, so one loop's claim or settle overlaps another's publish while
+// each key, living on one shard, is still served by one loop in order. Keys of
+// different loops may interleave differently on a shared Kafka partition; only
+// each key's own order is promised.
+//
 // Leases rather than session advisory locks: a lease expires by the clock, so a
 // relay cut off from the database by a network partition (whose session may live
 // on until TCP gives up) loses its shards at a known time, and the relay knows
