@@ -30,3 +30,6 @@ var Backoff = backoff
 
 // UsableShards returns how many shards r may start a batch on now.
 func UsableShards(r *Relay) int { return len(r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))) }
+
+// NextHeldPause exposes the re-check schedule of held rows.
+var NextHeldPause = nextHeldPause

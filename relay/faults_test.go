@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/embedkafka"
 	"github.com/sagabox/sagabox/internal/embedpg"
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
@@ -106,7 +107,7 @@ func TestPoisonMessage(t *testing.T) {
 		t.Fatalf("topic holds %d records, want 4 (a:1, b:1, b:2, a:3)", n)
 	}
 	var got []string
-	for _, m := range readTopic(t, e.kafka.Brokers, e.topic, 4, 30*time.Second)[0] {
+	for _, m := range kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 4, 30*time.Second)[0] {
 		got = append(got, string(m.Value))
 	}
 	// Keys a and b may sit on different publish loops, so only each key's order and
@@ -153,7 +154,7 @@ func TestMissingTopic(t *testing.T) {
 
 	r := steppedRelayWith(t, e.db.Pool, newPublisher(t, kafkapub.Config{Brokers: k.Brokers}))
 	cycleUntil(t, r, 2)
-	readTopic(t, k.Brokers, e.topic, 1, 30*time.Second)
+	kafkatest.ReadTopic(t, k.Brokers, e.topic, 1, 30*time.Second)
 	var lastErr string
 	var attempts int
 	if err := e.db.Pool.QueryRow(ctx, `SELECT "last_error", "attempts" FROM "sagabox"."outbox_messages" WHERE "topic" = $1`, missing).Scan(&lastErr, &attempts); err != nil {
@@ -171,7 +172,7 @@ func TestMissingTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	cycleUntil(t, creating, 1)
-	readTopic(t, k.Brokers, missing, 1, 30*time.Second)
+	kafkatest.ReadTopic(t, k.Brokers, missing, 1, 30*time.Second)
 	if n := countRows(t, e.db.Pool, "true"); n != 0 {
 		t.Fatalf("%d rows left after the topic was created", n)
 	}
@@ -257,7 +258,7 @@ func TestBrokerDownThenBack(t *testing.T) {
 		return countRows(t, e.db.Pool, "true") == 0
 	})
 	perKey := map[string]int{"ka": 20, "kb": 20, "kc": 20, "kd": 20, "ke": 20}
-	checkOrder(t, readTopic(t, k.Brokers, e.topic, 100, 30*time.Second), perKey, true)
+	checkOrder(t, kafkatest.ReadTopic(t, k.Brokers, e.topic, 100, 30*time.Second), perKey, true)
 }
 
 // TestDatabaseRestart: the relay's PostgreSQL stops and starts again; the relay
@@ -304,5 +305,5 @@ func TestDatabaseRestart(t *testing.T) {
 	if shards.Load() != relay.Shards {
 		t.Fatalf("relay owns %d shards after the restart, want %d", shards.Load(), relay.Shards)
 	}
-	checkOrder(t, readTopic(t, k.Brokers, topic, 3, 30*time.Second), map[string]int{"k": 3}, true)
+	checkOrder(t, kafkatest.ReadTopic(t, k.Brokers, topic, 3, 30*time.Second), map[string]int{"k": 3}, true)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
@@ -121,54 +122,6 @@ func enqueue(t *testing.T, pool *pgxpool.Pool, msgs ...outbox.Message) {
 	}
 }
 
-// readTopic reads every partition of topic from the beginning until want records
-// arrived or the deadline passed, and returns them per partition in offset order.
-func readTopic(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) [][]kafka.Message {
-	t.Helper()
-	conn, err := kafka.Dial("tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	out := make([][]kafka.Message, len(parts))
-	var mu sync.Mutex
-	total := 0
-	var wg sync.WaitGroup
-	for _, p := range parts {
-		wg.Go(func() {
-			rd := kafka.NewReader(kafka.ReaderConfig{
-				Brokers: brokers, Topic: topic, Partition: p.ID,
-				MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond,
-			})
-			defer rd.Close()
-			for {
-				m, err := rd.ReadMessage(ctx)
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				out[p.ID] = append(out[p.ID], m)
-				total++
-				if total >= want {
-					cancel()
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if total < want {
-		t.Fatalf("read %d records from %s within %v, want %d", total, topic, timeout, want)
-	}
-	return out
-}
-
 // topicSize sums the partitions' end offsets: every record ever written.
 func topicSize(t *testing.T, brokers []string, topic string) int {
 	t.Helper()
@@ -251,15 +204,5 @@ func countRows(t *testing.T, pool *pgxpool.Pool, where string) int {
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		case <-tick.C:
-		}
-	}
+	kafkatest.Poll(t, timeout, cond, func() string { return what })
 }

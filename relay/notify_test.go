@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
@@ -61,5 +62,5 @@ func TestNotifyWakesTheRelay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkOrder(t, readTopic(t, k.Brokers, topic, 3, 15*time.Second), map[string]int{"k": 3}, false)
+	checkOrder(t, kafkatest.ReadTopic(t, k.Brokers, topic, 3, 15*time.Second), map[string]int{"k": 3}, false)
 }

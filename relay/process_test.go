@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 )
@@ -108,6 +109,6 @@ func TestKilledRelayProcess(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	checkOrder(t, readTopic(t, e.kafka.Brokers, e.topic, 900, 60*time.Second), perKey, true)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 900, 60*time.Second), perKey, true)
 	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return countRows(t, e.db.Pool, "true") == 0 })
 }

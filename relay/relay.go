@@ -146,12 +146,39 @@ func (r *Relay) wakeWorker(w int) {
 	}
 }
 
+// heldPauseMin is the first wait before looking again at rows held back by an
+// open older transaction.
+const heldPauseMin = 10 * time.Millisecond
+
+// nextHeldPause returns how long a publish loop waits before looking again at the
+// held rows of its last cycle (0: none held, wait for a wake-up or the poll). Held
+// rows become ready without any notification when the older transaction holding
+// them inserted no outbox row, so the loop looks again soon and backs off while
+// they stay held. The pause doubles only over cycles its own timer started
+// (afterPause); a cycle a notification started begins again at heldPauseMin.
+// Doubling it on every cycle, as before, let it reach PollInterval under steady
+// load (nearly every cycle sees some rows of still-open transactions), and then the
+// last rows of a burst, held for a millisecond, waited up to PollInterval after
+// the last notification. An idle relay behind a long transaction still backs off
+// to PollInterval: no spinning.
+func nextHeldPause(prev time.Duration, held int, afterPause bool, poll time.Duration) time.Duration {
+	switch {
+	case held == 0:
+		return 0
+	case afterPause && prev > 0:
+		return min(2*prev, poll)
+	default:
+		return min(heldPauseMin, poll)
+	}
+}
+
 // publishLoop is publish loop w: it serves the shards s with s mod Workers = w.
 func (r *Relay) publishLoop(ctx context.Context, w int) {
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
 	failures := 0
 	heldPause := time.Duration(0)
+	heldTimer := false // the last wait was the held pause running out, not a wake-up
 	for ctx.Err() == nil {
 		_, held, err := r.cycle(ctx, w)
 		if err != nil && ctx.Err() == nil {
@@ -165,20 +192,18 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 			continue
 		}
 		failures = 0
-		// Rows held back by an open older transaction become ready without any
-		// notification: look again soon, backing off while they stay held.
+		heldPause = nextHeldPause(heldPause, held, heldTimer, r.cfg.PollInterval)
 		wait := r.cfg.PollInterval
-		if held > 0 {
-			heldPause = min(max(2*heldPause, 10*time.Millisecond), r.cfg.PollInterval)
+		if heldPause > 0 {
 			wait = heldPause
-		} else {
-			heldPause = 0
 		}
 		poll.Reset(wait)
 		select {
 		case <-ctx.Done():
 		case <-r.wakeC[w]:
+			heldTimer = false
 		case <-poll.C:
+			heldTimer = held > 0
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
@@ -95,7 +96,7 @@ func TestPublish(t *testing.T) {
 			{Topic: e.topic, Payload: []byte(`no key`)},
 		}
 		enqueue(t, e.db.Pool, msgs...)
-		parts := readTopic(t, e.kafka.Brokers, e.topic, len(msgs), 30*time.Second)
+		parts := kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, len(msgs), 30*time.Second)
 
 		got := map[string]kafka.Message{}
 		for _, recs := range parts {
@@ -241,7 +242,7 @@ func TestCommitOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	cycleUntil(t, r, 2)
-	checkOrder(t, readTopic(t, e.kafka.Brokers, e.topic, 2, 30*time.Second), map[string]int{"k": 2}, false)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 2, 30*time.Second), map[string]int{"k": 2}, false)
 }
 
 // TestXidRace covers the case that (txid, seq) order gets wrong: a transaction
@@ -286,7 +287,7 @@ func TestXidRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	cycleUntil(t, r, 2)
-	checkOrder(t, readTopic(t, e.kafka.Brokers, e.topic, 2, 30*time.Second), map[string]int{"k": 2}, false)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 2, 30*time.Second), map[string]int{"k": 2}, false)
 }
 
 // produceOrdered runs producers that each take the next number of a key by locking
@@ -366,7 +367,7 @@ func TestPerKeyOrderUnderConcurrentProducers(t *testing.T) {
 	e := setup(t, 4)
 	startRelay(t, e.db.Pool, e.pub, fastConfig())
 	perKey := produceOrdered(t, e, 20, 8, 100, nil)
-	checkOrder(t, readTopic(t, e.kafka.Brokers, e.topic, 800, 60*time.Second), perKey, false)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 800, 60*time.Second), perKey, false)
 }
 
 // TestSeveralRelays runs three relays in this process while producers write; one
@@ -414,6 +415,6 @@ func TestSeveralRelays(t *testing.T) {
 		return
 	}
 	waitFor(t, 20*time.Second, "the new relay to get a share", func() bool { return shardsSeen[3].Load() > 0 })
-	checkOrder(t, readTopic(t, e.kafka.Brokers, e.topic, 900, 60*time.Second), perKey, true)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 900, 60*time.Second), perKey, true)
 	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return countRows(t, e.db.Pool, "true") == 0 })
 }

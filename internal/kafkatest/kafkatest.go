@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,4 +183,52 @@ func Main(m *testing.M) int {
 		return 1
 	}
 	return 0
+}
+
+// ReadTopic reads every partition of topic from the beginning until want records
+// arrived or the deadline passed, and returns them per partition in offset order.
+func ReadTopic(t testing.TB, brokers []string, topic string, want int, timeout time.Duration) [][]kafka.Message {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out := make([][]kafka.Message, len(parts))
+	var mu sync.Mutex
+	total := 0
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Go(func() {
+			rd := kafka.NewReader(kafka.ReaderConfig{
+				Brokers: brokers, Topic: topic, Partition: p.ID,
+				MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond,
+			})
+			defer rd.Close()
+			for {
+				m, err := rd.ReadMessage(ctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				out[p.ID] = append(out[p.ID], m)
+				total++
+				if total >= want {
+					cancel()
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if total < want {
+		t.Fatalf("read %d records from %s within %v, want %d", total, topic, timeout, want)
+	}
+	return out
 }
