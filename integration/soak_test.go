@@ -20,8 +20,10 @@ import (
 // SAGABOX_SOAK_SAGAS it is skipped.
 //
 // SAGABOX_SOAK_FAULTS picks the faults (comma-separated: participant, broker, postgres;
-// default all), SAGABOX_SOAK_SEED the random seed, SAGABOX_SOAK_CONCURRENCY the sagas in
-// flight (default 64), SAGABOX_SOAK_TIMEOUT how long the sagas may take (default 6h).
+// default all), SAGABOX_SOAK_FAULT_EVERY the mean pause between faults (default 30s; each
+// pause is drawn from half to one and a half of it), SAGABOX_SOAK_SEED the random seed,
+// SAGABOX_SOAK_CONCURRENCY the sagas in flight (default 64), SAGABOX_SOAK_TIMEOUT how
+// long the sagas may take (default 6h).
 func TestSoak(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("SAGABOX_SOAK_SAGAS"))
 	if n <= 0 {
@@ -41,8 +43,12 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SAGABOX_SOAK_TIMEOUT: %v", err)
 	}
+	every, err := time.ParseDuration(envOr("SAGABOX_SOAK_FAULT_EVERY", "30s"))
+	if err != nil || every <= 0 {
+		t.Fatalf("SAGABOX_SOAK_FAULT_EVERY must be a positive duration like 30s: %q", os.Getenv("SAGABOX_SOAK_FAULT_EVERY"))
+	}
 	rng := rand.New(rand.NewPCG(seed, 0))
-	t.Logf("soak: %d sagas, faults %v, seed %d", n, faults, seed)
+	t.Logf("soak: %d sagas, faults %v about every %s, seed %d", n, faults, every, seed)
 
 	e := setupSaga(t)
 	start := time.Now()
@@ -57,7 +63,7 @@ loop:
 		select {
 		case <-driver.done:
 			break loop
-		case <-time.After(time.Duration(3+rng.IntN(8)) * time.Second):
+		case <-time.After(every/2 + time.Duration(rng.Int64N(int64(every)))):
 		}
 		switch f := faults[rng.IntN(len(faults))]; f {
 		case "participant":
