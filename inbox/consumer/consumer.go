@@ -223,6 +223,12 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 		JoinGroupBackoff:  c.cfg.JoinGroupBackoff,
 		StartOffset:       start,
 		QueueCapacity:     c.cfg.QueueCapacity,
+		// kafka-go waits ReadBackoffMin·n² (capped at ReadBackoffMax) before it redials a
+		// partition whose fetch failed, e.g. with an i/o timeout when the broker's empty
+		// answer came later than MaxWait on a loaded machine. Its 100ms default put that
+		// much latency on every record of the partition each time; 10ms keeps the backoff
+		// (10, 40, 90ms … up to its 1s default) for a broker that is really gone.
+		ReadBackoffMin: 10 * time.Millisecond,
 		// Commits are synchronous calls from our own commit loop, batched there.
 		CommitInterval: 0,
 		Logger:         c.kafkaLogger(slog.LevelDebug),
