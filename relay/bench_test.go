@@ -203,12 +203,17 @@ func measureLatency(b *testing.B, brokers []string, topic string, rate, seconds 
 	sent := make([]atomic.Int64, total) // unix nanos
 	lat := make([]time.Duration, 0, total)
 	var mu sync.Mutex
+	var readErrs atomic.Int64
 	readCtx, stopRead := context.WithTimeout(context.Background(), time.Duration(seconds+60)*time.Second)
 	defer stopRead()
 	var readers sync.WaitGroup
 	for p := range 4 {
 		readers.Go(func() {
-			rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 5 * time.Millisecond, MinBytes: 1, MaxBytes: 1 << 20})
+			// A fetch returns as soon as a record arrives, so MaxWait adds nothing; a
+			// short one (it was 5ms) made kafka-go's client deadline run out on this
+			// loaded machine, and each i/o timeout cost a redial after ReadBackoffMin.
+			rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 500 * time.Millisecond,
+				ReadBackoffMin: 10 * time.Millisecond, MinBytes: 1, MaxBytes: 1 << 20, ErrorLogger: kafka.LoggerFunc(func(string, ...any) { readErrs.Add(1) })})
 			defer rd.Close()
 			for {
 				m, err := rd.ReadMessage(readCtx)
@@ -254,6 +259,9 @@ func measureLatency(b *testing.B, brokers []string, topic string, rate, seconds 
 	}
 	senders.Wait()
 	readers.Wait()
+	if n := readErrs.Load(); n > 0 {
+		b.Logf("%s: the readers logged %d fetch errors (each a redial)", topic, n)
+	}
 	if len(lat) != total {
 		b.Fatalf("received %d of %d messages", len(lat), total)
 	}
