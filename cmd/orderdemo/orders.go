@@ -223,9 +223,7 @@ func drive(ctx context.Context, c *config, orch *sagastate.Orchestrator, in *inf
 					r.Expected = "compensated"
 				}
 				done := f.register(o.ID)
-				err := pgx.BeginFunc(ctx, in.pool, func(tx pgx.Tx) error {
-					return orch.Start(ctx, tx, demo.SagaType, o.ID, o)
-				})
+				err := startSaga(ctx, orch, in, o, deadline)
 				if err == nil {
 					r.Status, err = await(ctx, orch, o.ID, done, deadline)
 				}
@@ -281,13 +279,40 @@ feed:
 	return results, firstErr
 }
 
+// startSaga starts the order's saga, retrying while the database is unreachable (a
+// restart, a failover) until deadline. If a commit went through but its answer was
+// lost, the retry finds the saga already there, which is what was wanted.
+func startSaga(ctx context.Context, orch *sagastate.Orchestrator, in *infra, o demo.Order, deadline time.Time) error {
+	pause := 100 * time.Millisecond
+	for {
+		err := pgx.BeginFunc(ctx, in.pool, func(tx pgx.Tx) error {
+			return orch.Start(ctx, tx, demo.SagaType, o.ID, o)
+		})
+		switch {
+		case err == nil || errors.Is(err, sagastate.ErrDuplicate):
+			return nil
+		case errors.Is(err, sagastate.ErrInvalidPayload), errors.Is(err, sagastate.ErrUnknownSagaType),
+			ctx.Err() != nil, time.Now().Add(pause).After(deadline):
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
 // await waits for saga id to finish: on the event feed's signal, or by polling in case
-// the feed missed it, until deadline.
+// the feed missed it, until deadline. Database errors are waited out: the saga's state
+// is in PostgreSQL, and a restart of it delays the answer but does not change it.
 func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done chan struct{}, deadline time.Time) (string, error) {
 	poll := time.NewTicker(500 * time.Millisecond)
 	defer poll.Stop()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
+	var lastErr error
 	for {
 		select {
 		case <-done:
@@ -297,13 +322,20 @@ func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done
 			if err == nil && s.Status.Final() {
 				return string(s.Status), nil
 			}
+			if lastErr != nil {
+				return "unfinished", fmt.Errorf("%w: saga %s did not finish before --timeout (last database error: %v)", errUnfinished, id, lastErr)
+			}
 			return "unfinished", fmt.Errorf("%w: saga %s did not finish before --timeout", errUnfinished, id)
 		case <-ctx.Done():
 			return "unfinished", ctx.Err()
 		}
 		s, err := orch.Get(ctx, id)
 		if err != nil {
-			return "", err
+			if errors.Is(err, sagastate.ErrNotFound) {
+				return "", err
+			}
+			lastErr = err
+			continue
 		}
 		if s.Status.Final() {
 			return string(s.Status), nil
