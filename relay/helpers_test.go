@@ -125,30 +125,9 @@ func enqueue(t *testing.T, pool *pgxpool.Pool, msgs ...outbox.Message) {
 // topicSize sums the partitions' end offsets: every record ever written.
 func topicSize(t *testing.T, brokers []string, topic string) int {
 	t.Helper()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...)}
-	conn, err := kafka.Dial("tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-	for _, p := range parts {
-		req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(p.ID))
-	}
-	resp, err := client.ListOffsets(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for _, po := range resp.Topics[topic] {
-		if po.Error != nil {
-			t.Fatal(po.Error)
-		}
-		n += int(po.LastOffset)
+	for _, end := range kafkatest.Ends(t, brokers, topic, kafkatest.Partitions(t, brokers, topic)) {
+		n += int(end)
 	}
 	return n
 }

@@ -103,6 +103,21 @@ func Committed(t testing.TB, brokers []string, group, topic string, partitions i
 	return out
 }
 
+// Partitions returns how many partitions topic has.
+func Partitions(t testing.TB, brokers []string, topic string) int {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatalf("kafkatest: dial %s: %v", brokers[0], err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatalf("kafkatest: partitions of %s: %v", topic, err)
+	}
+	return len(parts)
+}
+
 // Ends returns the end offset (next offset to be written) of each partition of topic.
 func Ends(t testing.TB, brokers []string, topic string, partitions int) []int64 {
 	t.Helper()
@@ -186,25 +201,17 @@ func Main(m *testing.M) int {
 // arrived or the deadline passed, and returns them per partition in offset order.
 func ReadTopic(t testing.TB, brokers []string, topic string, want int, timeout time.Duration) [][]kafka.Message {
 	t.Helper()
-	conn, err := kafka.Dial("tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	parts := Partitions(t, brokers, topic)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	out := make([][]kafka.Message, len(parts))
+	out := make([][]kafka.Message, parts)
 	var mu sync.Mutex
 	total := 0
 	var wg sync.WaitGroup
-	for _, p := range parts {
+	for p := range parts {
 		wg.Go(func() {
 			rd := kafka.NewReader(kafka.ReaderConfig{
-				Brokers: brokers, Topic: topic, Partition: p.ID,
+				Brokers: brokers, Topic: topic, Partition: p,
 				MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 50 * time.Millisecond,
 			})
 			defer rd.Close()
@@ -214,7 +221,7 @@ func ReadTopic(t testing.TB, brokers []string, topic string, want int, timeout t
 					return
 				}
 				mu.Lock()
-				out[p.ID] = append(out[p.ID], m)
+				out[p] = append(out[p], m)
 				total++
 				if total >= want {
 					cancel()

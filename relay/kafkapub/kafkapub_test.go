@@ -12,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/sagabox/sagabox/internal/embedkafka"
+	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
@@ -37,31 +38,11 @@ func msg(topic, key, value string) outbox.Message {
 // readAll reads want records from every partition of topic.
 func readAll(t *testing.T, brokers []string, topic string, want int) []kafka.Message {
 	t.Helper()
-	conn, err := kafka.Dial("tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var out []kafka.Message
-	for _, p := range parts {
-		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 20 * time.Millisecond})
-		last, err := func() (int64, error) {
-			pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-			if err != nil {
-				return 0, err
-			}
-			defer pc.Close()
-			return pc.ReadLastOffset()
-		}()
-		if err != nil {
-			t.Fatal(err)
-		}
+	for p, last := range kafkatest.Ends(t, brokers, topic, kafkatest.Partitions(t, brokers, topic)) {
+		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 20 * time.Millisecond})
 		for i := int64(0); i < last; i++ {
 			m, err := rd.ReadMessage(ctx)
 			if err != nil {
