@@ -13,7 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/sagabox/sagabox/participants/demo"
+	"github.com/sagabox/sagabox/internal/demo"
 )
 
 const (

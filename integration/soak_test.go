@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sagabox/sagabox/participants/demo"
+	"github.com/sagabox/sagabox/internal/demo"
 )
 
 // TestSoak runs SAGABOX_SOAK_SAGAS order sagas (make soak: 100000) through the containers

@@ -18,10 +18,10 @@ import (
 // sets it on every record; consumers deduplicate on it.
 const HeaderMessageID = "message-id"
 
-// DefaultSchema is the schema holding the outbox table unless Options say otherwise.
+// DefaultSchema is the schema holding the outbox table unless Config says otherwise.
 const DefaultSchema = "sagabox"
 
-// DefaultMaxPayloadBytes is the payload limit unless Options say otherwise: Kafka's
+// DefaultMaxPayloadBytes is the payload limit unless Config says otherwise: Kafka's
 // default message.max.bytes is about 1 MiB, and a larger payload could never be published.
 const DefaultMaxPayloadBytes = 1 << 20
 
@@ -73,8 +73,8 @@ type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// Options configure a Writer.
-type Options struct {
+// Config configures a Writer.
+type Config struct {
 	// Schema holds the outbox_messages table. Defaults to "sagabox".
 	Schema string
 	// MaxPayloadBytes rejects larger payloads at Enqueue. Defaults to 1 MiB
@@ -84,12 +84,12 @@ type Options struct {
 
 // Writer enqueues messages into one schema's outbox. It is safe for concurrent use.
 type Writer struct {
-	opts      Options
+	opts      Config
 	insertSQL string
 }
 
-// NewWriter returns a Writer with opts' defaults applied, or an error if opts are invalid.
-func NewWriter(opts Options) (*Writer, error) {
+// New returns a Writer with cfg' defaults applied, or an error if opts are invalid.
+func New(opts Config) (*Writer, error) {
 	if opts.Schema == "" {
 		opts.Schema = DefaultSchema
 	}
@@ -107,7 +107,7 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 	}, nil
 }
 
-var defaultWriter, _ = NewWriter(Options{})
+var defaultWriter, _ = New(Config{})
 
 // Enqueue writes msgs into the outbox of the default schema ("sagabox") within tx.
 // See Writer.Enqueue.

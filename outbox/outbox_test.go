@@ -86,7 +86,7 @@ func TestEnqueue(t *testing.T) {
 	t.Run("InvalidMessagesRejectedBeforeWriting", func(t *testing.T) {
 		t.Parallel()
 		db := testenv.NewDB(t)
-		w, err := outbox.NewWriter(outbox.Options{MaxPayloadBytes: 10})
+		w, err := outbox.New(outbox.Config{MaxPayloadBytes: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +121,7 @@ func TestEnqueue(t *testing.T) {
 
 	t.Run("NegativeLimitIsAConfigError", func(t *testing.T) {
 		t.Parallel()
-		if _, err := outbox.NewWriter(outbox.Options{MaxPayloadBytes: -1}); err == nil {
+		if _, err := outbox.New(outbox.Config{MaxPayloadBytes: -1}); err == nil {
 			t.Fatal("want an error for a negative MaxPayloadBytes")
 		}
 	})

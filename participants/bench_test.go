@@ -13,7 +13,7 @@ import (
 	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/participants"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // BenchmarkParticipant measures saga commands/s through a participant (consumer +

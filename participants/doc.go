@@ -4,7 +4,7 @@
 // inbox or the barrier: it changes business rows in tx and returns a result, a
 // business refusal (Fail) or any other error (transient). The participant consumes
 // commands (package inbox/consumer, so each Kafka record takes effect at most once),
-// runs the handler behind the barrier, and writes the reply (package sagastate/wire)
+// runs the handler behind the barrier, and writes the reply (package wire)
 // to the command's reply topic through the outbox — all in the one transaction of the
 // business change. Handlers may enqueue further outbox messages in tx (choreography);
 // they commit or roll back with the step.

@@ -15,7 +15,7 @@ import (
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Errors of this package.
@@ -120,7 +120,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
 	if err := migrations.ValidateSchema(cfg.Schema); err != nil {
 		return nil, fmt.Errorf("participants: %w: Schema: %w", ErrInvalidConfig, err)
 	}
-	ob, err := outbox.NewWriter(outbox.Options{Schema: cfg.Schema})
+	ob, err := outbox.New(outbox.Config{Schema: cfg.Schema})
 	if err != nil {
 		return nil, fmt.Errorf("participants: %w", err)
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/participants"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 func TestMain(m *testing.M) { os.Exit(kafkatest.Main(m)) }

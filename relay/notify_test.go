@@ -53,7 +53,7 @@ func TestNotifyWakesTheRelay(t *testing.T) {
 			owned++
 		}
 	}
-	w, err := outbox.NewWriter(outbox.Options{Schema: schema})
+	w, err := outbox.New(outbox.Config{Schema: schema})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/sagabox/sagabox/participants"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/sagastate/sagatest"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 const benchSagas = 500
@@ -154,7 +154,7 @@ func benchRaw(b *testing.B) benchResult {
 	var mu sync.Mutex
 	started := map[uuid.UUID]time.Time{}
 	finished := make(chan time.Duration, benchSagas+idleFlows+1)
-	out, _ := outbox.NewWriter(outbox.Options{})
+	out, _ := outbox.New(outbox.Config{})
 	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
 		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: benchSteps[step], Op: wire.OpForward, Attempt: 1,
 			Name: benchSteps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}

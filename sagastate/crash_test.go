@@ -27,7 +27,7 @@ import (
 	"github.com/sagabox/sagabox/relay/kafkapub"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/sagastate/sagatest"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 var errCrash = errors.New("crash injected by the test")

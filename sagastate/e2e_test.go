@@ -19,7 +19,7 @@ import (
 	"github.com/sagabox/sagabox/participants"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/sagastate/sagatest"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // script tells the test participant how to behave for one saga.

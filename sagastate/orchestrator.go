@@ -17,7 +17,7 @@ import (
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Listener receives saga events after they are committed. It runs on the orchestrator's
@@ -187,7 +187,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Orchestrator, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("sagastate: %w: pool is nil", ErrInvalidConfig)
 	}
-	w, err := outbox.NewWriter(outbox.Options{Schema: cfg.Schema})
+	w, err := outbox.New(outbox.Config{Schema: cfg.Schema})
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: %w", err)
 	}

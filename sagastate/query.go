@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Get returns saga id with its steps and its execution log, or ErrNotFound.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // clock is a settable time source for Config.Now.

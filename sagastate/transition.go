@@ -8,7 +8,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // The transition function. Everything the orchestrator does to a saga is one call of

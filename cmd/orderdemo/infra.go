@@ -11,11 +11,11 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/internal/embedkafka"
 	"github.com/sagabox/sagabox/internal/embedpg"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/participants/demo"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 )

@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/migrations"
-	"github.com/sagabox/sagabox/participants/demo"
 )
 
 // Errors orderdemo reports.

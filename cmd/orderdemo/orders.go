@@ -16,9 +16,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/internal/timeline"
 	"github.com/sagabox/sagabox/participants"
-	"github.com/sagabox/sagabox/participants/demo"
 	"github.com/sagabox/sagabox/sagastate"
 )
 

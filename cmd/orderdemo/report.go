@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/internal/timeline"
-	"github.com/sagabox/sagabox/participants/demo"
 	"github.com/sagabox/sagabox/sagastate"
 )
 

@@ -11,8 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/participants/demo"
 )
 
 // transferRow is one transfer's outcome in the summary.
@@ -51,7 +51,7 @@ func makeTransfer(i, k int) (demo.Transfer, string) {
 }
 
 func runTransfers(ctx context.Context, c *config) error {
-	writer, err := outbox.NewWriter(outbox.Options{Schema: c.schema})
+	writer, err := outbox.New(outbox.Config{Schema: c.schema})
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 type testPayload struct {

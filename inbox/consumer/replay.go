@@ -24,7 +24,7 @@ func Replay(ctx context.Context, tx pgx.Tx, schema string, id int64) (uuid.UUID,
 	if err != nil {
 		return uuid.Nil, err
 	}
-	w, err := outbox.NewWriter(outbox.Options{Schema: store.Schema()})
+	w, err := outbox.New(outbox.Config{Schema: store.Schema()})
 	if err != nil {
 		return uuid.Nil, err
 	}

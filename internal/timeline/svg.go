@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Layout of the SVG, in pixels.

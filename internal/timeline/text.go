@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Text writes the timeline for a terminal, cols characters of time axis wide:

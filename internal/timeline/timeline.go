@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 // Outcome is how a bar ended.

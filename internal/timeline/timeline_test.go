@@ -13,7 +13,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/timeline"
 	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/wire"
+	"github.com/sagabox/sagabox/wire"
 )
 
 var t0 = time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)

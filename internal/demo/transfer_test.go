@@ -9,8 +9,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/outbox"
-	"github.com/sagabox/sagabox/participants/demo"
 )
 
 // inTx runs one service step in its own transaction, as the consumer would.
@@ -45,7 +45,7 @@ func TestBank(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, nil)
-	w, err := outbox.NewWriter(outbox.Options{})
+	w, err := outbox.New(outbox.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
