@@ -15,4 +15,9 @@
 // relay publishes it; see package relay. For operators (sagactl): Stats reports
 // the backlog and dead letters, ListDead shows the dead-lettered rows with their
 // errors, RetryDead makes them pending again.
+//
+// Every statement on the outbox_messages table is in outbox_messages.sql, by
+// name, readable and runnable as SQL: Enqueue's insert, the relay's claim and
+// settle (Store, which package relay calls) and the operator functions. Nothing
+// else in the module queries the table.
 package outbox

@@ -41,24 +41,12 @@ type DeadMessage struct {
 	DeadAt    time.Time
 }
 
-func table(schema string) string {
-	if schema == "" {
-		schema = DefaultSchema
-	}
-	return pgx.Identifier{schema, "outbox_messages"}.Sanitize()
-}
-
 // Stats reports the backlog of schema's outbox ("" means DefaultSchema). It counts
 // rows, so it reads the whole table: fine for an operator, not for a hot path.
 func Stats(ctx context.Context, db Querier, schema string) (Backlog, error) {
 	var b Backlog
 	var ageSeconds float64
-	err := db.QueryRow(ctx, `SELECT
-    count(*) FILTER (WHERE "dead_at" IS NULL),
-    count(*) FILTER (WHERE "dead_at" IS NULL AND "attempts" > 0),
-    count(*) FILTER (WHERE "dead_at" IS NOT NULL),
-    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
-FROM `+table(schema)).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds)
+	err := db.QueryRow(ctx, NewStore(schema).stmt("stats")).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds)
 	if err != nil {
 		return Backlog{}, fmt.Errorf("outbox: stats of schema %q: %w", schemaOrDefault(schema), err)
 	}
@@ -72,8 +60,7 @@ func ListDead(ctx context.Context, db Querier, schema string, limit int) ([]Dead
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := db.Query(ctx, `SELECT "id", "topic", "key", "payload", "headers", "attempts", COALESCE("last_error", ''), "created_at", "dead_at"
-FROM `+table(schema)+` WHERE "dead_at" IS NOT NULL ORDER BY "dead_at", "seq" LIMIT $1`, limit)
+	rows, err := db.Query(ctx, NewStore(schema).stmt("list_dead"), limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: list dead letters of schema %q: %w", schemaOrDefault(schema), err)
 	}
@@ -104,18 +91,41 @@ FROM `+table(schema)+` WHERE "dead_at" IS NOT NULL ORDER BY "dead_at", "seq" LIM
 // A revived row keeps its place in its key's order, but the later rows of its key
 // were already published: it arrives after them.
 func RetryDead(ctx context.Context, db Querier, schema string, ids ...uuid.UUID) (int64, error) {
-	const set = ` SET "dead_at" = NULL, "attempts" = 0, "next_attempt_at" = NULL WHERE "dead_at" IS NOT NULL`
 	var tag pgconn.CommandTag
 	var err error
 	if len(ids) == 0 {
-		tag, err = db.Exec(ctx, `UPDATE `+table(schema)+set)
+		tag, err = db.Exec(ctx, NewStore(schema).stmt("retry_all_dead"))
 	} else {
-		tag, err = db.Exec(ctx, `UPDATE `+table(schema)+set+` AND "id" = ANY($1)`, ids)
+		tag, err = db.Exec(ctx, NewStore(schema).stmt("retry_dead"), rawUUIDs(ids))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("outbox: retry dead letters of schema %q: %w", schemaOrDefault(schema), err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// LockDead locks the rows ids (FOR UPDATE, so call it in a transaction) and
+// reports, for each one that exists, whether it is dead-lettered: an operator's
+// all-or-nothing retry checks its ids with it before RetryDead.
+func LockDead(ctx context.Context, db Querier, schema string, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
+	rows, err := db.Query(ctx, NewStore(schema).stmt("lock_dead"), rawUUIDs(ids))
+	if err != nil {
+		return nil, fmt.Errorf("outbox: lock rows of schema %q: %w", schemaOrDefault(schema), err)
+	}
+	dead := map[uuid.UUID]bool{}
+	for rows.Next() {
+		var id uuid.UUID
+		var isDead bool
+		if err := rows.Scan(&id, &isDead); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("outbox: lock rows: %w", err)
+		}
+		dead[id] = isDead
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: lock rows of schema %q: %w", schemaOrDefault(schema), err)
+	}
+	return dead, nil
 }
 
 func schemaOrDefault(schema string) string {

@@ -10,7 +10,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -84,8 +83,8 @@ type Config struct {
 
 // Writer enqueues messages into one schema's outbox. It is safe for concurrent use.
 type Writer struct {
-	opts      Config
-	insertSQL string
+	opts  Config
+	store *Store
 }
 
 // New returns a Writer with cfg' defaults applied, or an error if opts are invalid.
@@ -99,12 +98,7 @@ func New(opts Config) (*Writer, error) {
 	if opts.MaxPayloadBytes < 0 {
 		return nil, fmt.Errorf("outbox: MaxPayloadBytes is %d; it must be positive (or 0 for the 1 MiB default)", opts.MaxPayloadBytes)
 	}
-	table := pgx.Identifier{opts.Schema, "outbox_messages"}.Sanitize()
-	return &Writer{
-		opts: opts,
-		insertSQL: `INSERT INTO ` + table + ` ("id", "topic", "key", "payload", "headers")
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])`,
-	}, nil
+	return &Writer{opts: opts, store: NewStore(opts.Schema)}, nil
 }
 
 var defaultWriter, _ = New(Config{})
@@ -154,12 +148,7 @@ func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error 
 			ids[i] = id
 		}
 	}
-	// [16]byte is encoded in binary; uuid.UUID would go through its driver.Valuer as text.
-	rawIDs := make([][16]byte, len(ids))
-	for i, id := range ids {
-		rawIDs[i] = id
-	}
-	if _, err := tx.Exec(ctx, w.insertSQL, rawIDs, topics, keys, payloads, headers); err != nil {
+	if _, err := tx.Exec(ctx, w.store.stmt("enqueue"), rawUUIDs(ids), topics, keys, payloads, headers); err != nil {
 		return fmt.Errorf("outbox: enqueue %d message(s) into %s: %w", len(msgs), w.opts.Schema, err)
 	}
 	for i := range msgs {

@@ -166,10 +166,9 @@ func (r *Relay) reportLag(ctx context.Context) {
 	if r.cfg.Hooks.Lag == nil {
 		return
 	}
-	var created time.Time
-	err := r.db.QueryRow(ctx, r.q.oldest).Scan(&created)
+	created, ok, err := r.q.msgs.OldestPending(ctx, r.db)
 	switch {
-	case err == pgx.ErrNoRows:
+	case err == nil && !ok:
 		r.cfg.Hooks.lag(0)
 	case err == nil:
 		r.cfg.Hooks.lag(max(0, r.cfg.Now().Sub(created)))

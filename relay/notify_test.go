@@ -5,11 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
-	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
@@ -21,16 +18,8 @@ import (
 func TestNotifyWakesTheRelay(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := testenv.NewEmptyDB(t)
 	const schema = "tenant_a"
-	if err := migrations.Up(ctx, db.URL, schema); err != nil {
-		t.Fatal(err)
-	}
-	pool, err := pgxpool.New(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := testenv.NewSchemaDB(t, schema).Pool
 	k := testenv.NewKafka(t)
 	topic := testenv.Topic("notify")
 	k.CreateTopic(t, topic, 1)

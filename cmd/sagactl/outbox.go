@@ -134,23 +134,8 @@ func outboxRetry(ctx context.Context, a *app, o *opts, pos []string) error {
 
 // checkDead returns an error naming every id that is unknown or not dead-lettered.
 func checkDead(ctx context.Context, tx pgx.Tx, schema string, ids []uuid.UUID) error {
-	rows, err := tx.Query(ctx, `SELECT "id", "dead_at" IS NOT NULL FROM `+
-		pgx.Identifier{schema, "outbox_messages"}.Sanitize()+` WHERE "id" = ANY($1) FOR UPDATE`, ids)
+	dead, err := outbox.LockDead(ctx, tx, schema, ids)
 	if err != nil {
-		return err
-	}
-	dead := map[uuid.UUID]bool{}
-	for rows.Next() {
-		var id uuid.UUID
-		var isDead bool
-		if err := rows.Scan(&id, &isDead); err != nil {
-			rows.Close()
-			return err
-		}
-		dead[id] = isDead
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	var problems []string

@@ -105,7 +105,12 @@ type DB struct {
 // NewDB creates a migrated database for t, with a pool, both gone when t ends.
 func NewDB(t testing.TB) *DB {
 	t.Helper()
-	db := newEmptyDB(t, templateName(t))
+	return withPool(t, newEmptyDB(t, templateName(t)))
+}
+
+// withPool opens db's pool, closed when t ends.
+func withPool(t testing.TB, db *DB) *DB {
+	t.Helper()
 	pool, err := pgxpool.New(context.Background(), db.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +125,17 @@ func NewEmptyDB(t testing.TB) *DB {
 	t.Helper()
 	ServerURL(t)
 	return newEmptyDB(t, "template0")
+}
+
+// NewSchemaDB creates a database for t migrated into schema instead of the
+// default one, with a pool, both gone when t ends.
+func NewSchemaDB(t testing.TB, schema string) *DB {
+	t.Helper()
+	db := NewEmptyDB(t)
+	if err := migrations.Up(context.Background(), db.URL, schema); err != nil {
+		t.Fatal(err)
+	}
+	return withPool(t, db)
 }
 
 func templateName(t testing.TB) string {

@@ -1,0 +1,92 @@
+-- Every statement on "outbox_messages" (migrations/sql/00001_outbox.sql), for
+-- Enqueue, the relay's claim and settle, and the operator functions.
+--
+-- Each statement follows a "-- name: <name>" line. They are written for the default
+-- schema, so each one runs as it is in psql; a Store for another schema puts its
+-- quoted table name in place of "sagabox"."outbox_messages", and changes nothing else.
+
+-- name: enqueue
+-- One statement for all messages of an Enqueue call.
+INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload", "headers")
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]);
+
+-- name: claim
+-- The oldest pending rows of the shards $3, in seq (insert) order, at most $1,
+-- skipping every key that has a row waiting for a retry. A row is ready when its
+-- transaction is older than every running one (txid below the snapshot's xmin: no
+-- row of an older transaction can still appear) and its retry, if any, is due ($2
+-- is now). The relay takes a row when it and every earlier scanned row of its key
+-- are ready. Rows without a key hold nothing back.
+WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+    m."txid" < (SELECT xmin FROM snap) AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2) AS ready
+FROM "sagabox"."outbox_messages" AS m
+WHERE m."dead_at" IS NULL
+  AND m."shard" = ANY($3::smallint[])
+  AND (m."key" = '' OR NOT EXISTS (
+      SELECT 1 FROM "sagabox"."outbox_messages" AS w
+      WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > $2 AND w."seq" <= m."seq"))
+ORDER BY m."seq"
+LIMIT $1;
+
+-- name: claim_all
+-- claim for a relay that owns every shard (the common case): no shard filter.
+WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+    m."txid" < (SELECT xmin FROM snap) AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2) AS ready
+FROM "sagabox"."outbox_messages" AS m
+WHERE m."dead_at" IS NULL
+  AND (m."key" = '' OR NOT EXISTS (
+      SELECT 1 FROM "sagabox"."outbox_messages" AS w
+      WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > $2 AND w."seq" <= m."seq"))
+ORDER BY m."seq"
+LIMIT $1;
+
+-- name: delete_published
+-- Settle: the broker acknowledged these rows.
+DELETE FROM "sagabox"."outbox_messages" WHERE "id" = ANY($1::uuid[]);
+
+-- name: record_failures
+-- Settle: one failed attempt each, with its error and either the retry time or the
+-- dead-letter time.
+UPDATE "sagabox"."outbox_messages" AS m
+SET "attempts" = m."attempts" + 1, "last_error" = f.err, "next_attempt_at" = f.next, "dead_at" = f.dead
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS f(id, err, next, dead)
+WHERE m."id" = f.id;
+
+-- name: oldest_pending
+-- The relay's lag: when the oldest row still to publish was written.
+SELECT "created_at" FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL ORDER BY "seq" LIMIT 1;
+
+-- name: stats
+-- Operators: pending, waiting for a retry, dead, age of the oldest pending (seconds).
+SELECT
+    count(*) FILTER (WHERE "dead_at" IS NULL),
+    count(*) FILTER (WHERE "dead_at" IS NULL AND "attempts" > 0),
+    count(*) FILTER (WHERE "dead_at" IS NOT NULL),
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
+FROM "sagabox"."outbox_messages";
+
+-- name: list_dead
+-- Operators: dead letters, oldest first, at most $1.
+SELECT "id", "topic", "key", "payload", "headers", "attempts", COALESCE("last_error", ''), "created_at", "dead_at"
+FROM "sagabox"."outbox_messages"
+WHERE "dead_at" IS NOT NULL
+ORDER BY "dead_at", "seq"
+LIMIT $1;
+
+-- name: lock_dead
+-- Operators: lock the rows $1 before a retry, saying which of them are dead letters.
+SELECT "id", "dead_at" IS NOT NULL FROM "sagabox"."outbox_messages" WHERE "id" = ANY($1::uuid[]) FOR UPDATE;
+
+-- name: retry_dead
+-- Operators: make the dead letters $1 pending again with a fresh attempt count.
+UPDATE "sagabox"."outbox_messages"
+SET "dead_at" = NULL, "attempts" = 0, "next_attempt_at" = NULL
+WHERE "dead_at" IS NOT NULL AND "id" = ANY($1::uuid[]);
+
+-- name: retry_all_dead
+-- Operators: make every dead letter pending again with a fresh attempt count.
+UPDATE "sagabox"."outbox_messages"
+SET "dead_at" = NULL, "attempts" = 0, "next_attempt_at" = NULL
+WHERE "dead_at" IS NOT NULL;
