@@ -91,7 +91,8 @@ type Claimed struct {
 // Ordering: rows are scanned in seq (insert) order, a row is ready once its
 // transaction id is below pg_snapshot_xmin (no older transaction can still add a
 // row before it), and a keyed row is taken only when every earlier scanned row of
-// its key is ready and no row of its key waits for a retry. See package relay,
+// its key is ready and no earlier row of its key waits for a retry. Rows waiting
+// for a retry are not scanned, so they never fill limit. See package relay,
 // "Commit order".
 func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.Time, limit int) ([]Claimed, int, error) {
 	var rows pgx.Rows

@@ -177,7 +177,13 @@ func headerValue(m kafka.Message, name string) string {
 // calls relay.Cycle.
 func steppedRelay(t *testing.T, e *env) *relay.Relay {
 	t.Helper()
-	r, err := relay.New(e.db.Pool, e.pub, fastConfig())
+	return steppedRelayConfig(t, e, fastConfig())
+}
+
+// steppedRelayConfig is steppedRelay with cfg.
+func steppedRelayConfig(t *testing.T, e *env, cfg relay.Config) *relay.Relay {
+	t.Helper()
+	r, err := relay.New(e.db.Pool, e.pub, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,37 @@
+package relay_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sagabox/sagabox/internal/kafkatest"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// TestUnkeyedRowsWaitingForRetryDoNotStarveTheirLoop: a batch's worth of unkeyed
+// rows waiting for a retry (say, to a topic not created yet) must not fill the
+// claim's scan, or their loop publishes nothing else until they are dead-lettered.
+// Rows without a key hold nothing back.
+func TestUnkeyedRowsWaitingForRetryDoNotStarveTheirLoop(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	cfg := fastConfig()
+	cfg.BatchSize, cfg.Workers = 5, 1
+	r := steppedRelayConfig(t, e, cfg)
+
+	waiting := make([]outbox.Message, cfg.BatchSize)
+	for i := range waiting {
+		waiting[i] = outbox.Message{Topic: "not-created-yet", Payload: []byte("unkeyed")}
+	}
+	enqueue(t, e.db.Pool, waiting...)
+	// As after a failed publish: one attempt spent, the retry an hour away.
+	if _, err := e.db.Pool.Exec(ctx, `UPDATE "sagabox"."outbox_messages"
+SET "attempts" = 1, "last_error" = 'topic does not exist', "next_attempt_at" = now() + interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", 1)})
+	cycleUntil(t, r, 1)
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 1, 30*time.Second), map[string]int{"k": 1}, false)
+}
