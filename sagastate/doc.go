@@ -32,7 +32,14 @@
 // real undo if the step ran, or into a null compensation that also blocks the late
 // forward command if it did not. A compensation that keeps failing is retried with
 // exponential backoff and jitter; past its limit the saga is failed and listed for an
-// operator, who can Retry (resume compensation) or Abort it.
+// operator. Operators have a way out of every unfinished saga: Abort compensates a running
+// saga, and gives up a compensating, timed-out or failed one (marked failed and aborted, to
+// be settled by hand); Retry resumes a failed saga's compensation, or sends a compensating
+// or timed-out saga's stuck compensation again at once, with a fresh retry allowance. The
+// operator's reason goes into the saga's log.
+//
+// Hooks (Config.Hooks) report sagas started, compensating and finished, and every step
+// attempt's outcome and duration, after their transaction committed, for metrics.
 //
 // Unknown input. Start rejects an unknown saga type, a payload that does not decode into
 // the definition's type (or fails its Validate method) and a duplicate id with an error,

@@ -38,6 +38,50 @@ type fixture struct {
 	undoSeen map[string]int
 	traces   sync.Map // saga id + step → traceparent seen by the participant
 	events   chan sagastate.Event
+	hooked   sync.Map // saga id → *hookLog
+}
+
+// hookLog records the hook calls of one saga, as "started", "step a forward success", ...
+type hookLog struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (f *fixture) hook(id uuid.UUID, format string, args ...any) {
+	l, _ := f.hooked.LoadOrStore(id, &hookLog{})
+	h := l.(*hookLog)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls = append(h.calls, fmt.Sprintf(format, args...))
+}
+
+func (f *fixture) hooks() sagastate.Hooks {
+	return sagastate.Hooks{
+		SagaStarted:      func(i sagastate.SagaInfo) { f.hook(i.ID, "started") },
+		SagaCompensating: func(i sagastate.SagaInfo) { f.hook(i.ID, "compensating") },
+		SagaFinished:     func(i sagastate.SagaInfo) { f.hook(i.ID, "finished %s", i.Status) },
+		StepEnded:        func(i sagastate.StepInfo) { f.hook(i.SagaID, "step %s %s %s", i.Step, i.Op, i.Outcome) },
+	}
+}
+
+// expectHooks waits until saga id's hooks reported its end, then compares every call.
+func (f *fixture) expectHooks(t *testing.T, id uuid.UUID, want ...string) {
+	t.Helper()
+	var got []string
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) { // hooks run after the commit Await saw
+		if l, ok := f.hooked.Load(id); ok {
+			h := l.(*hookLog)
+			h.mu.Lock()
+			got = slices.Clone(h.calls)
+			h.mu.Unlock()
+			if len(got) > 0 && strings.HasPrefix(got[len(got)-1], "finished") {
+				break
+			}
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("hook calls %q, want %q", got, want)
+	}
 }
 
 const topic = "svc.commands"
@@ -89,6 +133,7 @@ func setup(t *testing.T) *fixture {
 		Orchestrator: sagastate.Config{
 			Sagas:     []sagastate.Definition{linear, impatient, fanout, fragile},
 			Listeners: []sagastate.Listener{func(e sagastate.Event) { f.events <- e }},
+			Hooks:     f.hooks(),
 		},
 		Participants: []sagatest.Runner{p},
 		Topics:       []string{topic},
@@ -180,6 +225,7 @@ func TestSagaEndToEnd(t *testing.T) {
 		if last := s.Events[len(s.Events)-1]; last.Type != sagastate.EventSagaCompleted {
 			t.Fatalf("last event %+v", last)
 		}
+		f.expectHooks(t, id, "started", "step a forward success", "step b forward success", "step c forward success", "finished completed")
 	})
 
 	t.Run("FailureAtEachStepCompensatesCompletedStepsInReverse", func(t *testing.T) {
@@ -199,6 +245,8 @@ func TestSagaEndToEnd(t *testing.T) {
 			}
 			f.expectEffects(t, id, want[step]...)
 		}
+		f.expectHooks(t, ids["b"], "started", "step a forward success", "step b forward failure", "compensating",
+			"step a compensate success", "finished compensated")
 	})
 
 	t.Run("ParallelStageOneBranchFails", func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,8 @@ type Config struct {
 	// Now is the clock; tests inject one to reach deadlines without sleeping. Defaults to
 	// time.Now.
 	Now func() time.Time
+	// Hooks observe sagas and steps, e.g. for metrics. Defaults to none.
+	Hooks Hooks
 	// Logger receives ignored replies, sweeper errors and saga outcomes. Defaults to discarding.
 	Logger *slog.Logger
 }
@@ -240,7 +243,21 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 		return err
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
-	return o.persist(ctx, tx, &Instance{}, &res, traceHeaders(h))
+	prev := &Instance{}
+	if err := o.persist(ctx, tx, prev, &res, traceHeaders(h)); err != nil {
+		return err
+	}
+	notify(o.cfg.Hooks.notifier(prev, &res))
+	return nil
+}
+
+// notify calls the hooks a notifier returned, if any.
+func notify(fns ...func()) {
+	for _, fn := range fns {
+		if fn != nil {
+			fn()
+		}
+	}
 }
 
 func toJSON(payload any) ([]byte, error) {
@@ -309,37 +326,41 @@ func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *
 // changes nothing. A reply for an unknown saga or step returns ErrNotFound or
 // ErrUnknownStep: retrying cannot fix it.
 func (o *Orchestrator) HandleReply(ctx context.Context, tx DB, r wire.Reply) error {
-	return o.apply(ctx, tx, r.SagaID, input{kind: inReply, reply: r})
+	n, err := o.apply(ctx, tx, r.SagaID, input{kind: inReply, reply: r})
+	notify(n)
+	return err
 }
 
-func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input) error {
+// apply runs one transition of saga id inside tx. It returns the hook calls to make once
+// tx commits (nil if none).
+func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input) (func(), error) {
 	s, err := o.q.load(ctx, tx, id, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	in.now = o.now()
 	if err := o.crash("before-save"); err != nil {
-		return err
+		return nil, err
 	}
 	res, err := transition(o.plans[s.Type], s, in)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if res.ignored != "" {
 		o.log.Info("sagastate: input ignored", "saga", id, "type", s.Type, "step", in.reply.Step, "op", in.reply.Op,
 			"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
-		return nil
+		return nil, nil
 	}
 	if err := o.persist(ctx, tx, &s, &res, traceHeaders(in.reply.Headers)); err != nil {
-		return err
+		return nil, err
 	}
 	if err := o.crash("after-save"); err != nil {
-		return err
+		return nil, err
 	}
 	if res.state.Status != s.Status {
 		o.log.Debug("sagastate: saga status", "saga", id, "type", s.Type, "from", s.Status, "to", res.state.Status)
 	}
-	return nil
+	return o.cfg.Hooks.notifier(&s, &res), nil
 }
 
 type headersKey struct{}
@@ -378,21 +399,41 @@ func (o *Orchestrator) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, o.pool, fn)
 }
 
-// Retry resumes the compensation of a failed saga (one whose compensation exhausted its
-// retries): the stuck compensation is sent again with a fresh retry allowance. It returns
-// ErrNotFailed for a saga in any other state.
-func (o *Orchestrator) Retry(ctx context.Context, id uuid.UUID) error {
-	return o.inTx(ctx, func(tx pgx.Tx) error { return o.apply(ctx, tx, id, input{kind: inRetry}) })
+// operate applies an operator's input to saga id in a transaction of its own.
+func (o *Orchestrator) operate(ctx context.Context, id uuid.UUID, in input) error {
+	var n func()
+	err := o.inTx(ctx, func(tx pgx.Tx) (err error) {
+		n, err = o.apply(ctx, tx, id, in)
+		return err
+	})
+	if err == nil {
+		notify(n)
+	}
+	return err
 }
 
-// Abort gives up a failed saga: it stays failed, is marked finished and aborted, and the
-// reason is logged as a saga_failed event. Whatever the stuck compensation should have
-// undone must then be settled by hand. It returns ErrNotFailed for a saga in any other state.
+// Retry is an operator's way to push a saga's compensation on. A failed saga (its
+// compensation exhausted its retries) resumes compensating; a compensating or timed-out
+// saga sends its stuck compensation again now instead of after its backoff. Either way
+// the compensation gets a fresh retry allowance. The optional reason is recorded in the
+// saga's log with the saga_compensating event. It returns ErrNotFailed for a running or
+// finished saga and ErrNotFound for an unknown id.
+func (o *Orchestrator) Retry(ctx context.Context, id uuid.UUID, reason ...string) error {
+	return o.operate(ctx, id, input{kind: inRetry, reason: strings.Join(reason, " ")})
+}
+
+// Abort is an operator's way out of a saga. A running saga stops going forward and
+// compensates the steps it did (after the forward commands in flight are answered or time
+// out). A compensating, timed-out or failed saga gives up: it is marked failed, finished
+// and aborted, its pending compensation is not sent again, and whatever it had not undone
+// must be settled by hand. reason is recorded in the saga's log (saga_compensating or
+// saga_failed event). It returns ErrNotFailed for a finished saga and ErrNotFound for an
+// unknown id.
 func (o *Orchestrator) Abort(ctx context.Context, id uuid.UUID, reason string) error {
 	if reason == "" {
 		reason = "no reason given"
 	}
-	return o.inTx(ctx, func(tx pgx.Tx) error { return o.apply(ctx, tx, id, input{kind: inAbort, reason: reason}) })
+	return o.operate(ctx, id, input{kind: inAbort, reason: reason})
 }
 
 // Sweep handles every saga of a registered type whose timeout or scheduled retry is due
@@ -413,7 +454,9 @@ func (o *Orchestrator) Sweep(ctx context.Context) (int, error) {
 
 func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 	n := 0
+	var notes []func()
 	err := o.inTx(ctx, func(tx pgx.Tx) error {
+		notes = notes[:0]
 		now := o.now()
 		rows, err := tx.Query(ctx, o.q.dueSagas, now, o.cfg.SweepBatch, o.typeNames())
 		if err != nil {
@@ -427,7 +470,14 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 		for _, id := range ids {
 			// A savepoint per saga: one saga that cannot be written (say its step's topic
 			// became invalid) is logged and does not hold back the others.
-			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return o.apply(ctx, sp, id, input{kind: inTick}) })
+			var note func()
+			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
+				note, err = o.apply(ctx, sp, id, input{kind: inTick})
+				return err
+			})
+			if err == nil {
+				notes = append(notes, note)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -437,5 +487,8 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		notify(notes...)
+	}
 	return n, err
 }

@@ -7,8 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/inbox"
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/wire"
 )
@@ -45,7 +47,26 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	if cc.Logger == nil {
 		cc.Logger = o.log
 	}
-	c, err := consumer.New(o.pool, cc, o.handleMessage)
+	// Hook calls of a reply wait for its transaction to commit (Handled) and are dropped
+	// when it is dead-lettered instead; a rolled-back attempt's calls are replaced by the
+	// next attempt's.
+	notes := &pendingNotes{m: map[uuid.UUID]func(){}}
+	handled, dead := cc.Hooks.Handled, cc.Hooks.DeadLettered
+	cc.Hooks.Handled = func(m consumer.Message, dup bool) {
+		notify(notes.take(m.ID))
+		if handled != nil {
+			handled(m, dup)
+		}
+	}
+	cc.Hooks.DeadLettered = func(d inbox.DeadLetter) {
+		notes.take(d.MessageID)
+		if dead != nil {
+			dead(d)
+		}
+	}
+	c, err := consumer.New(o.pool, cc, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		return o.handleMessage(ctx, tx, msg, notes)
+	})
 	if err != nil {
 		return fmt.Errorf("sagastate: reply consumer: %w", err)
 	}
@@ -74,14 +95,39 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	return <-errs // nil when every part stopped because ctx ended
 }
 
+// pendingNotes holds the hook calls of replies whose transaction has not committed yet.
+type pendingNotes struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]func()
+}
+
+func (p *pendingNotes) put(id uuid.UUID, fn func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fn == nil {
+		delete(p.m, id)
+		return
+	}
+	p.m[id] = fn
+}
+
+func (p *pendingNotes) take(id uuid.UUID) func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fn := p.m[id]
+	delete(p.m, id)
+	return fn
+}
+
 // handleMessage is the reply consumer's handler; it runs inside the inbox transaction.
-func (o *Orchestrator) handleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+func (o *Orchestrator) handleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message, notes *pendingNotes) error {
 	r, err := wire.ParseReply(msg.Headers, msg.Value)
 	if err != nil {
 		o.log.Warn("sagastate: malformed reply", "topic", msg.Topic, "offset", msg.Offset, "err", err)
 		return consumer.Permanent(err)
 	}
-	err = o.HandleReply(ctx, tx, r)
+	n, err := o.apply(ctx, tx, r.SagaID, input{kind: inReply, reply: r})
+	notes.put(msg.ID, n)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) || errors.Is(err, ErrUnknownSagaType) {
 		// Retrying cannot help: the reply is dead-lettered with this reason, to be replayed
 		// once the cause (say a missing definition) is fixed.

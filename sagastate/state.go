@@ -30,7 +30,8 @@ var (
 	// ErrConcurrentUpdate means the saga changed between reading and writing it (the
 	// optimistic version check failed). Retrying the whole transaction is safe.
 	ErrConcurrentUpdate = errors.New("saga changed concurrently")
-	// ErrNotFailed means Retry or Abort was asked for a saga that is not failed.
+	// ErrNotFailed means Retry or Abort does not apply to the saga's status: either is
+	// refused for a finished saga, and Retry for a running one.
 	ErrNotFailed = errors.New("saga is not failed")
 	// ErrRunning means Run was called on an Orchestrator that is already running.
 	ErrRunning = errors.New("orchestrator already running")

@@ -22,15 +22,15 @@ const (
 	inStart inputKind = iota + 1 // a new saga: start the first stage
 	inReply                      // a participant's reply
 	inTick                       // the sweeper: deadlines and scheduled retries due at now
-	inRetry                      // operator: resume a failed saga's compensation
-	inAbort                      // operator: give up a failed saga
+	inRetry                      // operator: resume or hurry a saga's compensation
+	inAbort                      // operator: compensate a running saga, give up a compensating one
 )
 
 type input struct {
 	kind   inputKind
 	now    time.Time
 	reply  wire.Reply // inReply
-	reason string     // inAbort
+	reason string     // inRetry, inAbort: the operator's reason
 }
 
 // outCommand is a command and the topic it goes to; ReplyTo is filled by the orchestrator.
@@ -43,6 +43,8 @@ type result struct {
 	state    Instance
 	commands []outCommand
 	events   []Event
+	// attempts are the step attempts that ended, for Hooks.StepEnded.
+	attempts []StepInfo
 	// ignored says why the input changed nothing (a stale or duplicate reply); the state is
 	// then unchanged and nothing must be written.
 	ignored string
@@ -68,7 +70,7 @@ func transition(p *plan, s Instance, in input) (result, error) {
 	case inTick:
 		m.onTick()
 	case inRetry:
-		err = m.onRetry()
+		err = m.onRetry(in.reason)
 	case inAbort:
 		err = m.onAbort(in.reason)
 	default:
@@ -94,6 +96,16 @@ func (m *machine) event(t EventType, st *StepState, detail string) {
 		e.Step, e.Op, e.Attempt = st.Name, st.Op, st.Attempt
 	}
 	m.out.events = append(m.out.events, e)
+}
+
+// attemptEnded records the end of st's current attempt for the hooks; call it before the
+// attempt's deadline is cleared.
+func (m *machine) attemptEnded(st *StepState, replyAttempt int, o AttemptOutcome) {
+	a := StepInfo{Step: st.Name, Op: st.Op, Attempt: replyAttempt, Outcome: o}
+	if !st.Deadline.IsZero() && replyAttempt == st.Attempt {
+		a.Duration = m.now.Sub(st.Deadline.Add(-st.Timeout))
+	}
+	m.out.attempts = append(m.out.attempts, a)
 }
 
 func (m *machine) start() error {
@@ -127,6 +139,7 @@ func (m *machine) sendForward(st *StepState) {
 		in, err := m.computeInput(st)
 		if err != nil {
 			st.Status, st.Op, st.LastError, st.FinishedAt = StepFailed, wire.OpForward, err.Error(), m.now
+			m.attemptEnded(st, st.Attempt, AttemptFailed)
 			m.event(EventStepFailed, st, "input: "+err.Error())
 			m.beginCompensation(fmt.Sprintf("step %s: input: %v", st.Name, err), false)
 			return
@@ -201,8 +214,10 @@ func (m *machine) onReply(r wire.Reply) error {
 		// barrier runs a step once per (saga, step, op), so every attempt gets the same answer.
 		switch r.Outcome {
 		case wire.OutcomeSuccess:
+			m.attemptEnded(st, r.Attempt, AttemptSucceeded)
 			m.forwardDone(st, r.Payload)
 		case wire.OutcomeFailure, wire.OutcomeIgnored:
+			m.attemptEnded(st, r.Attempt, AttemptFailed)
 			// Ignored: the barrier saw a compensation first, so nothing ran and nothing will.
 			st.Status, st.LastError, st.FinishedAt = StepFailed, r.Reason, m.now
 			st.Deadline, st.NextAttemptAt = time.Time{}, time.Time{}
@@ -212,11 +227,13 @@ func (m *machine) onReply(r wire.Reply) error {
 			if !inFlight {
 				return m.ignore("retryable reply to attempt %d, not the one in flight", r.Attempt)
 			}
+			m.attemptEnded(st, r.Attempt, AttemptRetryable)
 			m.forwardAttemptFailed(st, "retryable: "+r.Reason, false)
 		}
 	case r.Op == wire.OpCompensate && st.Status == StepCompensating:
 		switch r.Outcome {
 		case wire.OutcomeSuccess, wire.OutcomeIgnored:
+			m.attemptEnded(st, r.Attempt, AttemptSucceeded)
 			st.Status, st.FinishedAt, st.LastError = StepCompensated, m.now, ""
 			st.Deadline, st.NextAttemptAt = time.Time{}, time.Time{}
 			m.event(EventStepCompensated, st, "")
@@ -225,6 +242,11 @@ func (m *machine) onReply(r wire.Reply) error {
 			if !inFlight {
 				return m.ignore("%s reply to compensation attempt %d, not the one in flight", r.Outcome, r.Attempt)
 			}
+			o := AttemptRetryable
+			if r.Outcome == wire.OutcomeFailure {
+				o = AttemptFailed
+			}
+			m.attemptEnded(st, r.Attempt, o)
 			m.compensationAttemptFailed(st, string(r.Outcome)+": "+r.Reason)
 		}
 	default:
@@ -372,6 +394,7 @@ func (m *machine) onTick() {
 		switch {
 		case !st.Deadline.IsZero() && !m.now.Before(st.Deadline):
 			why := fmt.Sprintf("timeout: no reply within %v", st.Timeout)
+			m.attemptEnded(st, st.Attempt, AttemptTimedOut)
 			if st.Status == StepCompensating {
 				m.compensationAttemptFailed(st, why)
 			} else {
@@ -387,13 +410,18 @@ func (m *machine) onTick() {
 	}
 }
 
-func (m *machine) onRetry() error {
-	if m.s.Status != SagaFailed || !m.s.AbortedAt.IsZero() {
-		return fmt.Errorf("%w: saga %s is %s%s; only a failed saga that was not aborted can be retried",
+// onRetry is an operator's Retry: a failed saga resumes compensating; a compensating or
+// timed-out one sends its stuck compensation again now, without waiting for its backoff.
+// Either way the compensation gets a fresh retry allowance.
+func (m *machine) onRetry(reason string) error {
+	switch {
+	case !m.s.FinishedAt.IsZero() || m.s.Status == SagaRunning:
+		return fmt.Errorf("%w: saga %s is %s%s; only a failed, compensating or timed-out saga can be retried",
 			ErrNotFailed, m.s.ID, m.s.Status, abortedNote(m.s))
+	case m.s.Status == SagaFailed:
+		m.s.Status = SagaCompensating
 	}
-	m.s.Status = SagaCompensating
-	m.event(EventSagaCompensating, nil, "operator retry")
+	m.event(EventSagaCompensating, nil, operatorNote("operator retry", reason))
 	for i := range m.s.Steps {
 		if st := &m.s.Steps[i]; st.Status == StepCompensating {
 			st.AttemptBase = st.Attempt // a fresh allowance; attempt numbers keep growing
@@ -405,16 +433,32 @@ func (m *machine) onRetry() error {
 	return nil
 }
 
+// onAbort is an operator's Abort. A running saga stops going forward and compensates what
+// it did (it waits for forward commands in flight, as for a failed step). A saga that is
+// compensating, timed out or failed gives up: it is marked failed, finished and aborted,
+// and whatever its compensation had not undone must be settled by hand.
 func (m *machine) onAbort(reason string) error {
-	if m.s.Status != SagaFailed || !m.s.AbortedAt.IsZero() {
-		return fmt.Errorf("%w: saga %s is %s%s; only a failed saga can be aborted", ErrNotFailed, m.s.ID, m.s.Status, abortedNote(m.s))
+	if !m.s.FinishedAt.IsZero() {
+		return fmt.Errorf("%w: saga %s is %s%s; a finished saga cannot be aborted", ErrNotFailed, m.s.ID, m.s.Status, abortedNote(m.s))
 	}
-	m.s.AbortedAt, m.s.FinishedAt = m.now, m.now
+	m.s.AbortedAt = m.now
+	if m.s.Status == SagaRunning {
+		m.beginCompensation(operatorNote("aborted by operator", reason), false)
+		return nil
+	}
+	m.s.Status, m.s.FinishedAt = SagaFailed, m.now
 	for i := range m.s.Steps {
 		m.s.Steps[i].Deadline, m.s.Steps[i].NextAttemptAt = time.Time{}, time.Time{}
 	}
-	m.event(EventSagaFailed, nil, "aborted by operator: "+reason)
+	m.event(EventSagaFailed, nil, operatorNote("aborted by operator", reason))
 	return nil
+}
+
+func operatorNote(what, reason string) string {
+	if reason == "" {
+		return what
+	}
+	return what + ": " + reason
 }
 
 func abortedNote(s Instance) string {

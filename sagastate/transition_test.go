@@ -554,3 +554,88 @@ func TestDefineErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestTransitionAbortRunningSagaCompensatesIt(t *testing.T) {
+	t.Parallel()
+	d := Define[testPayload]("c", Step("a", "t").Do("x").Undo("y"), Parallel(Step("b", "t").Do("x").Undo("y"), Step("c", "t").Do("x").Undo("y")))
+	h := newHarness(t, d)
+	h.ok("a")
+	h.ok("b") // c still in flight
+	h.apply(input{kind: inAbort, reason: "customer called"})
+	h.expectStatus(SagaCompensating, StepCompleted, StepCompleted, StepExecuting)
+	h.expectSent() // waits for c's answer before undoing anything
+	if h.s.AbortedAt.IsZero() || !h.s.FinishedAt.IsZero() || h.evs[len(h.evs)-1].Detail != "aborted by operator: customer called" {
+		t.Fatalf("aborted running saga: %+v, last event %+v", h.s, h.evs[len(h.evs)-1])
+	}
+	h.ok("c")
+	h.expectSent("c:compensate:1")
+	h.undone("c")
+	h.undone("b")
+	h.undone("a")
+	h.expectStatus(SagaCompensated, StepCompensated, StepCompensated, StepCompensated)
+	if _, err := transition(h.p, h.s, input{kind: inAbort, now: h.now}); !errors.Is(err, ErrNotFailed) {
+		t.Fatalf("abort of a compensated saga: %v", err)
+	}
+}
+
+// A timed-out saga whose compensation keeps failing used to refuse both operator
+// actions ("only a failed saga") while it compensated on and on.
+func TestTimeoutSagaWithFailingCompensationAcceptsRetryAndAbort(t *testing.T) {
+	t.Parallel()
+	d := Define[testPayload]("c",
+		Step("a", "t").Do("x").Undo("y").UndoRetry(RetryPolicy{MaxAttempts: 100, Backoff: time.Minute, Jitter: -1}),
+		Step("b", "t").Do("x").Undo("y").Timeout(time.Second).Retry(RetryPolicy{MaxAttempts: 1}))
+	stuck := func(t *testing.T) *harness {
+		h := newHarness(t, d)
+		h.ok("a")
+		h.tick(time.Second) // b times out: the saga compensates b, then a
+		h.undone("b")
+		h.reply("a", wire.OpCompensate, 1, wire.OutcomeRetryable)
+		h.expectStatus(SagaTimeout, StepCompensating, StepCompensated)
+		return h
+	}
+	t.Run("RetrySendsTheCompensationNow", func(t *testing.T) {
+		t.Parallel()
+		h := stuck(t)
+		h.apply(input{kind: inRetry, reason: "participant fixed"})
+		h.expectSent("a:compensate:2")
+		if e := h.evs[len(h.evs)-2]; e.Type != EventSagaCompensating || e.Detail != "operator retry: participant fixed" {
+			t.Fatalf("retry event %+v", e)
+		}
+		h.undone("a")
+		h.expectStatus(SagaCompensated, StepCompensated, StepCompensated)
+	})
+	t.Run("AbortGivesUp", func(t *testing.T) {
+		t.Parallel()
+		h := stuck(t)
+		h.apply(input{kind: inAbort, reason: "refunded by hand"})
+		h.expectStatus(SagaFailed, StepCompensating)
+		h.expectSent()
+		if h.s.AbortedAt.IsZero() || h.s.FinishedAt.IsZero() || !h.s.WakeAt.IsZero() {
+			t.Fatalf("aborted saga %+v", h.s)
+		}
+		if e := h.evs[len(h.evs)-1]; e.Type != EventSagaFailed || e.Detail != "aborted by operator: refunded by hand" {
+			t.Fatalf("abort event %+v", e)
+		}
+		if r := h.reply("a", wire.OpCompensate, 1, wire.OutcomeRetryable); r.ignored == "" {
+			t.Fatal("a reply to an aborted saga was applied")
+		}
+		if _, err := transition(h.p, h.s, input{kind: inRetry, now: h.now}); !errors.Is(err, ErrNotFailed) {
+			t.Fatalf("retry of an aborted saga: %v", err)
+		}
+	})
+}
+
+func TestTransitionReportsAttemptsForHooks(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, threeSteps())
+	h.now = h.now.Add(300 * time.Millisecond)
+	r := h.ok("a")
+	if len(r.attempts) != 1 || r.attempts[0] != (StepInfo{Step: "a", Op: wire.OpForward, Attempt: 1, Outcome: AttemptSucceeded, Duration: 300 * time.Millisecond}) {
+		t.Fatalf("attempts %+v", r.attempts)
+	}
+	r = h.tick(time.Second) // b times out
+	if len(r.attempts) != 1 || r.attempts[0].Outcome != AttemptTimedOut || r.attempts[0].Duration != time.Second {
+		t.Fatalf("attempts %+v", r.attempts)
+	}
+}

@@ -39,14 +39,14 @@ func init() {
 	})
 	register(&command{
 		name: "saga retry", args: "ID", npos: 1, run: sagaRetry,
-		summary: "Resume the compensation of a saga stuck in failed (after fixing what made it fail).",
+		summary: "Resume the compensation of a failed saga, or resend a compensating or timed-out saga's stuck compensation now.",
 		flags: func(fs *flag.FlagSet, o *opts) {
 			fs.StringVar(&o.replyTopic, "reply-topic", sagastate.DefaultReplyTopic, "the orchestrators' reply topic, where the participant must answer")
 		},
 	})
 	register(&command{
 		name: "saga abort", args: "ID", npos: 1, run: sagaAbort,
-		summary: "Give up a saga stuck in failed: it stays failed, marked aborted; settle its effects by hand.",
+		summary: "Abort a saga: a running one compensates; a compensating, timed-out or failed one gives up (failed, aborted; settle by hand).",
 		flags: func(fs *flag.FlagSet, o *opts) {
 			fs.StringVar(&o.reason, "reason", "", "why, recorded in the saga's log (required)")
 		},
@@ -103,7 +103,7 @@ func explainSaga(err error, id uuid.UUID, o *opts) error {
 	case errors.Is(err, sagastate.ErrNotFound):
 		return fmt.Errorf("no saga %s in schema %s (check the id with 'sagactl saga list', and --database-url / --schema)", id, o.schema)
 	case errors.Is(err, sagastate.ErrNotFailed):
-		return fmt.Errorf("%w\nretry and abort are for sagas stuck in failed; see 'sagactl saga show %s'", err, id)
+		return fmt.Errorf("%w\nabort is for unfinished sagas, retry for failed, compensating or timed-out ones; see 'sagactl saga show %s'", err, id)
 	}
 	return explainMissing(err, o.schema)
 }
