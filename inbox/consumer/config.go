@@ -41,6 +41,13 @@ type Config struct {
 	// BatchSize is the most records, already queued for one worker, handled in one
 	// transaction. 1 disables batching. Defaults to 32.
 	BatchSize int
+	// LockKey names, for a record, the rows its handler locks (an account id, a SKU),
+	// to order the records of a shared transaction: they are handled sorted by it, so
+	// the transactions of all workers take those rows' locks in one global order and
+	// cannot deadlock on them. Records of one Kafka key in one partition stay in offset
+	// order: they are sorted together, by the LockKey of the first of them. Defaults
+	// to the record's Kafka key.
+	LockKey func(Message) []byte
 	// QueueCapacity is the number of fetched records buffered per worker. Defaults to 256.
 	QueueCapacity int
 
@@ -193,15 +200,32 @@ func (c *Config) validate(poolMaxConns int) error {
 	return nil
 }
 
-// Hooks observe a consumer, e.g. to count records for metrics. Each is optional, runs
-// on the worker that handled the record and must return quickly.
+// Hooks observe a consumer, e.g. to count records for metrics (a Prometheus adapter
+// needs nothing else). Each is optional, runs on the worker that handled the record,
+// and must return quickly: the partition waits for it.
 type Hooks struct {
 	// Handled is called for every record whose transaction committed; duplicate tells a
-	// record the inbox skipped without running the handler.
+	// record the inbox skipped without running the handler (a redelivery).
 	Handled func(msg Message, duplicate bool)
-	// Retry is called when a record failed (handler or database) and will be tried again
-	// after a backoff; attempt counts from 1.
+	// HandlerDone is called after every run of the handler with its duration and
+	// error; a record's handler may run more than once (retries, a batch redone
+	// record by record), and a nil error here is not yet a commit (see Handled).
+	HandlerDone func(msg Message, d time.Duration, err error)
+	// Retry is called when a handler failed with an error that is not transient and
+	// the record will be tried again after a backoff; attempt counts from 1 up to
+	// MaxAttempts-1.
 	Retry func(msg Message, attempt int, err error)
+	// LocalRetry is called each time a transaction is run again because of a database
+	// error that spends no attempt: a transient error (IsTransient: deadlock,
+	// serialization failure, lock timeout, lost connection) from the handler or
+	// around it, or any error of the inbox statements, begin or commit. topic and
+	// partition are those of the (first) record of the transaction.
+	LocalRetry func(topic string, partition int, err error)
 	// DeadLettered is called after a record was stored as a dead letter.
 	DeadLettered func(d inbox.DeadLetter)
+	// Lag is called after records of a partition were handled or dead-lettered, with
+	// how many records the partition had after the newest of them when it was fetched
+	// (its high-water mark - offset - 1): the consumer lag of that partition, as of
+	// that fetch. It is not called for an idle partition, whose lag stays what it was.
+	Lag func(topic string, partition int, lag int64)
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/sagabox/sagabox/inbox"
-	"github.com/sagabox/sagabox/outbox"
 )
 
 // Errors of this package.
@@ -261,7 +260,7 @@ func (r *run) fetchLoop(reader *kafka.Reader, queues []chan kafka.Message) {
 			}
 			failures++
 			r.c.cfg.Logger.Warn("consumer: fetch failed", "consumer", r.c.cfg.Name, "err", err)
-			if !r.sleep(failures) {
+			if !r.sleep(r.c.backoff(failures)) {
 				return
 			}
 			continue
@@ -285,10 +284,9 @@ func queueIndex(topic string, partition, n int) int {
 // failed one retried.
 func (r *run) stopping() bool { return r.stop.Err() != nil }
 
-// sleep waits the backoff for the given attempt (1 = first retry) and reports
-// false if the run ended meanwhile.
-func (r *run) sleep(attempt int) bool {
-	t := time.NewTimer(r.c.backoff(attempt))
+// sleep waits d and reports false if the run ended meanwhile.
+func (r *run) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -298,8 +296,18 @@ func (r *run) sleep(attempt int) bool {
 	}
 }
 
-func (c *Consumer) backoff(attempt int) time.Duration {
-	d := c.cfg.MinBackoff
+// backoff is the wait before retry number attempt (from 1) of a failing handler.
+func (c *Consumer) backoff(attempt int) time.Duration { return c.jittered(c.cfg.MinBackoff, attempt) }
+
+// localBackoff is the wait before local retry number n of a database error: it
+// starts shorter than MinBackoff (contention clears quickly) and keeps doubling up
+// to MaxBackoff, where it stays while the database is unreachable.
+func (c *Consumer) localBackoff(n int) time.Duration {
+	return c.jittered(min(c.cfg.MinBackoff, localMinBackoff), n)
+}
+
+func (c *Consumer) jittered(base time.Duration, attempt int) time.Duration {
+	d := base
 	for i := 1; i < attempt && d < c.cfg.MaxBackoff; i++ {
 		d *= 2
 	}
@@ -373,253 +381,5 @@ func (r *run) work(q chan kafka.Message) {
 			}
 		}
 		r.handleBatch(batch)
-	}
-}
-
-// handleBatch handles records of one worker in order. Runs of well-formed records go
-// through one transaction; malformed records are dead-lettered between them.
-func (r *run) handleBatch(batch []kafka.Message) {
-	msgs := make([]Message, 0, len(batch))
-	flush := func(raw []kafka.Message) bool {
-		if len(msgs) == 0 {
-			return true
-		}
-		ok := r.handleRun(msgs, raw)
-		msgs = msgs[:0]
-		return ok
-	}
-	start := 0
-	for i, km := range batch {
-		m, err := decode(km)
-		if err == nil {
-			msgs = append(msgs, m)
-			continue
-		}
-		if !flush(batch[start:i]) {
-			return
-		}
-		start = i + 1
-		if !r.deadLetter(m, km, 0, err) {
-			return
-		}
-	}
-	flush(batch[start:])
-}
-
-func decode(km kafka.Message) (Message, error) {
-	m := Message{
-		Topic: km.Topic, Partition: km.Partition, Offset: km.Offset,
-		Key: km.Key, Value: km.Value, Time: km.Time,
-		Headers: make(map[string]string, len(km.Headers)),
-	}
-	for _, h := range km.Headers {
-		m.Headers[h.Key] = string(h.Value)
-	}
-	raw, ok := m.Headers[outbox.HeaderMessageID]
-	if !ok {
-		return m, fmt.Errorf("%w: no %q header; records must come from the outbox relay or carry a UUID message id", ErrMalformed, outbox.HeaderMessageID)
-	}
-	id, err := uuid.Parse(raw)
-	if err != nil || id == uuid.Nil {
-		return m, fmt.Errorf("%w: header %q is %q, not a non-zero UUID", ErrMalformed, outbox.HeaderMessageID, raw)
-	}
-	m.ID = id
-	return m, nil
-}
-
-// handleRun handles well-formed records (raw are their Kafka records) and reports
-// false if the run ended before all were handled.
-func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
-	failed, failure := 0, error(nil)
-	if len(msgs) > 1 {
-		var first []bool
-		err := r.inTx(func(tx pgx.Tx) error {
-			ids := make([]uuid.UUID, len(msgs))
-			for i, m := range msgs {
-				ids[i] = m.ID
-			}
-			var err error
-			first, err = r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
-			if err != nil {
-				return err
-			}
-			for i, m := range msgs {
-				if !first[i] {
-					continue
-				}
-				if err := r.c.handler(r.ctx, tx, m); err != nil {
-					failed = i
-					return &handlerError{err}
-				}
-			}
-			return nil
-		})
-		if err == nil {
-			return r.handled(msgs, first, raw)
-		}
-		if r.stopping() {
-			return false
-		}
-		var he *handlerError
-		if errors.As(err, &he) {
-			failure = he.err // counts as the failing record's first attempt
-		}
-		// One transaction per record isolates the failure from its neighbours.
-	}
-	for i := range msgs {
-		var err error
-		if i == failed {
-			err = failure
-		}
-		if !r.handleOne(msgs[i], raw[i], err) {
-			return false
-		}
-	}
-	return true
-}
-
-// handleOne retries one record until it is handled or dead-lettered, and reports
-// false if the run ended first. prior is the handler's error from a batch attempt.
-func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
-	cfg := &r.c.cfg
-	handlerFailures, dbFailures := 0, 0
-	handlerErr := prior
-	for {
-		var err error
-		if handlerErr == nil {
-			var first bool
-			err = r.inTx(func(tx pgx.Tx) (err error) {
-				first, err = r.apply(tx, m)
-				return err
-			})
-			if err == nil {
-				return r.handled([]Message{m}, []bool{first}, []kafka.Message{km})
-			}
-			if r.stopping() {
-				return false
-			}
-			var he *handlerError
-			if errors.As(err, &he) {
-				handlerErr = he.err
-			}
-		}
-		var attempt int
-		if handlerErr != nil {
-			err = handlerErr
-			handlerErr = nil
-			handlerFailures++
-			if IsPermanent(err) {
-				return r.deadLetter(m, km, handlerFailures, err)
-			}
-			if handlerFailures >= cfg.MaxAttempts {
-				return r.deadLetter(m, km, handlerFailures, fmt.Errorf("%w (%d): %w", ErrGaveUp, handlerFailures, err))
-			}
-			attempt = handlerFailures
-		} else {
-			dbFailures++
-			attempt = dbFailures
-		}
-		if hook := cfg.Hooks.Retry; hook != nil {
-			hook(m, attempt, err)
-		}
-		cfg.Logger.Warn("consumer: message failed, will retry", "consumer", cfg.Name, "topic", m.Topic,
-			"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempt", attempt, "err", err)
-		if !r.sleep(attempt) {
-			return false
-		}
-	}
-}
-
-// apply records m in the inbox and runs the handler unless m was handled before,
-// which it reports as first = false.
-func (r *run) apply(tx pgx.Tx, m Message) (first bool, err error) {
-	first, err = r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
-	if err != nil || !first {
-		return first, err
-	}
-	if err := r.c.handler(r.ctx, tx, m); err != nil {
-		return true, &handlerError{err}
-	}
-	return true, nil
-}
-
-// handlerError tells handler failures (counted against MaxAttempts) from database
-// failures around the handler (retried without limit).
-type handlerError struct{ err error }
-
-func (e *handlerError) Error() string { return e.err.Error() }
-func (e *handlerError) Unwrap() error { return e.err }
-
-func (r *run) inTx(fn func(pgx.Tx) error) error {
-	tx, err := r.c.pool.Begin(r.ctx)
-	if err != nil {
-		return fmt.Errorf("consumer: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(r.ctx))
-		return err
-	}
-	if err := tx.Commit(r.ctx); err != nil {
-		return fmt.Errorf("consumer: commit: %w", err)
-	}
-	return nil
-}
-
-// handled marks committed records for the offset commit. It reports false when a
-// test simulated a crash right after the database commit.
-func (r *run) handled(msgs []Message, first []bool, raw []kafka.Message) bool {
-	if hook := r.c.crashAfterDBCommit; hook != nil {
-		for _, m := range msgs {
-			if hook(m) {
-				r.crashed.Store(true)
-				r.halt()
-				r.cancel()
-				return false
-			}
-		}
-	}
-	if hook := r.c.cfg.Hooks.Handled; hook != nil && first != nil {
-		for i, m := range msgs {
-			hook(m, !first[i])
-		}
-	}
-	r.done <- raw[len(raw)-1]
-	return true
-}
-
-// deadLetter stores the record with its reason, together with its inbox row, and
-// reports false if the run ended before that succeeded.
-func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error) bool {
-	cfg := &r.c.cfg
-	d := inbox.DeadLetter{
-		Consumer: cfg.Name, MessageID: m.ID, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
-		Key: m.Key, Value: m.Value, Headers: m.Headers, Attempts: attempts, Reason: reason.Error(),
-	}
-	for failures := 1; ; failures++ {
-		err := r.inTx(func(tx pgx.Tx) error {
-			if m.ID != uuid.Nil {
-				first, err := r.c.store.Record(r.ctx, tx, cfg.Name, m.ID)
-				if err != nil || !first {
-					return err // already handled or dead-lettered under this id
-				}
-			}
-			_, err := r.c.store.AddDeadLetter(r.ctx, tx, d)
-			return err
-		})
-		if err == nil {
-			cfg.Logger.Warn("consumer: message dead-lettered", "consumer", cfg.Name, "topic", m.Topic,
-				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempts", attempts, "reason", d.Reason)
-			if hook := cfg.Hooks.DeadLettered; hook != nil {
-				hook(d)
-			}
-			return r.handled([]Message{m}, nil, []kafka.Message{km})
-		}
-		if r.stopping() {
-			return false
-		}
-		cfg.Logger.Warn("consumer: storing dead letter failed, will retry", "consumer", cfg.Name, "err", err)
-		if !r.sleep(failures) {
-			return false
-		}
 	}
 }

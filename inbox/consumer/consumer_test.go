@@ -80,6 +80,17 @@ func (e *env) record(account, n int) kafkatest.Record {
 	return r
 }
 
+// produceAccount0 produces the first n messages of account 0 to partition 0.
+func (e *env) produceAccount0(t *testing.T, n int) []kafkatest.Record {
+	t.Helper()
+	recs := make([]kafkatest.Record, n)
+	for i := range recs {
+		recs[i] = e.record(0, i)
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	return recs
+}
+
 // start runs c until the test ends and checks Run returned nil.
 func start(t *testing.T, c *consumer.Consumer) (stop func()) {
 	t.Helper()
@@ -201,11 +212,7 @@ func TestDuplicatesTakeEffectOnce(t *testing.T) {
 func TestCrashBetweenDatabaseCommitAndOffsetCommit(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 1)
-	var recs []kafkatest.Record
-	for n := range 10 {
-		recs = append(recs, e.record(0, n))
-	}
-	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	recs := e.produceAccount0(t, 10)
 	victim := uuid.MustParse(recs[4].Headers[outbox.HeaderMessageID])
 
 	cfg := e.config()
@@ -395,11 +402,10 @@ func relayOutbox(t *testing.T, e *env) {
 	}
 }
 
-func TestTransientErrorsAreRetried(t *testing.T) {
+func TestHandlerErrorsAreRetried(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 1)
-	recs := []kafkatest.Record{e.record(0, 0), e.record(0, 1), e.record(0, 2)}
-	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	recs := e.produceAccount0(t, 3)
 	flaky := uuid.MustParse(recs[1].Headers[outbox.HeaderMessageID])
 	var attempts atomic.Int64
 	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {

@@ -21,22 +21,55 @@
 // hang around Reader.Close, so the loop stops fetching and processing first, commits,
 // then closes the reader).
 //
-// Ordering and concurrency: records of one partition are handled one after another,
-// in offset order, by one of Concurrency workers; different partitions run in
-// parallel. Under load a worker takes up to BatchSize records already queued for it
-// and handles them in one transaction (one commit for many records); if anything in
-// such a batch fails, the transaction is rolled back and the records are handled one
-// per transaction, so a failure never affects its neighbours.
+// Ordering and concurrency: records of one partition are handled by one of
+// Concurrency workers, and records of one key in one partition in offset order;
+// different partitions run in parallel. Under load a worker takes up to BatchSize
+// records already queued for it (they may come from several of its partitions) and
+// handles them in one transaction (one commit for many records). After that commit
+// the newest offset of every partition in the batch is marked done.
 //
-// Errors: a handler error is retried on the same record with exponential backoff
+// Lock order: within a shared transaction records run sorted by Config.LockKey
+// (default: the Kafka key), then topic, partition and offset; records of one key in
+// one partition stay in offset order. Transactions of different workers that lock
+// the rows their records' lock keys name therefore lock them in one global order
+// and cannot deadlock on them. What a handler must do:
+//   - lock the rows it changes in a deterministic order (ORDER BY the primary key ...
+//     FOR UPDATE before updating several rows), never in the order a payload lists them;
+//   - if it locks rows its record's Kafka key does not name (a SKU in an order keyed
+//     by saga id), set LockKey to name them (e.g. the SKU from the payload), or key
+//     the records by those rows at the producer;
+//   - touch hot rows late in the transaction and keep it short.
+//
+// Any deadlock that remains is retried locally (below), not failed.
+//
+// Errors: the consumer owns its transactions, so it retries what the database did
+// to them. A transient database error (IsTransient: deadlock 40P01, serialization
+// failure 40001, lock or statement timeout 55P03/57014, server shutdown, a lost
+// connection) returned by the handler or met around it — and any database error of
+// begin, the inbox statements or commit — spends none of the record's attempts: the
+// shared transaction is run once more as a whole, then its records one per
+// transaction, each again until it commits, with jittered exponential backoff
+// starting at 10ms (or MinBackoff if shorter) and capped at MaxBackoff. These local
+// retries are counted by Hooks.LocalRetry and logged at debug level; from the 11th
+// retry of one record on (the database is down rather than contended) they are
+// logged as warnings, and the backoff stays at MaxBackoff. A record is never
+// dead-lettered because the database was unavailable: its partition waits until the
+// database is back. (A statement that always exceeds statement_timeout therefore
+// stalls its partition, visibly in the log, the LocalRetry count and the lag; raise
+// the timeout or make the handler return Permanent for it.) A handler that turns
+// errors into messages (a participant's "retryable" reply) must return transient
+// errors unchanged instead, so they are retried here and never reach a saga.
+//
+// Any other handler error is retried on the same record with exponential backoff
 // (MinBackoff to MaxBackoff, with jitter), holding back later records of that
-// partition so order is kept. Errors wrapped with Permanent, records without a valid
-// message-id header (malformed) and records still failing after MaxAttempts are
-// dead-lettered: stored in inbox_dead_letters, together with their inbox row so a
-// redelivery is skipped, in one transaction — then the partition moves on. Database
-// errors outside the handler (begin, inbox insert, commit) are retried without limit,
-// since no record can be handled or dead-lettered while the database is unreachable.
-// Attempt counts live in memory: a restart starts counting again.
+// partition so order is kept; a commit refused by a deferred constraint (class 23)
+// counts as such a handler error. Errors wrapped with Permanent, records without a
+// valid message-id header (malformed) and records still failing after MaxAttempts
+// are dead-lettered: stored in inbox_dead_letters, together with their inbox row so
+// a redelivery is skipped, in one transaction — then the partition moves on. If a
+// batch fails, its transaction is rolled back and its records are handled one per
+// transaction, in fetch order, so a failure never affects its neighbours. Attempt
+// counts live in memory: a restart starts counting again.
 //
 // A partition whose head record is being retried stops only that partition's worker;
 // once that worker's queue (QueueCapacity) is full the shared kafka-go reader waits

@@ -1,0 +1,397 @@
+package consumer
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/sagabox/sagabox/inbox"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+const (
+	// batchRetries is how often a shared transaction that failed with a transient
+	// error is run again as a whole before its records go one per transaction.
+	batchRetries = 1
+	// quietLocalRetries is how many local retries of one record are logged at debug
+	// level; later ones (the database is down, not merely contended) at warn.
+	quietLocalRetries = 10
+	// localMinBackoff is the first wait before a local retry (unless MinBackoff is
+	// shorter): a deadlock or serialization failure is usually over at once.
+	localMinBackoff = 10 * time.Millisecond
+)
+
+// handleBatch handles records of one worker. Runs of well-formed records go through
+// one transaction; malformed records are dead-lettered between them, so a record's
+// offset is marked done only after every earlier record of its partition.
+func (r *run) handleBatch(batch []kafka.Message) {
+	msgs := make([]Message, 0, len(batch))
+	raw := make([]kafka.Message, 0, len(batch))
+	flush := func() bool {
+		if len(msgs) == 0 {
+			return true
+		}
+		ok := r.handleRun(msgs, raw)
+		msgs, raw = msgs[:0], raw[:0]
+		return ok
+	}
+	for _, km := range batch {
+		m, err := decode(km)
+		if err == nil {
+			msgs, raw = append(msgs, m), append(raw, km)
+			continue
+		}
+		if !flush() || !r.deadLetter(m, km, 0, err) {
+			return
+		}
+	}
+	flush()
+}
+
+func decode(km kafka.Message) (Message, error) {
+	m := Message{
+		Topic: km.Topic, Partition: km.Partition, Offset: km.Offset,
+		Key: km.Key, Value: km.Value, Time: km.Time,
+		Headers: make(map[string]string, len(km.Headers)),
+	}
+	for _, h := range km.Headers {
+		m.Headers[h.Key] = string(h.Value)
+	}
+	raw, ok := m.Headers[outbox.HeaderMessageID]
+	if !ok {
+		return m, fmt.Errorf("%w: no %q header; records must come from the outbox relay or carry a UUID message id", ErrMalformed, outbox.HeaderMessageID)
+	}
+	id, err := uuid.Parse(raw)
+	if err != nil || id == uuid.Nil {
+		return m, fmt.Errorf("%w: header %q is %q, not a non-zero UUID", ErrMalformed, outbox.HeaderMessageID, raw)
+	}
+	m.ID = id
+	return m, nil
+}
+
+// lockOrder returns the indices of msgs in the order a shared transaction handles
+// them: by lock key (Config.LockKey, default the Kafka key), then topic, partition,
+// Kafka key and offset. Transactions of different workers whose handlers lock the rows
+// named by the lock key thus take those locks in one global order and cannot deadlock
+// on them. Records of one Kafka key in one partition keep their offset order: they
+// all sort under the lock key of the first of them.
+func lockOrder(msgs []Message, lockKey func(Message) []byte) []int {
+	type group struct {
+		topic     string
+		partition int
+		key       string
+	}
+	groupKey := make(map[group][]byte, len(msgs))
+	lk := make([][]byte, len(msgs))
+	order := make([]int, len(msgs))
+	for i, m := range msgs {
+		order[i] = i
+		g := group{m.Topic, m.Partition, string(m.Key)}
+		k, ok := groupKey[g]
+		if !ok {
+			k = m.Key
+			if lockKey != nil {
+				k = lockKey(m)
+			}
+			groupKey[g] = k
+		}
+		lk[i] = k
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		x, y := &msgs[a], &msgs[b]
+		return cmp.Or(bytes.Compare(lk[a], lk[b]), strings.Compare(x.Topic, y.Topic), cmp.Compare(x.Partition, y.Partition),
+			bytes.Compare(x.Key, y.Key), cmp.Compare(x.Offset, y.Offset))
+	})
+	return order
+}
+
+// handleRun handles well-formed records (raw are their Kafka records, in fetch order)
+// and reports false if the run ended before all were handled.
+func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
+	failed, failure := -1, error(nil)
+	if len(msgs) > 1 {
+		order := lockOrder(msgs, r.c.cfg.LockKey)
+		for try := 1; ; try++ {
+			first, i, err := r.applyAll(msgs, order)
+			if err == nil {
+				return r.handled(msgs, first, raw)
+			}
+			if r.stopping() {
+				return false
+			}
+			if IsTransient(err) {
+				r.localRetry(msgs[order[0]], try, len(msgs), err)
+				if !r.sleep(r.c.localBackoff(try)) {
+					return false
+				}
+				if try <= batchRetries {
+					continue
+				}
+			} else if errors.As(err, new(*handlerError)) {
+				failed, failure = i, err // counts as the failing record's first attempt
+			}
+			break
+		}
+		// One transaction per record, in fetch order, isolates the failure from its
+		// neighbours and keeps each partition's offsets marked in order.
+	}
+	for i := range msgs {
+		var prior error
+		if i == failed {
+			prior = failure
+		}
+		if !r.handleOne(msgs[i], raw[i], prior) {
+			return false
+		}
+	}
+	return true
+}
+
+// applyAll records msgs in the inbox and runs the handler on the new ones, in order,
+// in one transaction. first[i] reports whether msgs[i] was new; on a handler error,
+// failed is the index of the record whose handler failed.
+func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, err error) {
+	err = r.inTx(func(tx pgx.Tx) error {
+		ids := make([]uuid.UUID, len(order))
+		for k, i := range order {
+			ids[k] = msgs[i].ID
+		}
+		fresh, err := r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
+		if err != nil {
+			return err
+		}
+		first = make([]bool, len(msgs))
+		for k, i := range order {
+			if first[i] = fresh[k]; !first[i] {
+				continue
+			}
+			if err := r.callHandler(tx, msgs[i]); err != nil {
+				failed = i
+				return &handlerError{err}
+			}
+		}
+		return nil
+	})
+	return first, failed, err
+}
+
+// handleOne retries one record until it is handled or dead-lettered, and reports
+// false if the run ended first. prior is the handler's error from a batch attempt.
+//
+// Handler errors count against MaxAttempts. Transient database errors (IsTransient)
+// and database errors around the handler are retried locally: they spend no attempt,
+// back off up to MaxBackoff and never dead-letter the record.
+func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
+	cfg := &r.c.cfg
+	handlerFailures, local := 0, 0
+	err := prior
+	for {
+		if err == nil {
+			var first bool
+			err = r.inTx(func(tx pgx.Tx) (err error) {
+				first, err = r.apply(tx, m)
+				return err
+			})
+			if err == nil {
+				return r.handled([]Message{m}, []bool{first}, []kafka.Message{km})
+			}
+			if r.stopping() {
+				return false
+			}
+		}
+		var he *handlerError
+		var wait time.Duration
+		switch {
+		case IsPermanent(err):
+			return r.deadLetter(m, km, handlerFailures+1, unwrapHandler(err))
+		case errors.As(err, &he) && !IsTransient(err):
+			handlerFailures++
+			if handlerFailures >= cfg.MaxAttempts {
+				return r.deadLetter(m, km, handlerFailures, fmt.Errorf("%w (%d): %w", ErrGaveUp, handlerFailures, he.err))
+			}
+			if hook := cfg.Hooks.Retry; hook != nil {
+				hook(m, handlerFailures, he.err)
+			}
+			cfg.Logger.Warn("consumer: message failed, will retry", "consumer", cfg.Name, "topic", m.Topic,
+				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempt", handlerFailures, "err", he.err)
+			wait = r.c.backoff(handlerFailures)
+		default:
+			local++
+			r.localRetry(m, local, 1, err)
+			wait = r.c.localBackoff(local)
+		}
+		if !r.sleep(wait) {
+			return false
+		}
+		err = nil
+	}
+}
+
+func unwrapHandler(err error) error {
+	var he *handlerError
+	if errors.As(err, &he) {
+		return he.err
+	}
+	return err
+}
+
+// localRetry reports a retry that spends no attempt: a transient error, or a
+// database error around the handler.
+func (r *run) localRetry(m Message, n, records int, err error) {
+	cfg := &r.c.cfg
+	if hook := cfg.Hooks.LocalRetry; hook != nil {
+		hook(m.Topic, m.Partition, err)
+	}
+	level := slog.LevelDebug
+	if n > quietLocalRetries || !IsTransient(err) {
+		level = slog.LevelWarn
+	}
+	cfg.Logger.Log(context.Background(), level, "consumer: database error, retrying the transaction", "consumer", cfg.Name,
+		"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "records", records, "retry", n, "sqlstate", sqlState(err), "err", err)
+}
+
+// apply records m in the inbox and runs the handler unless m was handled before,
+// which it reports as first = false.
+func (r *run) apply(tx pgx.Tx, m Message) (first bool, err error) {
+	first, err = r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
+	if err != nil || !first {
+		return first, err
+	}
+	if err := r.callHandler(tx, m); err != nil {
+		return true, &handlerError{err}
+	}
+	return true, nil
+}
+
+// callHandler runs the handler on m and reports its duration to the hook.
+func (r *run) callHandler(tx pgx.Tx, m Message) error {
+	hook := r.c.cfg.Hooks.HandlerDone
+	if hook == nil {
+		return r.c.handler(r.ctx, tx, m)
+	}
+	start := time.Now()
+	err := r.c.handler(r.ctx, tx, m)
+	hook(m, time.Since(start), err)
+	return err
+}
+
+// handlerError tells handler failures (counted against MaxAttempts) from database
+// failures around the handler (retried without limit).
+type handlerError struct{ err error }
+
+func (e *handlerError) Error() string { return e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+// inTx runs fn in a transaction. An error after which the connection is closed is
+// marked as lost (transient, whatever fn returned); a commit refused by a deferred
+// constraint (class 23) is the handler's.
+func (r *run) inTx(fn func(pgx.Tx) error) error {
+	tx, err := r.c.pool.Begin(r.ctx)
+	if err != nil {
+		return fmt.Errorf("consumer: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		lost := tx.Conn().IsClosed()
+		_ = tx.Rollback(context.WithoutCancel(r.ctx))
+		if lost {
+			return &connLostError{err}
+		}
+		return err
+	}
+	if err := tx.Commit(r.ctx); err != nil {
+		err = fmt.Errorf("consumer: commit: %w", err)
+		if strings.HasPrefix(sqlState(err), "23") {
+			return &handlerError{err}
+		}
+		return err
+	}
+	return nil
+}
+
+// handled marks committed records for the offset commit: the newest offset of every
+// partition among them. It reports false when a test simulated a crash right after
+// the database commit.
+func (r *run) handled(msgs []Message, first []bool, raw []kafka.Message) bool {
+	if hook := r.c.crashAfterDBCommit; hook != nil {
+		for _, m := range msgs {
+			if hook(m) {
+				r.crashed.Store(true)
+				r.halt()
+				r.cancel()
+				return false
+			}
+		}
+	}
+	hooks := &r.c.cfg.Hooks
+	if hooks.Handled != nil && first != nil {
+		for i, m := range msgs {
+			hooks.Handled(m, !first[i])
+		}
+	}
+	for i, km := range raw {
+		if newestOfPartition(raw, i) {
+			if hooks.Lag != nil {
+				hooks.Lag(km.Topic, km.Partition, max(km.HighWaterMark-km.Offset-1, 0))
+			}
+			r.done <- km
+		}
+	}
+	return true
+}
+
+// newestOfPartition reports whether raw[i] has the highest offset of its partition in raw.
+func newestOfPartition(raw []kafka.Message, i int) bool {
+	for j := range raw {
+		if j != i && raw[j].Topic == raw[i].Topic && raw[j].Partition == raw[i].Partition && raw[j].Offset > raw[i].Offset {
+			return false
+		}
+	}
+	return true
+}
+
+// deadLetter stores the record with its reason, together with its inbox row, and
+// reports false if the run ended before that succeeded.
+func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error) bool {
+	cfg := &r.c.cfg
+	d := inbox.DeadLetter{
+		Consumer: cfg.Name, MessageID: m.ID, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
+		Key: m.Key, Value: m.Value, Headers: m.Headers, Attempts: attempts, Reason: reason.Error(),
+	}
+	for failures := 1; ; failures++ {
+		err := r.inTx(func(tx pgx.Tx) error {
+			if m.ID != uuid.Nil {
+				first, err := r.c.store.Record(r.ctx, tx, cfg.Name, m.ID)
+				if err != nil || !first {
+					return err // already handled or dead-lettered under this id
+				}
+			}
+			_, err := r.c.store.AddDeadLetter(r.ctx, tx, d)
+			return err
+		})
+		if err == nil {
+			cfg.Logger.Warn("consumer: message dead-lettered", "consumer", cfg.Name, "topic", m.Topic,
+				"partition", m.Partition, "offset", m.Offset, "message_id", m.ID, "attempts", attempts, "reason", d.Reason)
+			if hook := cfg.Hooks.DeadLettered; hook != nil {
+				hook(d)
+			}
+			return r.handled([]Message{m}, nil, []kafka.Message{km})
+		}
+		if r.stopping() {
+			return false
+		}
+		cfg.Logger.Warn("consumer: storing dead letter failed, will retry", "consumer", cfg.Name, "err", err)
+		if !r.sleep(r.c.backoff(failures)) {
+			return false
+		}
+	}
+}
