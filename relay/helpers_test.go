@@ -25,7 +25,14 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
+	switch os.Getenv(benchChildEnv) {
+	case "broker":
+		os.Exit(runBenchBroker())
+	case "relay":
+		os.Exit(runBenchRelay())
+	}
 	code := testenv.Run(m)
+	closeBenchServer()
 	if code == 0 {
 		if err := goleak.Find(
 			// kafka-go's DefaultTransport (used by the test helpers' kafka.Client

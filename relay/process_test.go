@@ -31,6 +31,16 @@ const (
 func runChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	cfg := fastConfig()
+	cfg.ID = os.Getenv("RELAY_ID")
+	cfg.BatchSize = 20
+	cfg.LeaseTTL, cfg.HeartbeatInterval = childLeaseTTL, childHeartbeat
+	return runRelayProcess(ctx, cfg)
+}
+
+// runRelayProcess runs a relay with cfg on DATABASE_URL and KAFKA_BROKERS until
+// ctx ends, and returns the process's exit code.
+func runRelayProcess(ctx context.Context, cfg relay.Config) int {
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -43,10 +53,6 @@ func runChild() int {
 		return 1
 	}
 	defer pub.Close()
-	cfg := fastConfig()
-	cfg.ID = os.Getenv("RELAY_ID")
-	cfg.BatchSize = 20
-	cfg.LeaseTTL, cfg.HeartbeatInterval = childLeaseTTL, childHeartbeat
 	r, err := relay.New(pool, pub, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -28,24 +28,27 @@ var BinDirs = []string{
 
 // Cluster is a running throwaway PostgreSQL server.
 type Cluster struct {
-	dir     string
-	binDir  string
-	port    int
-	cred    *syscall.Credential
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logFile *os.File
+	dir      string
+	settings []string
+	binDir   string
+	port     int
+	cred     *syscall.Credential
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	logFile  *os.File
 }
 
 // Start initialises a new cluster in a temporary directory and starts it.
 // As root, initdb and postgres run as the "postgres" OS user, since they refuse to run as root.
-func Start(ctx context.Context) (*Cluster, error) {
+// settings ("name=value") override the test defaults (fsync=off and the like),
+// e.g. "fsync=on" for a benchmark that must pay for durable commits.
+func Start(ctx context.Context, settings ...string) (*Cluster, error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{binDir: binDir}
+	c := &Cluster{binDir: binDir, settings: settings}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -101,17 +104,21 @@ func (c *Cluster) Restart(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("embedpg: %w", err)
 	}
-	cmd := c.command(context.Background(), "postgres",
+	args := []string{
 		"-D", c.dataDir(),
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "port="+strconv.Itoa(c.port),
-		"-c", "unix_socket_directories="+c.dir,
+		"-c", "port=" + strconv.Itoa(c.port),
+		"-c", "unix_socket_directories=" + c.dir,
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
 		"-c", "max_connections=500",
 		"-c", "shared_buffers=256MB",
-	)
+	}
+	for _, s := range c.settings {
+		args = append(args, "-c", s) // a later -c wins
+	}
+	cmd := c.command(context.Background(), "postgres", args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The server dies with the process that started it, even on kill -9.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL

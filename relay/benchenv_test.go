@@ -1,0 +1,463 @@
+package relay_test
+
+// The benchmark environment (issue 11): a durable PostgreSQL of the benchmarks'
+// own, and the broker and the relays as processes of their own, so the figures
+// are not those of one Go runtime doing everything. The broker and relay
+// processes are this test binary run again (see TestMain and benchChildEnv).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/sagabox/sagabox/internal/embedkafka"
+	"github.com/sagabox/sagabox/internal/embedpg"
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/relay"
+)
+
+// benchChildEnv makes the test binary run as a benchmark's broker ("broker") or
+// relay ("relay") process.
+const benchChildEnv = "SAGABOX_RELAY_BENCH_CHILD"
+
+// benchPG is the benchmarks' PostgreSQL: durable commits (fsync, synchronous_commit
+// and full_page_writes on), unlike the tests' cluster, because what producers pay
+// for a wake-up depends on how long a commit holds its locks.
+var benchPG struct {
+	once     sync.Once
+	cluster  *embedpg.Cluster
+	url      string
+	settings string
+	err      error
+	dbs      atomic.Int64
+}
+
+func benchServer(b *testing.B) string {
+	b.Helper()
+	benchPG.once.Do(func() {
+		if u := os.Getenv("SAGABOX_TEST_DATABASE_URL"); u != "" {
+			benchPG.url, benchPG.settings = u, "PostgreSQL at SAGABOX_TEST_DATABASE_URL, its own settings"
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		durable := []string{"fsync=on", "synchronous_commit=on", "full_page_writes=on", "max_wal_size=4GB"}
+		c, err := embedpg.Start(ctx, append(durable, "shared_preload_libraries=pg_stat_statements")...)
+		if err != nil { // no contrib: do without pg_stat_statements
+			c, err = embedpg.Start(ctx, durable...)
+		}
+		if err != nil {
+			benchPG.err = err
+			return
+		}
+		benchPG.cluster, benchPG.url = c, c.URL("postgres")
+		benchPG.settings = "PostgreSQL 15 embedded, fsync=on synchronous_commit=on full_page_writes=on"
+	})
+	if benchPG.err != nil {
+		b.Fatal(benchPG.err)
+	}
+	return benchPG.url
+}
+
+func closeBenchServer() {
+	if benchPG.cluster != nil {
+		_ = benchPG.cluster.Close()
+	}
+}
+
+// benchDB is a freshly migrated database on the benchmark server.
+type benchDB struct {
+	url  string
+	pool *pgxpool.Pool
+}
+
+func newBenchDB(b *testing.B, maxConns int32) *benchDB {
+	b.Helper()
+	ctx := context.Background()
+	server := benchServer(b)
+	name := fmt.Sprintf("relaybench_%d_%d", os.Getpid(), benchPG.dbs.Add(1))
+	admin, err := pgx.Connect(ctx, server)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), server)
+		if err == nil {
+			_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+			conn.Close(context.Background())
+		}
+	})
+	url := withDatabase(server, name)
+	if err := migrations.Up(ctx, url, testenv.Schema); err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	_, _ = pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+	return &benchDB{url: url, pool: pool}
+}
+
+func withDatabase(server, name string) string {
+	i := strings.LastIndex(server, "/")
+	q := ""
+	if j := strings.Index(server[i:], "?"); j >= 0 {
+		q = server[i+j:]
+	}
+	return server[:i+1] + name + q
+}
+
+// setTrigger enables or disables the NOTIFY trigger.
+func (d *benchDB) setTrigger(b *testing.B, on bool) {
+	b.Helper()
+	state := "DISABLE"
+	if on {
+		state = "ENABLE"
+	}
+	if _, err := d.pool.Exec(context.Background(), `ALTER TABLE "sagabox"."outbox_messages" `+state+` TRIGGER "outbox_messages_notify"`); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// topStatements returns pg_stat_statements' busiest statements of this database.
+func (d *benchDB) topStatements(n int) []string {
+	rows, err := d.pool.Query(context.Background(), `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT $1`, n)
+	if err != nil {
+		return []string{"(pg_stat_statements unavailable: " + err.Error() + ")"}
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var calls, nrows int64
+		var total float64
+		var q string
+		if rows.Scan(&calls, &total, &nrows, &q) == nil {
+			out = append(out, fmt.Sprintf("%8d calls %9.0f ms total %7.3f ms/call %8.1f rows/call  %s", calls, total, total/float64(max(calls, 1)), float64(nrows)/float64(max(calls, 1)), q))
+		}
+	}
+	return out
+}
+
+// fill inserts n committed rows of 1 KiB payloads over keys keys, in one transaction.
+func fill(b *testing.B, pool *pgxpool.Pool, topic string, n, keys int) {
+	b.Helper()
+	ctx := context.Background()
+	for done := 0; done < n; done += 100_000 { // one statement per 100 MiB keeps WAL bursts moderate
+		part := min(100_000, n-done)
+		if _, err := pool.Exec(ctx, `INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload")
+SELECT gen_random_uuid(), $1, 'key-' || (i % $3), convert_to(rpad('k' || (i % $3) || ':' || (i / $3 + 1) || ':', 1024, 'x'), 'UTF8')
+FROM generate_series($4::int, $4::int + $2 - 1) AS i`, topic, part, keys, done); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `VACUUM ANALYZE "sagabox"."outbox_messages"`); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchKafka is a broker process of its own.
+type benchKafka struct {
+	brokers []string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+}
+
+// startBroker starts a one-broker kfake process; every produce request waits
+// produceDelay (0: none) before the broker handles it, as a remote broker's
+// network and replication latency would.
+func startBroker(b *testing.B, produceDelay time.Duration) *benchKafka {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchChildEnv+"=broker", "BENCH_PRODUCE_DELAY="+produceDelay.String())
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	k := &benchKafka{cmd: cmd, stdin: stdin}
+	b.Cleanup(k.close)
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if addrs, ok := strings.CutPrefix(sc.Text(), "BROKERS "); ok {
+			k.brokers = strings.Split(addrs, ",")
+			break
+		}
+	}
+	if k.brokers == nil {
+		b.Fatal("broker process did not report its address")
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	return k
+}
+
+func (k *benchKafka) close() {
+	_ = k.stdin.Close() // the broker exits when its stdin closes
+	done := make(chan struct{})
+	go func() { _ = k.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = k.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (k *benchKafka) createTopic(b *testing.B, prefix string, partitions int) string {
+	b.Helper()
+	topic := testenv.Topic(prefix)
+	(&testenv.Kafka{Brokers: k.brokers}).CreateTopic(b, topic, partitions)
+	return topic
+}
+
+// ends returns the sum of topic's end offsets (0 on error, the caller polls again).
+func (k *benchKafka) ends(c *kafka.Client, topic string, partitions int) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reqs := make([]kafka.OffsetRequest, partitions)
+	for i := range reqs {
+		reqs[i] = kafka.LastOffsetOf(i)
+	}
+	resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, p := range resp.Topics[topic] {
+		n += p.LastOffset
+	}
+	return n
+}
+
+func runBenchBroker() int {
+	c, err := embedkafka.Start(embedkafka.Options{Brokers: 1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	if delay, _ := time.ParseDuration(os.Getenv("BENCH_PRODUCE_DELAY")); delay > 0 {
+		k := c.Kfake()
+		// Not handled (false): after the sleep the broker handles the request as usual.
+		// A connection's requests are answered in order, as a real broker does.
+		k.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+			k.SleepControl(func() { time.Sleep(delay) })
+			return nil, nil, false
+		})
+	}
+	fmt.Println("BROKERS " + strings.Join(c.Addrs(), ","))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// benchRelayOpts are a relay process's settings; zero fields keep the library's defaults.
+type benchRelayOpts struct {
+	Workers       int
+	BatchSize     int
+	PollInterval  time.Duration
+	DisableNotify bool
+	CPUProfile    string
+}
+
+// procStats is what a relay process reports when it stops.
+type procStats struct {
+	PeakRSS  int64 // VmHWM, bytes
+	PeakHeap int64 // largest HeapInuse sampled every 50ms, bytes
+}
+
+type relayProc struct {
+	cmd   *exec.Cmd
+	stats chan procStats
+}
+
+func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o benchRelayOpts) *relayProc {
+	b.Helper()
+	opts, _ := json.Marshal(o)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchChildEnv+"=relay", "DATABASE_URL="+dbURL,
+		"KAFKA_BROKERS="+strings.Join(brokers, ","), "RELAY_ID="+id, "BENCH_RELAY_OPTS="+string(opts))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &relayProc{cmd: cmd, stats: make(chan procStats, 1)}
+	go func() {
+		var st procStats
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if js, ok := strings.CutPrefix(sc.Text(), "STATS "); ok {
+				_ = json.Unmarshal([]byte(js), &st)
+			}
+		}
+		p.stats <- st
+	}()
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return p
+}
+
+// stop ends the relay gracefully and returns its figures.
+func (p *relayProc) stop(b *testing.B) procStats {
+	b.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case st := <-p.stats:
+		_ = p.cmd.Wait()
+		return st
+	case <-time.After(30 * time.Second):
+		b.Fatal("relay process did not stop within 30s of SIGTERM")
+		return procStats{}
+	}
+}
+
+func runBenchRelay() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var o benchRelayOpts
+	if err := json.Unmarshal([]byte(os.Getenv("BENCH_RELAY_OPTS")), &o); err != nil {
+		fmt.Fprintln(os.Stderr, "BENCH_RELAY_OPTS:", err)
+		return 1
+	}
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	var peakHeap atomic.Int64
+	go func() {
+		var ms runtime.MemStats
+		for ctx.Err() == nil {
+			runtime.ReadMemStats(&ms)
+			if h := int64(ms.HeapInuse); h > peakHeap.Load() {
+				peakHeap.Store(h)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, BatchSize: o.BatchSize,
+		PollInterval: o.PollInterval, DisableNotify: o.DisableNotify}
+	if code := runRelayProcess(ctx, cfg); code != 0 {
+		return code
+	}
+	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load()})
+	fmt.Println("STATS " + string(st))
+	return 0
+}
+
+// selfHWM returns this process's peak resident set size (VmHWM) in bytes.
+func selfHWM() int64 {
+	data, _ := os.ReadFile("/proc/self/status")
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// waitShares waits until relays relay processes together own every shard, each
+// at most its fair share.
+func waitShares(b *testing.B, pool *pgxpool.Pool, relays int) {
+	b.Helper()
+	share := (relay.Shards + relays - 1) / relays
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var owners, owned, most int
+		err := pool.QueryRow(context.Background(), `SELECT count(*), coalesce(sum(n), 0), coalesce(max(n), 0) FROM (
+    SELECT count(*) AS n FROM "sagabox"."outbox_leases" WHERE "owner" IS NOT NULL AND "expires_at" > now() GROUP BY "owner") AS o`).Scan(&owners, &owned, &most)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if owners == relays && owned == relay.Shards && most <= share {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("relays did not share the shards within 60s: %d owners, %d shards owned, largest share %d", owners, owned, most)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// loadAvg returns /proc/loadavg's three load averages.
+func loadAvg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// cpuSampler measures the machine's busy CPU fraction over an interval (from /proc/stat).
+type cpuSampler struct{ busy, total int64 }
+
+func sampleCPU() cpuSampler {
+	data, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(data), "\n")
+	var s cpuSampler
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseInt(f, 10, 64)
+		s.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			s.busy += v
+		}
+	}
+	return s
+}
+
+func (s cpuSampler) since(prev cpuSampler) float64 {
+	if s.total == prev.total {
+		return 0
+	}
+	return float64(s.busy-prev.busy) / float64(s.total-prev.total)
+}
+
+func runtimeCPUs() int { return runtime.NumCPU() }
