@@ -38,7 +38,9 @@ var (
 //
 // Messages of one key must reach the broker in the order given, and a message
 // must not be sent after an earlier message of its key failed in the same batch
-// (report it as ErrHeldBack instead).
+// (report it as ErrHeldBack instead). Publish returns by ctx's deadline; a send
+// still in flight then must not be repeated by a later Publish of the same
+// message while it may still land (kafkapub waits for its outcome instead).
 type Publisher interface {
 	Publish(ctx context.Context, msgs []outbox.Message) error
 	Close() error

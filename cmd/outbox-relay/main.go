@@ -205,6 +205,10 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 
 func (o *options) publisherConfig() (kafkapub.Config, error) {
 	cfg := kafkapub.Config{MaxMessageBytes: o.maxMessageBytes, CreateTopics: o.createTopics}
+	if o.publishTimeout > kafkapub.WriteTimeoutDefault {
+		// kafka-go must not time out and resend a produce request the relay still waits for.
+		cfg.WriteTimeout = o.publishTimeout
+	}
 	if o.createTopics {
 		cfg.TopicPartitions, cfg.ReplicationFactor = o.topicPartitions, o.replicationFactor
 	}

@@ -19,6 +19,14 @@
 // the batch's messages are sent again one by one, so only the oversized message
 // fails and its neighbours are published.
 //
+// A slow broker: a write kafka-go started is never abandoned (kafka-go would send
+// its queued batches anyway). When Publish's deadline passes first, its messages
+// fail as relay.ErrUnavailable while the write goes on; the next Publish of such
+// a message sends no second copy while the first is in flight, waits for its
+// outcome instead and takes a late acknowledgement as its own. So acks slower
+// than the relay's PublishTimeout delay a batch by a cycle, and neither multiply
+// its copies nor queue more of them (TestSlowBrokerDoesNotMultiplyDuplicates).
+//
 // A missing topic is created only when Config.CreateTopics is set; otherwise it is
 // a per-message error naming the topic and the two ways out.
 package kafkapub

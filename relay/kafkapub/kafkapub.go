@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 
@@ -29,6 +30,9 @@ var (
 	ErrTopicMissing = errors.New("topic does not exist")
 )
 
+// WriteTimeoutDefault is Config.WriteTimeout's default.
+const WriteTimeoutDefault = 10 * time.Second
+
 // Config configures a Publisher.
 type Config struct {
 	// Brokers are the bootstrap addresses (host:port). Required.
@@ -46,7 +50,9 @@ type Config struct {
 	// BatchTimeout is how long kafka-go waits to fill a partition batch before
 	// sending it. Defaults to 1ms: the relay hands over whole batches already.
 	BatchTimeout time.Duration
-	// WriteTimeout bounds one produce request. Defaults to 10s.
+	// WriteTimeout bounds one produce request. Keep it at least the relay's
+	// PublishTimeout (outbox-relay does): a shorter one makes kafka-go resend a batch
+	// the broker may still be writing. Defaults to 10s.
 	WriteTimeout time.Duration
 	// MaxAttempts is how often kafka-go itself tries a produce request before
 	// reporting failure to the relay. Defaults to 3.
@@ -75,7 +81,7 @@ func (c *Config) applyDefaults() {
 		c.BatchTimeout = time.Millisecond
 	}
 	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 10 * time.Second
+		c.WriteTimeout = WriteTimeoutDefault
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 3
@@ -129,9 +135,31 @@ type Publisher struct {
 	w         *kafka.Writer
 	client    *kafka.Client
 
-	mu      sync.Mutex
-	created map[string]bool
+	mu       sync.Mutex
+	created  map[string]bool
+	inflight map[uuid.UUID]flying // messages of writes that outlived their Publish
 }
+
+// flight is one kafka-go write of one topic. A write is never cancelled: kafka-go
+// would keep its batches queued and send them anyway. When the Publish that
+// started it returns first (its deadline passed), the write's messages stay in
+// Publisher.inflight; the next Publish of such a message waits for the write's
+// outcome instead of sending another copy, and takes a late acknowledgement as
+// its own.
+type flight struct {
+	done  chan struct{}
+	errs  []error   // per message of idx, set before done is closed
+	ended time.Time // when done was closed; under Publisher.mu
+}
+
+// flying locates a message in a flight.
+type flying struct {
+	f *flight
+	j int
+}
+
+// flightTTL is how long the outcome of a write nobody asked about is kept.
+const flightTTL = time.Minute
 
 var _ relay.Publisher = (*Publisher)(nil)
 
@@ -168,7 +196,7 @@ func New(cfg Config) (*Publisher, error) {
 	return &Publisher{
 		cfg: cfg, transport: transport, w: w,
 		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
-		created: map[string]bool{},
+		created: map[string]bool{}, inflight: map[uuid.UUID]flying{},
 	}, nil
 }
 
@@ -186,10 +214,25 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 	byTopic := map[string][]int{}
 	var topics []string
 	failedKeys := map[string]bool{}
+	p.sweep()
 	for i := range msgs {
 		if key := msgs[i].Key; key != "" && failedKeys[key] {
 			errs[i] = relay.ErrHeldBack
 			continue
+		}
+		if late, ok := p.landed(ctx, msgs[i].ID); ok {
+			// An earlier Publish of this message left its write in flight: its
+			// outcome, once known, is this message's; it is never sent twice at once.
+			if late == nil {
+				continue // acknowledged after that Publish had given up
+			}
+			if errors.Is(late, errInFlight) {
+				errs[i] = late
+				if msgs[i].Key != "" {
+					failedKeys[msgs[i].Key] = true
+				}
+				continue
+			}
 		}
 		if size := messageSize(&msgs[i]); size > p.cfg.MaxMessageBytes {
 			errs[i] = fmt.Errorf("%w: %d bytes exceeds MaxMessageBytes %d; it will never be published as is",
@@ -234,7 +277,79 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 	}
 }
 
+// errInFlight is the error of a message whose earlier write has not ended.
+var errInFlight = fmt.Errorf("%w: an earlier publish of this message still waits for the broker's answer (acks slower than the relay's PublishTimeout?); not sending it again meanwhile", relay.ErrUnavailable)
+
+// landed reports whether id belongs to a write that outlived its Publish, and
+// then its outcome: nil (acknowledged), its error, or errInFlight if the write is
+// still running when ctx ends.
+func (p *Publisher) landed(ctx context.Context, id uuid.UUID) (error, bool) {
+	p.mu.Lock()
+	fl, ok := p.inflight[id]
+	p.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	select {
+	case <-fl.f.done:
+	case <-ctx.Done():
+		return errInFlight, true
+	}
+	p.mu.Lock()
+	delete(p.inflight, id)
+	p.mu.Unlock()
+	return fl.f.errs[fl.j], true
+}
+
+// sweep forgets the outcomes of ended writes that no Publish asked about within
+// flightTTL (their rows went to another relay, or were dead-lettered).
+func (p *Publisher) sweep() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, fl := range p.inflight {
+		if !fl.f.ended.IsZero() && time.Since(fl.f.ended) > flightTTL {
+			delete(p.inflight, id)
+		}
+	}
+}
+
+// publishTopic writes msgs[idx] (all of topic) and sets errs[idx]. If ctx ends
+// first, the write goes on (see flight) and its messages fail as ErrUnavailable.
 func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbox.Message, idx []int, errs []error) {
+	f := &flight{done: make(chan struct{}), errs: make([]error, len(idx))}
+	// kafka-go's own timeouts bound the write; this bounds its metadata look-ups.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(p.cfg.MaxAttempts+1)*(p.cfg.WriteTimeout+time.Second))
+	go func() {
+		defer cancel()
+		sub := make([]error, len(msgs))
+		p.write(wctx, topic, msgs, idx, sub)
+		for j, i := range idx {
+			f.errs[j] = sub[i]
+		}
+		p.mu.Lock()
+		f.ended = time.Now()
+		p.mu.Unlock()
+		close(f.done)
+	}()
+	select {
+	case <-f.done:
+		for j, i := range idx {
+			errs[i] = f.errs[j]
+		}
+	case <-ctx.Done():
+		err := fmt.Errorf("%w: topic %q: no answer from the broker before the publish deadline (%v); the write goes on, and its outcome counts for the next publish of these messages",
+			relay.ErrUnavailable, topic, context.Cause(ctx))
+		p.mu.Lock()
+		for j, i := range idx {
+			p.inflight[msgs[i].ID] = flying{f: f, j: j}
+			errs[i] = err
+		}
+		p.mu.Unlock()
+	}
+}
+
+// write is publishTopic's kafka-go write.
+func (p *Publisher) write(ctx context.Context, topic string, msgs []outbox.Message, idx []int, errs []error) {
 	if p.cfg.CreateTopics {
 		if err := p.ensureTopic(ctx, topic); err != nil {
 			for _, i := range idx {
