@@ -15,18 +15,24 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/sagabox/sagabox/internal/buildinfo"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "kafkabroker:", err)
-		}
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp), errors.Is(err, errVersion):
+	default:
+		fmt.Fprintf(os.Stderr, "kafkabroker: %s\nsee --help\n", strings.ReplaceAll(err.Error(), "\n", "\nkafkabroker: "))
 		os.Exit(2)
 	}
 }
+
+// errVersion means --version was given and the version printed: nothing else runs.
+var errVersion = errors.New("version printed")
 
 type options struct {
 	listen, advertise string
@@ -39,21 +45,44 @@ type options struct {
 	logLevel          kfake.LogLevel
 }
 
-func parse(args []string, stderr io.Writer) (options, error) {
+// parse reads the flags; --help prints the usage and --version the version to stdout.
+func parse(args []string, stdout io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("kafkabroker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned, help goes to stdout
 	fs.StringVar(&o.listen, "listen", "127.0.0.1", "address to listen on (0.0.0.0 in a container)")
 	fs.StringVar(&o.advertise, "advertise", "", "host advertised to clients in metadata (default: the -listen address, or 127.0.0.1 when it is 0.0.0.0)")
 	ports := fs.String("ports", "9092", "comma-separated ports, one broker each (0 picks a free port)")
 	fs.IntVar(&o.partitions, "partitions", 10, "partitions of auto-created topics")
-	fs.StringVar(&o.dataDir, "data-dir", os.Getenv("KAFKABROKER_DATA_DIR"), "persist the log, topics and offsets here so a restart keeps them (env KAFKABROKER_DATA_DIR; default: memory only)")
+	fs.StringVar(&o.dataDir, "data-dir", os.Getenv("KAFKABROKER_DATA_DIR"), "persist the log, topics and offsets here so a restart keeps them; empty keeps them in memory only ($KAFKABROKER_DATA_DIR)")
 	fs.BoolVar(&o.sync, "sync", false, "fsync every write (with -data-dir)")
 	fs.BoolVar(&o.noAutoCreate, "no-auto-create-topics", false, "reject produce/metadata for unknown topics, like auto.create.topics.enable=false")
 	fs.DurationVar(&o.minSession, "group-min-session-timeout", 6*time.Second, "smallest consumer-group session timeout accepted (Kafka's default is 6s)")
 	level := fs.String("log-level", "warn", "none, error, warn, info or debug")
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `kafkabroker runs a Kafka-protocol broker (franz-go's kfake) for development and tests:
+one broker per port, topics auto-created with -partitions partitions. It prints each
+listen address on a line, then "kafkabroker ready"; SIGTERM or SIGINT stops it.
+Not for production: lenient, single process, no replication.
+
+Usage: kafkabroker [flags]
+
+Flags take one dash or two (-ports or --ports).
+
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+		}
 		return o, err
+	}
+	if *version {
+		fmt.Fprintln(stdout, buildinfo.Line("kafkabroker"))
+		return o, errVersion
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q; every setting is a flag (see -h)", fs.Args())
@@ -104,7 +133,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 
 // run serves until ctx ends, then closes the cluster, which flushes -data-dir.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parse(args, stderr)
+	o, err := parse(args, stdout)
 	if err != nil {
 		return err
 	}

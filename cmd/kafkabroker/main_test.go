@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
+	"flag"
 	"io"
 	"net"
 	"slices"
@@ -153,6 +155,30 @@ func TestBadFlagsAreRejectedWithTheFix(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+// kafkabroker --help used to print flag's bare default usage to stderr and exit 2.
+func TestHelpAndVersionPrintToStdoutAndSucceed(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"Help":    {[]string{"--help"}, "Usage: kafkabroker [flags]"},
+		"Version": {[]string{"--version"}, "kafkabroker "},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var out strings.Builder
+			_, err := parse(tc.args, &out)
+			if err != nil && !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errVersion) {
+				t.Fatalf("parse(%q): %v", tc.args, err)
+			}
+			if !strings.HasPrefix(out.String(), tc.want) && !strings.Contains(out.String(), "\n"+tc.want) {
+				t.Fatalf("%q printed %q; want it to contain %q", tc.args, out.String(), tc.want)
 			}
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/migrations"
 )
@@ -59,7 +60,8 @@ type config struct {
 
 var roles = append([]string{"all", "driver"}, demo.Roles...)
 
-func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*config, error) {
+// parseFlags reads the command line; after --help or --version it returns flag.ErrHelp.
+func parseFlags(args []string, stdout, stderr io.Writer, getenv func(string) string) (*config, error) {
 	c := &config{stderr: stderr}
 	fs := flag.NewFlagSet("orderdemo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -80,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*c
 	fs.StringVar(&c.svgDir, "svg-dir", "", "also write those two timelines as SVG files into this directory")
 	fs.BoolVar(&c.fastGroups, "fast-groups", false, "join consumer groups faster (short heartbeats, join backoff and fetch waits); set by itself for the in-process broker and passed on by --processes")
 	fs.BoolVar(&c.verbose, "verbose", false, "log what the relay, orchestrator and participants do to stderr")
+	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: orderdemo [flags]")
 		fmt.Fprintln(stderr, "\nRuns the demo order saga (or --flow transfer) end to end and checks the business invariants.")
@@ -88,6 +91,10 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*c
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if *version {
+		fmt.Fprintln(stdout, buildinfo.Line("orderdemo"))
+		return nil, flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "orderdemo: unexpected argument %q (flags start with --)\n", fs.Arg(0))
@@ -139,7 +146,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*c
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	// Child processes and progress goroutines write concurrently.
 	stdout, stderr = &lockedWriter{w: stdout}, &lockedWriter{w: stderr}
-	c, err := parseFlags(args, stderr, getenv)
+	c, err := parseFlags(args, stdout, stderr, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}

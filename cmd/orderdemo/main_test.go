@@ -285,6 +285,13 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("stderr %q", r.stderr)
 		}
 	})
+	t.Run("Version", func(t *testing.T) {
+		t.Parallel()
+		r := orderdemo(t, "--version")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "orderdemo ") {
+			t.Fatalf("exit %d, stdout %q", r.code, r.stdout)
+		}
+	})
 	t.Run("Help", func(t *testing.T) {
 		t.Parallel()
 		r := orderdemo(t, "--help")

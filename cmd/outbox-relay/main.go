@@ -26,6 +26,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
+	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 	"github.com/sagabox/sagabox/relay/relayprom"
@@ -53,6 +54,7 @@ type options struct {
 	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
 	noNotify                                           bool
 	logLevel, logFormat                                string
+	version                                            bool
 }
 
 // flagSet declares every flag with its environment variable; a set variable
@@ -135,6 +137,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "do not LISTEN for NOTIFY wake-ups; poll only")
 	str(&o.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	str(&o.logFormat, "log-format", "LOG_FORMAT", "text", "text or json")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `outbox-relay publishes committed outbox rows from PostgreSQL to Kafka (acks=all),
 per key in order, at least once. Run several against one database to share the work;
@@ -161,6 +164,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		fmt.Fprintf(stderr, "outbox-relay: %v\nsee --help\n", err)
 		return 2
+	}
+	if o.version {
+		fmt.Fprintln(stdout, buildinfo.Line("outbox-relay"))
+		return 0
 	}
 	for _, apply := range secrets {
 		apply()

@@ -205,3 +205,14 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	t.Helper()
 	kafkatest.Poll(t, timeout, cond, func() string { return what })
 }
+
+func TestVersionPrintsTheBuild(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--version"}, func(string) string { return "" }, &out, io.Discard); code != 0 {
+		t.Fatalf("--version exited %d", code)
+	}
+	if !strings.HasPrefix(out.String(), "outbox-relay ") || !strings.Contains(out.String(), "go1.") {
+		t.Fatalf("--version printed %q", out.String())
+	}
+}

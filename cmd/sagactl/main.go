@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/migrations"
 )
 
@@ -118,9 +119,14 @@ func (a *app) usage() {
 	tw.Flush()
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Every command takes --database-url (or DATABASE_URL), --schema, --json and --help.")
+	fmt.Fprintln(w, "sagactl --version prints the version.")
 }
 
 func (a *app) dispatch(ctx context.Context, args []string) error {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Fprintln(a.stdout, buildinfo.Line("sagactl"))
+		return nil
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		a.usage()
 		if len(args) == 0 {

@@ -200,3 +200,13 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionPrintsTheBuild(t *testing.T) {
+	t.Parallel()
+	for _, arg := range []string{"--version", "version"} {
+		r := mustOK(t, sagactl(t, "", arg))
+		if !strings.HasPrefix(r.stdout, "sagactl ") || !strings.Contains(r.stdout, "go1.") {
+			t.Fatalf("sagactl %s printed %q", arg, r.stdout)
+		}
+	}
+}
