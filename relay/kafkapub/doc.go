@@ -10,9 +10,16 @@
 //     moving, timeout): the message's error wraps relay.ErrUnavailable, and the
 //     relay retries it without spending an attempt; if nothing was acknowledged,
 //     Publish returns one such error for the whole batch;
-//   - the broker refuses the message itself (too large, topic missing, topic not
-//     authorised): a per-message error in a relay.MessageErrors; the relay spends
-//     one of the message's attempts and dead-letters it after the last.
+//   - the broker refuses the relay itself (SASL login failed, not authorised for
+//     the topic or cluster): ErrBrokerAuth, also wrapping relay.ErrUnavailable,
+//     since every message would fail alike (after a credential rotation, say):
+//     no attempt is spent, the relay backs off and logs it, and Health reports it;
+//   - the broker refuses the message itself (too large, topic missing): a
+//     per-message error in a relay.MessageErrors; the relay spends one of the
+//     message's attempts and dead-letters it after the last.
+//
+// Health reports the broker for health checks: the last Publish's failure of
+// the broker as a whole, or a metadata request that gets no answer.
 //
 // A message larger than Config.MaxMessageBytes is refused before sending. When the
 // broker refuses a whole partition batch as too large (its limit is below ours),

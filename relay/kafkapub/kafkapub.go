@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,10 @@ var (
 	ErrMessageTooLarge = errors.New("message too large for the broker")
 	// ErrTopicMissing means the topic does not exist and CreateTopics is off.
 	ErrTopicMissing = errors.New("topic does not exist")
+	// ErrBrokerAuth means the broker refused the relay's credentials (SASL) or
+	// its rights (authorization). It always comes with relay.ErrUnavailable: it is
+	// the deployment's fault, no message's, so it spends no attempt.
+	ErrBrokerAuth = errors.New("broker refused the relay's credentials or rights")
 )
 
 // WriteTimeoutDefault is Config.WriteTimeout's default.
@@ -135,9 +140,12 @@ type Publisher struct {
 	w         *kafka.Writer
 	client    *kafka.Client
 
-	mu       sync.Mutex
-	created  map[string]bool
-	inflight map[uuid.UUID]flying // messages of writes that outlived their Publish
+	mu        sync.Mutex
+	created   map[string]bool
+	inflight  map[uuid.UUID]flying // messages of writes that outlived their Publish
+	brokerErr error                // the last Publish's failure of the broker as a whole, nil after a success
+	probed    time.Time            // when Health last asked the broker
+	probeErr  error
 }
 
 // flight is one kafka-go write of one topic. A write is never cancelled: kafka-go
@@ -269,12 +277,58 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 	}
 	switch {
 	case failed == 0:
+		p.setBrokerErr(nil)
 		return nil
 	case unavailable == len(msgs) && firstUnavailable != nil && errors.Is(firstUnavailable, relay.ErrUnavailable):
-		return fmt.Errorf("kafkapub: %w", firstUnavailable)
+		err := fmt.Errorf("kafkapub: %w", firstUnavailable)
+		p.setBrokerErr(err)
+		return err
 	default:
+		if failed < len(msgs) {
+			p.setBrokerErr(nil)
+		}
 		return relay.MessageErrors(errs)
 	}
+}
+
+func (p *Publisher) setBrokerErr(err error) {
+	p.mu.Lock()
+	p.brokerErr = err
+	p.mu.Unlock()
+}
+
+// healthProbeEvery spaces Health's requests to the broker.
+const healthProbeEvery = 2 * time.Second
+
+// Health returns nil while the broker takes the relay's writes: the last Publish
+// did not fail as a whole (unreachable, refused credentials or rights: its error
+// is returned then), and the brokers answered a metadata request in the last
+// healthProbeEvery, so an idle relay reports a broker outage too.
+func (p *Publisher) Health(ctx context.Context) error {
+	p.mu.Lock()
+	err, probed := p.brokerErr, p.probed
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if time.Since(probed) < healthProbeEvery {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.probeErr
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
+	if err != nil {
+		err = fmt.Errorf("kafkapub: brokers %s do not answer: %w", strings.Join(p.cfg.Brokers, ","), err)
+		if isAuth(err) {
+			err = fmt.Errorf("%w: %w", ErrBrokerAuth, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.probed, p.probeErr = time.Now(), err
+	return err
 }
 
 // errInFlight is the error of a message whose earlier write has not ended.
@@ -404,6 +458,9 @@ func (p *Publisher) classify(topic string, err error) error {
 	var kerr kafka.Error
 	var tooLarge kafka.MessageTooLargeError
 	switch {
+	case isAuth(err):
+		return fmt.Errorf("%w: %w: topic %q: %v; check the relay's SASL credentials (KAFKA_SASL_*) and its ACLs (write on the topic)",
+			relay.ErrUnavailable, ErrBrokerAuth, topic, err)
 	case errors.As(err, &tooLarge), errors.Is(err, kafka.MessageSizeTooLarge), errors.Is(err, kafka.RecordListTooLarge):
 		return fmt.Errorf("%w: topic %q refused it (%v); raise the topic's max.message.bytes or shrink the message",
 			ErrMessageTooLarge, topic, err)
@@ -414,6 +471,21 @@ func (p *Publisher) classify(topic string, err error) error {
 	default: // network errors, timeouts, retriable broker errors
 		return fmt.Errorf("%w: topic %q: %v", relay.ErrUnavailable, topic, err)
 	}
+}
+
+// isAuth reports the broker refusing the relay itself: its login or its rights.
+// Every message would fail alike, so none of them is at fault.
+func isAuth(err error) bool {
+	for _, code := range []kafka.Error{
+		kafka.SASLAuthenticationFailed, kafka.IllegalSASLState, kafka.UnsupportedSASLMechanism,
+		kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed, kafka.GroupAuthorizationFailed,
+		kafka.TransactionalIDAuthorizationFailed, kafka.DelegationTokenAuthorizationFailed,
+	} {
+		if errors.Is(err, code) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Publisher) ensureTopic(ctx context.Context, topic string) error {
@@ -429,7 +501,9 @@ func (p *Publisher) ensureTopic(ctx context.Context, topic string) error {
 	if err != nil {
 		return fmt.Errorf("%w: create topic %q: %v", relay.ErrUnavailable, topic, err)
 	}
-	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+	if err := resp.Errors[topic]; isAuth(err) {
+		return p.classify(topic, err)
+	} else if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 		return fmt.Errorf("create topic %q: %w", topic, err)
 	}
 	p.cfg.Logger.Info("kafkapub: topic ready", "topic", topic)

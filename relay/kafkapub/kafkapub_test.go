@@ -149,6 +149,18 @@ func TestPublish(t *testing.T) {
 		readAll(t, c.Addrs(), topic, 2)
 	})
 
+	t.Run("HealthReportsTheBroker", func(t *testing.T) {
+		t.Parallel()
+		k := testenv.NewKafka(t)
+		if err := newPub(t, kafkapub.Config{Brokers: k.Brokers}).Health(ctx); err != nil {
+			t.Fatalf("Health with a running broker: %v", err)
+		}
+		down := newPub(t, kafkapub.Config{Brokers: []string{"127.0.0.1:1"}})
+		if err := down.Health(ctx); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+			t.Fatalf("Health with no broker = %v; want an error naming the address", err)
+		}
+	})
+
 	t.Run("UnreachableBrokerFailsTheWholeBatch", func(t *testing.T) {
 		t.Parallel()
 		p := newPub(t, kafkapub.Config{Brokers: []string{"127.0.0.1:1"}, WriteTimeout: time.Second})
