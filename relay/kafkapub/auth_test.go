@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -47,7 +46,7 @@ func TestBrokerAuthFailuresAreTheBrokersFault(t *testing.T) {
 		c.ControlKey(int16(kmsg.SASLAuthenticate), func(req kmsg.Request) (kmsg.Response, error, bool) {
 			c.KeepControl()
 			resp := req.(*kmsg.SASLAuthenticateRequest).ResponseKind().(*kmsg.SASLAuthenticateResponse)
-			resp.ErrorCode = kerr.SaslAuthenticationFailed.Code
+			resp.ErrorCode = 58 // SASL_AUTHENTICATION_FAILED
 			resp.ErrorMessage = new("Authentication failed: Invalid username or password")
 			return resp, nil, true
 		})
@@ -71,7 +70,7 @@ func TestBrokerAuthFailuresAreTheBrokersFault(t *testing.T) {
 				for _, rp := range rt.Partitions {
 					sp := kmsg.NewProduceResponseTopicPartition()
 					sp.Partition = rp.Partition
-					sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+					sp.ErrorCode = 29 // TOPIC_AUTHORIZATION_FAILED
 					st.Partitions = append(st.Partitions, sp)
 				}
 				resp.Topics = append(resp.Topics, st)
