@@ -83,6 +83,8 @@ type opts struct {
 	reason     string
 	// outbox retry
 	all bool
+	// console, inbox list/replay (console.go, inbox.go)
+	ops opsOpts
 }
 
 var commands []*command

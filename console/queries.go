@@ -1,0 +1,114 @@
+package console
+
+import (
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// queries holds the console's own SQL for one schema (reads only: every write goes through
+// sagastate, outbox or inbox). Table names are sanitized identifiers, never input.
+type queries struct {
+	listOlder, listNewer, listByID string
+	boundedCount, statusEstimate   string
+	types                          string
+	outboxTopics, outboxHeld       string
+	oldestTx                       string
+	inboxConsumers                 string
+	relays, leases                 string
+	statsBuckets                   string
+}
+
+// sagaCols are the columns of a list row.
+const sagaCols = `"id", "type", "status", "created_at", "updated_at", "finished_at", "aborted_at", "last_error"`
+
+// listSQL pages through sagas newest first by keyset ("created_at", "id"): one index range
+// per status (saga_instances_status_created_idx) merged by the outer ORDER BY, so a page reads
+// at most PageSize+1 index entries per status however many rows the table has and however
+// the statuses are distributed. Unused filters take values that match everything (” type,
+// -infinity/infinity bounds, NULL stuck time); queries run unprepared (QueryExecModeExec)
+// so the planner sees the values and drops them.
+//
+// $1 statuses, $2 type, $3 created at or after, $4 created before, $5 unchanged since
+// (stuck), $6/$7 the keyset cursor, $8 limit.
+const listSQL = `SELECT i.* FROM unnest($1::text[]) AS s("status")
+CROSS JOIN LATERAL (
+    SELECT ` + sagaCols + ` FROM %[1]s
+    WHERE "status" = s."status"
+      AND ($2::text = '' OR "type" = $2::text)
+      AND "created_at" >= $3::timestamptz AND "created_at" < $4::timestamptz
+      AND ($5::timestamptz IS NULL OR ("finished_at" IS NULL AND "updated_at" <= $5::timestamptz))
+      AND ("created_at", "id") %[2]s ($6::timestamptz, $7::uuid)
+    ORDER BY "created_at" %[3]s, "id" %[3]s LIMIT $8) AS i
+ORDER BY i."created_at" %[3]s, i."id" %[3]s LIMIT $8`
+
+func newQueries(schema string) queries {
+	id := func(table string) string { return pgx.Identifier{schema, table}.Sanitize() }
+	inst, msgs, dead := id("saga_instances"), id("outbox_messages"), id("inbox_dead_letters")
+	return queries{
+		listOlder: fmt.Sprintf(listSQL, inst, "<", "DESC"),
+		listNewer: fmt.Sprintf(listSQL, inst, ">", "ASC"),
+		// An id prefix is a range of the primary key.
+		listByID: `SELECT ` + sagaCols + ` FROM ` + inst + ` WHERE "id" BETWEEN $1::uuid AND $2::uuid
+ORDER BY "created_at" DESC, "id" DESC LIMIT $3`,
+		// Counting stops at $3 rows: exact for the statuses an operator looks at (failed,
+		// running), bounded work for the big ones, whose size comes from statusEstimate.
+		boundedCount: `SELECT s."status", (SELECT count(*) FROM (SELECT 1 FROM ` + inst + ` WHERE "status" = s."status"
+    AND ($2::text = '' OR "type" = $2::text) LIMIT $3) t) FROM unnest($1::text[]) AS s("status")`,
+		statusEstimate: `SELECT v::text, f * GREATEST(c.reltuples, 0)
+FROM pg_stats ps, unnest(ps.most_common_vals::text::text[], ps.most_common_freqs) AS x(v, f), pg_class c
+WHERE ps.schemaname = $1 AND ps.tablename = 'saga_instances' AND ps.attname = 'status'
+  AND c.oid = (quote_ident($1) || '.saga_instances')::regclass`,
+		// Distinct types by skipping through saga_instances_type_idx: one index probe per type.
+		types: `WITH RECURSIVE t AS (
+    (SELECT "type" FROM ` + inst + ` ORDER BY "type" LIMIT 1)
+    UNION ALL
+    SELECT (SELECT "type" FROM ` + inst + ` WHERE "type" > t."type" ORDER BY "type" LIMIT 1) FROM t WHERE t."type" IS NOT NULL)
+SELECT "type" FROM t WHERE "type" IS NOT NULL LIMIT 200`,
+		outboxTopics: `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT "topic",
+    count(*) FILTER (WHERE "dead_at" IS NULL),
+    count(*) FILTER (WHERE "dead_at" IS NULL AND "next_attempt_at" > now()),
+    count(*) FILTER (WHERE "dead_at" IS NULL AND "txid" >= (SELECT xmin FROM snap)),
+    count(*) FILTER (WHERE "dead_at" IS NOT NULL),
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
+FROM ` + msgs + ` GROUP BY "topic" ORDER BY "topic"`,
+		// Pending rows the relay cannot publish yet, and why (the same conditions as its claim).
+		outboxHeld: `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT m."id", m."topic", m."key", m."attempts", COALESCE(m."last_error", ''), m."created_at", m."next_attempt_at",
+    CASE WHEN m."next_attempt_at" > now() THEN 'retry due'
+         WHEN m."txid" >= (SELECT xmin FROM snap) THEN 'older transaction open'
+         ELSE 'behind a retrying row of its key' END
+FROM ` + msgs + ` AS m
+WHERE m."dead_at" IS NULL AND (m."next_attempt_at" > now() OR m."txid" >= (SELECT xmin FROM snap)
+   OR (m."key" <> '' AND EXISTS (SELECT 1 FROM ` + msgs + ` AS w WHERE w."key" = m."key" AND w."dead_at" IS NULL
+       AND w."next_attempt_at" > now() AND w."seq" < m."seq")))
+ORDER BY m."seq" LIMIT $1`,
+		// The oldest open transaction: while it runs, rows committed after it started wait.
+		oldestTx: `SELECT pid, COALESCE(usename, ''), COALESCE(application_name, ''), state, EXTRACT(EPOCH FROM now() - xact_start)::float8, left(query, 200)
+FROM pg_stat_activity WHERE xact_start IS NOT NULL AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
+ORDER BY xact_start LIMIT 1`,
+		inboxConsumers: `SELECT "consumer", count(*), max("dead_at") FROM ` + dead + ` GROUP BY "consumer" ORDER BY "consumer"`,
+		relays:         `SELECT "id", "started_at", "expires_at", "expires_at" > now() FROM ` + id("outbox_relays") + ` ORDER BY "id"`,
+		leases: `SELECT COALESCE("owner", ''), "expires_at" > now(), array_agg("shard" ORDER BY "shard"), max("expires_at"), max("epoch")
+FROM ` + id("outbox_leases") + ` GROUP BY 1, 2 ORDER BY 1, 2`,
+		// Per type and time bucket over the sagas that ended in the window (a failed saga
+		// ends when its compensation gave up: its last update): counts by outcome and
+		// duration percentiles. $1 window start, $2 bucket seconds, $3 type ('' for all).
+		statsBuckets: `WITH f AS (
+    SELECT "type", "status", COALESCE("finished_at", "updated_at") AS "ended", EXTRACT(EPOCH FROM COALESCE("finished_at", "updated_at") - "created_at") AS d
+    FROM ` + inst + `
+    WHERE (("finished_at" >= $1::timestamptz) OR ("status" = 'failed' AND "updated_at" >= $1::timestamptz))
+      AND ($3::text = '' OR "type" = $3::text))
+SELECT "type", floor(EXTRACT(EPOCH FROM "ended" - $1::timestamptz) / $2::float8)::int AS b, -- NULL: the whole window
+    count(*) FILTER (WHERE "status" = 'completed'),
+    count(*) FILTER (WHERE "status" = 'compensated'),
+    count(*) FILTER (WHERE "status" = 'failed'),
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY d) FILTER (WHERE "status" = 'completed'),
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FILTER (WHERE "status" = 'completed'),
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY d) FILTER (WHERE "status" IN ('completed', 'compensated')),
+    percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FILTER (WHERE "status" IN ('completed', 'compensated'))
+FROM f WHERE "status" IN ('completed', 'compensated', 'failed')
+GROUP BY GROUPING SETS ((1, 2), (1)) ORDER BY 1, 2 NULLS FIRST`,
+	}
+}
