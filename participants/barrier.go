@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime/debug"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/wire"
 )
-
-// Outcome stored in saga_barrier while the handler runs; never committed.
-const pending = "pending"
 
 // Reasons replied (or stored) when the barrier, not the handler, decides.
 const (
@@ -21,110 +21,193 @@ const (
 	reasonNoForward = "compensation of a refused forward step: nothing took effect; nothing to undo"
 )
 
-// The savepoint taken before the handler: rolling back to it undoes the business
-// change and anything the handler enqueued, but keeps the inbox and barrier rows.
+// The savepoint taken before the barrier claim: rolling back to it undoes the claim,
+// the business change and anything the handler enqueued, but keeps the inbox row and
+// the other records of a shared transaction. It is released once the step is decided,
+// so a batch of records does not nest savepoints.
 const (
 	savepointSQL = `SAVEPOINT "sagabox_step"`
 	rollbackSQL  = `ROLLBACK TO SAVEPOINT "sagabox_step"`
+	releaseSQL   = `RELEASE SAVEPOINT "sagabox_step"`
 )
 
 type barrier struct {
-	insertSQL, selectSQL, finishSQL, deleteSQL, sweepSQL string
+	log                                       *slog.Logger
+	insertSQL, selectSQL, resultSQL, sweepSQL string
 }
 
-func newBarrier(schema string) *barrier {
+func newBarrier(schema string, log *slog.Logger) *barrier {
 	t := pgx.Identifier{schema, "saga_barrier"}.Sanitize()
 	return &barrier{
+		log: log,
 		insertSQL: `INSERT INTO ` + t + ` ("saga_id", "step", "op", "outcome", "reason")
 VALUES ($1, $2, $3, $4, $5) ON CONFLICT ("saga_id", "step", "op") DO NOTHING`,
 		selectSQL: `SELECT "outcome", "reason", "result" FROM ` + t + ` WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
-		finishSQL: `UPDATE ` + t + ` SET "outcome" = $4, "reason" = $5, "result" = $6 WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
-		deleteSQL: `DELETE FROM ` + t + ` WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
+		resultSQL: `UPDATE ` + t + ` SET "result" = $4 WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
 		sweepSQL:  `DELETE FROM ` + t + ` WHERE ctid IN (SELECT ctid FROM ` + t + ` WHERE "created_at" < $1 LIMIT $2)`,
 	}
 }
 
-// run decides cmd through the barrier, calls h when it must, and returns the reply
-// and a batch holding the barrier's last write, to be sent with the reply's outbox
-// insert (one round trip). An error means tx is unusable.
+// run decides cmd through the barrier, calls h when it must, and returns the reply and
+// a batch holding the barrier's last writes, to be sent with the reply's outbox insert.
+// An error means tx is unusable, or the handler hit a transient database error (a
+// deadlock, a serialization failure, a lost connection): the consumer loop then
+// retries the whole transaction, and no saga attempt is spent.
 //
-// Round trips on the forward path: claim + savepoint, the handler's own, then the
-// barrier update + reply.
+// Round trips: one to claim (savepoint + barrier row, which already says success),
+// the handler's own, and one for the reply (with the result, the release of the
+// savepoint, or the rollback to it and the refusal). A compensation reads the forward
+// row in its claim; a duplicate reads the stored answer in one more.
 func (b *barrier) run(ctx context.Context, tx pgx.Tx, cmd wire.Command, h Handler) (wire.Reply, *pgx.Batch, error) {
 	claim := &pgx.Batch{}
-	claim.Queue(b.insertSQL, cmd.SagaID, cmd.Step, string(cmd.Op), pending, "")
+	claim.Queue(savepointSQL)
+	// Claimed as success: nothing is left to write on the common path. A refusal or
+	// an error rolls the claim back with the handler's writes.
+	claim.Queue(b.insertSQL, cmd.SagaID, cmd.Step, string(cmd.Op), string(wire.OutcomeSuccess), "")
 	if cmd.Op == wire.OpCompensate {
 		// Claim the forward slot too: if it was free, the forward never ran (null
 		// compensation) and any later forward is hanging. If the compensate row
 		// already existed, so did the forward row, and this is a no-op.
 		claim.Queue(b.insertSQL, cmd.SagaID, cmd.Step, string(wire.OpForward), string(wire.OutcomeIgnored), reasonHanging)
+		claim.Queue(b.selectSQL, cmd.SagaID, cmd.Step, string(wire.OpForward))
 	}
-	claim.Queue(savepointSQL)
-	tags, err := sendBatch(ctx, tx, claim)
+	fwd, tags, err := sendClaim(ctx, tx, claim, cmd.Op == wire.OpCompensate)
 	if err != nil {
 		return wire.Reply{}, nil, fmt.Errorf("participants: barrier claim (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, cmd.Op, err)
 	}
-	if tags[0].RowsAffected() == 0 {
+	if tags[1].RowsAffected() == 0 {
 		reply, err := b.replay(ctx, tx, cmd)
-		return reply, &pgx.Batch{}, err
+		return reply, released(), err
 	}
 	if cmd.Op == wire.OpCompensate {
-		if tags[1].RowsAffected() == 1 {
-			return b.finish(cmd, wire.OutcomeSuccess, reasonNullCmp, nil)
-		}
-		fwd, _, _, err := b.get(ctx, tx, cmd, wire.OpForward)
-		if err != nil {
-			return wire.Reply{}, nil, err
+		if tags[2].RowsAffected() == 1 {
+			return b.decide(cmd, wire.OutcomeSuccess, reasonNullCmp)
 		}
 		if fwd != string(wire.OutcomeSuccess) {
-			return b.finish(cmd, wire.OutcomeSuccess, reasonNoForward, nil)
+			return b.decide(cmd, wire.OutcomeSuccess, reasonNoForward)
 		}
 	}
-	result, herr := h(ctx, tx, cmd)
+	result, herr := call(ctx, tx, cmd, h)
 	if herr == nil {
-		return b.finish(cmd, wire.OutcomeSuccess, "", result)
+		batch := released()
+		if result != nil {
+			batch.Queue(b.resultSQL, cmd.SagaID, cmd.Step, string(cmd.Op), result)
+		}
+		return replyFor(cmd, wire.OutcomeSuccess, "", result), batch, nil
 	}
 	if ctx.Err() != nil {
 		// Shutting down: not the step's failure. Nothing commits; the record comes again.
 		return wire.Reply{}, nil, fmt.Errorf("participants: saga %s step %s interrupted: %w", cmd.SagaID, cmd.Step, herr)
 	}
-	if _, err := tx.Exec(ctx, rollbackSQL); err != nil {
-		return wire.Reply{}, nil, fmt.Errorf("participants: handler failed (%v) and rolling back its changes failed: %w", herr, err)
-	}
 	var fe *FailureError
-	if errors.As(herr, &fe) && cmd.Op == wire.OpForward {
-		return b.finish(cmd, wire.OutcomeFailure, fe.Reason, nil)
+	var re *retryableError
+	var pe *panicError
+	switch {
+	case errors.As(herr, &pe):
+		if cmd.Op == wire.OpCompensate {
+			// A compensation cannot be refused: dead-letter the command with the stack
+			// (the orchestrator's retries then leave the saga failed for an operator).
+			return wire.Reply{}, nil, consumer.Permanent(fmt.Errorf("participants: saga %s step %s %s: %w\n%s", cmd.SagaID, cmd.Step, cmd.Op, pe, pe.stack))
+		}
+		b.log.Error("participants: handler panicked; the step is refused", "saga_id", cmd.SagaID, "step", cmd.Step,
+			"op", cmd.Op, "command", cmd.Name, "panic", fmt.Sprint(pe.value), "stack", string(pe.stack))
+		return b.decide(cmd, wire.OutcomeFailure, pe.Error())
+	case errors.As(herr, &fe):
+		if cmd.Op == wire.OpForward {
+			return b.decide(cmd, wire.OutcomeFailure, fe.Reason)
+		}
+		// Not recorded: the orchestrator's next attempt must run the compensation again.
+		return cmd.ReplyFor(wire.OutcomeFailure, fe.Reason, nil), rolledBack(), nil
+	case !errors.As(herr, &re) && transient(herr):
+		return wire.Reply{}, nil, fmt.Errorf("participants: saga %s step %s %s: %w", cmd.SagaID, cmd.Step, cmd.Op, herr)
 	}
 	// Not recorded: the orchestrator's next attempt must run the handler again.
-	forget := &pgx.Batch{}
-	forget.Queue(b.deleteSQL, cmd.SagaID, cmd.Step, string(cmd.Op))
-	if errors.As(herr, &fe) {
-		return cmd.ReplyFor(wire.OutcomeFailure, fe.Reason, nil), forget, nil
-	}
-	return cmd.ReplyFor(wire.OutcomeRetryable, herr.Error(), nil), forget, nil
+	return cmd.ReplyFor(wire.OutcomeRetryable, herr.Error(), nil), rolledBack(), nil
 }
 
-func (b *barrier) get(ctx context.Context, tx pgx.Tx, cmd wire.Command, op wire.Op) (outcome, reason string, result []byte, err error) {
-	err = tx.QueryRow(ctx, b.selectSQL, cmd.SagaID, cmd.Step, string(op)).Scan(&outcome, &reason, &result)
-	if err != nil {
-		return "", "", nil, fmt.Errorf("participants: barrier read (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, op, err)
+// sendClaim sends the claim and returns its command tags and, for a compensation,
+// the forward row's outcome.
+func sendClaim(ctx context.Context, tx pgx.Tx, claim *pgx.Batch, compensate bool) (fwd string, tags []pgconn.CommandTag, err error) {
+	br := tx.SendBatch(ctx, claim)
+	defer func() {
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	n := claim.Len()
+	if compensate {
+		n--
 	}
-	return outcome, reason, result, nil
+	for range n {
+		tag, err := br.Exec()
+		if err != nil {
+			return "", nil, err
+		}
+		tags = append(tags, tag)
+	}
+	if compensate {
+		var reason string
+		var result []byte
+		if err := br.QueryRow().Scan(&fwd, &reason, &result); err != nil {
+			return "", nil, err
+		}
+	}
+	return fwd, tags, nil
 }
 
-// finish records the decided outcome (queued, sent with the reply) and returns the reply.
-func (b *barrier) finish(cmd wire.Command, outcome wire.Outcome, reason string, result []byte) (wire.Reply, *pgx.Batch, error) {
-	batch := &pgx.Batch{}
-	batch.Queue(b.finishSQL, cmd.SagaID, cmd.Step, string(cmd.Op), string(outcome), reason, result)
-	return replyFor(cmd, outcome, reason, result), batch, nil
+// call runs h, turning a panic into an error that carries the stack.
+func call(ctx context.Context, tx pgx.Tx, cmd wire.Command, h Handler) (result []byte, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			result, err = nil, &panicError{value: v, stack: debug.Stack()}
+		}
+	}()
+	return h(ctx, tx, cmd)
+}
+
+// panicError is a handler's panic: a permanent failure of that command.
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
+
+// released ends the step's savepoint, keeping what the claim and the handler wrote.
+func released() *pgx.Batch {
+	b := &pgx.Batch{}
+	b.Queue(releaseSQL)
+	return b
+}
+
+// rolledBack undoes the claim and the handler's writes; the step stays undecided.
+func rolledBack() *pgx.Batch {
+	b := &pgx.Batch{}
+	b.Queue(rollbackSQL)
+	return b
+}
+
+// decide records an outcome other than the handler's success (queued, sent with the
+// reply) and returns the reply: the claim and any handler writes are rolled back and
+// the row is written again with the outcome and its reason.
+func (b *barrier) decide(cmd wire.Command, outcome wire.Outcome, reason string) (wire.Reply, *pgx.Batch, error) {
+	batch := rolledBack()
+	batch.Queue(b.insertSQL, cmd.SagaID, cmd.Step, string(cmd.Op), string(outcome), reason)
+	if cmd.Op == wire.OpCompensate && reason == reasonNullCmp {
+		batch.Queue(b.insertSQL, cmd.SagaID, cmd.Step, string(wire.OpForward), string(wire.OutcomeIgnored), reasonHanging)
+	}
+	batch.Queue(releaseSQL)
+	return replyFor(cmd, outcome, reason, nil), batch, nil
 }
 
 // replay answers a command whose barrier row exists: a duplicate gets the stored
 // answer; a forward whose row was claimed by a compensation is hanging.
 func (b *barrier) replay(ctx context.Context, tx pgx.Tx, cmd wire.Command) (wire.Reply, error) {
-	outcome, reason, result, err := b.get(ctx, tx, cmd, cmd.Op)
+	var outcome, reason string
+	var result []byte
+	err := tx.QueryRow(ctx, b.selectSQL, cmd.SagaID, cmd.Step, string(cmd.Op)).Scan(&outcome, &reason, &result)
 	if err != nil {
-		return wire.Reply{}, err
+		return wire.Reply{}, fmt.Errorf("participants: barrier read (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, cmd.Op, err)
 	}
 	return replyFor(cmd, wire.Outcome(outcome), reason, result), nil
 }
@@ -137,19 +220,9 @@ func replyFor(cmd wire.Command, outcome wire.Outcome, reason string, result []by
 	return cmd.ReplyFor(outcome, reason, result)
 }
 
-// sendBatch sends b in one round trip and returns each statement's command tag.
-func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) ([]pgconn.CommandTag, error) {
-	br := tx.SendBatch(ctx, b)
-	tags := make([]pgconn.CommandTag, 0, b.Len())
-	for range b.Len() {
-		tag, err := br.Exec()
-		if err != nil {
-			_ = br.Close()
-			return nil, err
-		}
-		tags = append(tags, tag)
-	}
-	return tags, br.Close()
+// sendBatch sends b in one round trip.
+func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // queue is an outbox.Execer that adds statements to a batch instead of running them,

@@ -31,14 +31,40 @@
 //
 //   - nil error: success; the barrier stores the result and replies it.
 //   - Fail(reason): the business change is rolled back (to a savepoint taken before the
-//     handler), the barrier records the failure and the reply is OutcomeFailure, in the
-//     same transaction. For a compensation the failure is not recorded, so the
+//     barrier claim), the barrier records the failure and the reply is OutcomeFailure, in
+//     the same transaction. For a compensation the failure is not recorded, so the
 //     orchestrator's next attempt runs the compensation again.
-//   - any other error: the business change and the barrier row are rolled back (to the
-//     savepoint) and the reply is OutcomeRetryable with the error as reason; the saga's
-//     retry policy decides when to send the next attempt, which then runs afresh. If the
-//     transaction itself is broken (e.g. the connection dropped), nothing commits and the
-//     consumer loop retries the record.
+//   - a transient database error (deadlock 40P01, serialization failure 40001, lock
+//     timeout 55P03, a server shutting down, a lost connection), wrapped or not: no reply.
+//     The error goes up to the consumer loop, which rolls back and runs the transaction
+//     again (the whole batch, then record by record, with backoff); the saga never sees
+//     it and spends no attempt. Wrap it with Retryable to hand it to the saga instead.
+//   - a panic: a permanent failure of that command. A forward step is refused (the
+//     reply is OutcomeFailure "handler panicked: …", so the saga compensates) and the
+//     stack is logged; a compensation is dead-lettered by the consumer with the stack.
+//     The process stays up.
+//   - any other error (or Retryable(err)): the business change and the barrier row are
+//     rolled back (to the savepoint) and the reply is OutcomeRetryable with the error as
+//     reason; the saga's retry policy decides when to send the next attempt, which then
+//     runs afresh. If the transaction itself is broken, nothing commits and the consumer
+//     loop retries the record.
+//
+// Lock order. The consumer runs up to Consumer.BatchSize records of different sagas in
+// one transaction, and every row lock a handler takes is held until that transaction
+// commits. Two batches whose handlers lock the same rows in different orders deadlock;
+// the consumer retries them, but each deadlock costs a rollback and a backoff. So a
+// handler must take its row locks in one global order that does not depend on which
+// commands share its batch: lock every row it will change with one statement in key
+// order (SELECT … ORDER BY key FOR NO KEY UPDATE) before changing any, and for rows many
+// sagas touch (a hot SKU, an account) lock them in a fixed order that every batch
+// follows — the demo's inventory service locks the stock rows of every SKU up to the
+// one it reserves, in SKU order, so a batch only ever adds locks later in that order.
+// Where that is not possible, key the commands by the contended row (one partition,
+// one worker per row) or set Consumer.BatchSize to 1.
+//
+// Round trips per command: one for the barrier claim (savepoint and barrier row in one
+// batch), the handler's own, and one for the reply (outbox insert, result and savepoint
+// release in one batch), inside the consumer's transaction.
 //
 // Records that are not valid commands (missing saga headers) or name a command with no
 // handler are dead-lettered by the consumer loop with the reason.

@@ -31,7 +31,10 @@ var (
 
 // Handler runs one command's local transaction in tx and returns the step's result
 // (replied to the orchestrator). Return Fail(reason) for a business refusal, any other
-// error for a transient failure. It must not commit or roll back tx.
+// error for the saga to retry the step; transient database errors (deadlocks, lost
+// connections) are retried by the consumer loop instead (see the package doc). It
+// must take its row locks in one global order (package doc, "Lock order") and must
+// not commit or roll back tx.
 type Handler func(ctx context.Context, tx pgx.Tx, cmd wire.Command) (result []byte, err error)
 
 // FailureError is a business refusal made by Fail.
@@ -124,7 +127,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
 	if err != nil {
 		return nil, fmt.Errorf("participants: %w", err)
 	}
-	p := &Participant{pool: pool, cfg: cfg, barrier: newBarrier(cfg.Schema), outbox: ob, handlers: map[string]Handler{}}
+	p := &Participant{pool: pool, cfg: cfg, barrier: newBarrier(cfg.Schema, cfg.Logger), outbox: ob, handlers: map[string]Handler{}}
 	// Without Kafka settings the participant serves HandleCommand/HandleMessage only.
 	if len(cfg.Brokers) == 0 && cfg.GroupID == "" && len(cfg.CommandTopics) == 0 {
 		return p, nil
@@ -252,7 +255,7 @@ func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Com
 		// would refuse. Retrying cannot fix the command.
 		return consumer.Permanent(fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err))
 	}
-	if _, err := sendBatch(ctx, tx, batch); err != nil {
+	if err := sendBatch(ctx, tx, batch); err != nil {
 		return fmt.Errorf("participants: record and reply (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, cmd.Op, err)
 	}
 	return nil

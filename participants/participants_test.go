@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/internal/kafkatest"
@@ -172,6 +173,33 @@ func (e *env) events(t *testing.T, saga uuid.UUID) int {
 	return n
 }
 
+// replies counts the replies enqueued for saga.
+func (e *env) replies(t *testing.T, saga uuid.UUID) int {
+	t.Helper()
+	var n int
+	if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "sagabox"."outbox_messages" WHERE "topic" = $1 AND "key" = $2`, replyTopic, saga.String()).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// lastReply is the newest reply enqueued for saga.
+func (e *env) lastReply(t *testing.T, saga uuid.UUID) wire.Reply {
+	t.Helper()
+	var headers map[string]string
+	var body []byte
+	err := e.db.Pool.QueryRow(context.Background(), `SELECT "headers", "payload" FROM "sagabox"."outbox_messages" WHERE "topic" = $1 AND "key" = $2 ORDER BY "seq" DESC LIMIT 1`,
+		replyTopic, saga.String()).Scan(&headers, &body)
+	if err != nil {
+		t.Fatalf("no reply for saga %s: %v", saga, err)
+	}
+	r, err := wire.ParseReply(headers, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func expect(t *testing.T, r wire.Reply, outcome wire.Outcome, reason string) {
 	t.Helper()
 	if r.Outcome != outcome || !strings.Contains(r.Reason, reason) || (reason == "" && r.Reason != "") {
@@ -323,6 +351,115 @@ func TestBarrier(t *testing.T) {
 		err = e.db.Pool.QueryRow(context.Background(), `SELECT "headers"->>'saga-reason' FROM "sagabox"."outbox_messages" WHERE "key" = $1 AND "topic" = $2`, saga.String(), replyTopic).Scan(&reason)
 		if err != nil || !strings.Contains(reason, "division by zero") {
 			t.Fatalf("retryable reply reason = %q, %v", reason, err)
+		}
+	})
+
+	t.Run("LockTimeoutIsLeftToTheConsumerNotReplied", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		saga := uuid.New()
+		// Another transaction holds the wallet row the charge must update.
+		if _, err := e.db.Pool.Exec(ctx, `INSERT INTO "wallets" VALUES ($1, 100)`, saga); err != nil {
+			t.Fatal(err)
+		}
+		holder, err := e.db.Pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = holder.Rollback(ctx) })
+		if _, err := holder.Exec(ctx, `SELECT 1 FROM "wallets" WHERE "id" = $1 FOR UPDATE`, saga); err != nil {
+			t.Fatal(err)
+		}
+		err = pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '50ms'`); err != nil {
+				return err
+			}
+			return e.p.HandleCommand(ctx, tx, command(saga, wire.OpForward, 1, 30))
+		})
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55P03" || consumer.IsPermanent(err) {
+			t.Fatalf("a lock timeout must reach the consumer loop as the database error, got %v", err)
+		}
+		if n := e.replies(t, saga); n != 0 {
+			t.Fatalf("%d replies enqueued for a lock timeout; the saga must not see it", n)
+		}
+		if err := holder.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The consumer's retry of the transaction then runs the step.
+		expect(t, e.deliver(t, command(saga, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+		if b := e.balance(t, saga); b != 70 {
+			t.Fatalf("balance = %d, want 70", b)
+		}
+	})
+
+	t.Run("RetryableMarksATransientErrorForTheSaga", func(t *testing.T) {
+		t.Parallel()
+		p, err := participants.New(e.db.Pool, participants.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Handle("payment.charge", func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+			return nil, participants.Retryable(fmt.Errorf("upstream busy: %w", &pgconn.PgError{Code: "40001", Message: "could not serialize access"}))
+		})
+		saga := uuid.New()
+		err = pgx.BeginFunc(context.Background(), e.db.Pool, func(tx pgx.Tx) error {
+			return p.HandleCommand(context.Background(), tx, command(saga, wire.OpForward, 1, 1))
+		})
+		if err != nil {
+			t.Fatalf("a handler error marked Retryable must be replied, not returned: %v", err)
+		}
+		if r := e.lastReply(t, saga); r.Outcome != wire.OutcomeRetryable || !strings.Contains(r.Reason, "upstream busy") {
+			t.Fatalf("reply %s %q, want retryable", r.Outcome, r.Reason)
+		}
+	})
+
+	t.Run("PanickingHandlerRefusesForwardAndDeadLettersCompensation", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		p, err := participants.New(e.db.Pool, participants.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		boom := func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+			if _, err := tx.Exec(ctx, `INSERT INTO "wallets" VALUES ($1, 1)`, cmd.SagaID); err != nil {
+				return nil, err
+			}
+			var m map[string]int
+			m["boom"]++ // a nil map: panics
+			return nil, nil
+		}
+		p.Step("payment.charge", boom, "payment.refund", boom)
+		saga := uuid.New()
+		handle := func(cmd wire.Command) error {
+			return pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return p.HandleCommand(ctx, tx, cmd) })
+		}
+		if err := handle(command(saga, wire.OpForward, 1, 1)); err != nil {
+			t.Fatalf("a panicking forward step must be refused, not returned: %v", err)
+		}
+		r := e.lastReply(t, saga)
+		if r.Outcome != wire.OutcomeFailure || !strings.Contains(r.Reason, "handler panicked: assignment to entry in nil map") {
+			t.Fatalf("reply %s %q, want a failure naming the panic", r.Outcome, r.Reason)
+		}
+		if b := e.balance(t, saga); b != 100 {
+			t.Fatalf("the panicking step's writes must be rolled back, balance %d", b)
+		}
+		// Resent, it gets the recorded refusal without running again.
+		if err := handle(command(saga, wire.OpForward, 2, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if r := e.lastReply(t, saga); r.Outcome != wire.OutcomeFailure || r.Attempt != 2 {
+			t.Fatalf("resend: reply %+v", r)
+		}
+		// The forward was refused, so compensating it runs nothing; record a success by hand
+		// so the compensation handler runs, and panics.
+		ran := uuid.New()
+		if _, err := e.db.Pool.Exec(ctx, `INSERT INTO "sagabox"."saga_barrier" ("saga_id", "step", "op", "outcome") VALUES ($1, 'payment', 'forward', 'success')`, ran); err != nil {
+			t.Fatal(err)
+		}
+		err = handle(command(ran, wire.OpCompensate, 1, 1))
+		if !consumer.IsPermanent(err) || !strings.Contains(err.Error(), "handler panicked") || !strings.Contains(err.Error(), "participants_test.go") {
+			t.Fatalf("a panicking compensation must be a permanent error with the stack, got %v", err)
 		}
 	})
 

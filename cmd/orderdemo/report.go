@@ -29,6 +29,7 @@ type summary struct {
 	DurationMS        float64        `json:"duration_ms"`
 	ThroughputPerS    float64        `json:"throughput_per_s"`
 	TimeToConsistency latency        `json:"time_to_consistency_ms"`
+	SagaRetries       demo.Retries   `json:"saga_retries"`
 	Invariants        demo.Report    `json:"invariants"`
 	OK                bool           `json:"ok"`
 }
@@ -94,6 +95,14 @@ func report(ctx context.Context, c *config, in *infra, orch *sagastate.Orchestra
 	sum.ThroughputPerS = float64(len(ttc)) / elapsed.Seconds()
 	sum.TimeToConsistency = percentiles(ttc)
 
+	ids := make([]uuid.UUID, 0, len(outcomes))
+	for id := range outcomes {
+		ids = append(ids, id)
+	}
+	var err error
+	if sum.SagaRetries, err = demo.CountRetries(ctx, in.pool, c.schema, ids); err != nil {
+		return err
+	}
 	rep, err := in.svc.CheckOrders(ctx, in.pool, stock, outcomes)
 	if err != nil {
 		return err
@@ -113,6 +122,7 @@ func report(ctx context.Context, c *config, in *infra, orch *sagastate.Orchestra
 	}
 	fmt.Fprintf(out, "  throughput           %.1f sagas/s (%d in %s)\n", sum.ThroughputPerS, len(ttc), elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "  time to consistency  p50 %s  p99 %s  max %s\n", ms(sum.TimeToConsistency.P50), ms(sum.TimeToConsistency.P99), ms(sum.TimeToConsistency.Max))
+	fmt.Fprintf(out, "  saga-level retries   %d (%d after a deadlock or serialization failure)\n", sum.SagaRetries.Attempts, sum.SagaRetries.Deadlocks)
 
 	if c.timelines {
 		for _, pick := range []struct {

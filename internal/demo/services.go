@@ -260,56 +260,66 @@ func (s *Services) CancelOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command)
 }
 
 // ReserveInventory takes qty items of the sku out of available stock, or refuses
-// when there are not enough.
+// when there are not enough. A repeated command changes nothing.
+//
+// Lock order: records of many sagas share one transaction (the consumer's batch) and
+// each keeps its stock row locked until that transaction commits, so two batches that
+// reserve gadget then widget, and widget then gadget, would deadlock. Every inventory
+// handler therefore first locks the stock rows of every sku up to and including its
+// own, in sku order: whatever the batch, its locks are always a prefix of one order and
+// it only ever adds locks further along it, which cannot deadlock. (With many SKUs and
+// few hot ones, lock only the hot ones this way, or key the commands by SKU.) The lock
+// and the reservation travel in one round trip.
 func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	var exists bool
-	if err := tx.QueryRow(ctx, s.q["reservationExists"], o.ID).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
-	}
-	if exists {
-		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
-	}
+	b := &pgx.Batch{}
+	b.Queue(s.q["lockStock"], o.SKU)
+	b.Queue(s.q["reserve"], o.SKU, o.Qty, o.ID)
+	br := tx.SendBatch(ctx, b)
+	_, err = br.Exec()
 	var left int
-	err = tx.QueryRow(ctx, s.q["takeStock"], o.SKU, o.Qty).Scan(&left)
-	if errors.Is(err, pgx.ErrNoRows) {
-		var avail int
-		if err := tx.QueryRow(ctx, s.q["stockOf"], o.SKU).Scan(&avail); errors.Is(err, pgx.ErrNoRows) {
-			return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
-		} else if err != nil {
-			return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
-		}
-		return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, avail))
+	if err == nil {
+		err = br.QueryRow().Scan(&left)
 	}
-	if err != nil {
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err == nil:
+		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": left}), nil
+	case !errors.Is(err, pgx.ErrNoRows):
 		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
 	}
-	if _, err := tx.Exec(ctx, s.q["insertReservation"], o.ID, o.SKU, o.Qty); err != nil {
+	// Nothing taken: reserved before, out of stock, or no such sku.
+	var reserved bool
+	var avail *int
+	if err := tx.QueryRow(ctx, s.q["whyNotReserved"], o.SKU, o.ID).Scan(&reserved, &avail); err != nil {
 		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
 	}
-	return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": left}), nil
+	switch {
+	case reserved:
+		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
+	case avail == nil:
+		return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
+	}
+	return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, *avail))
 }
 
 // ReleaseInventory returns a reservation's items to stock. Releasing twice, or
-// releasing what was never reserved, changes nothing.
+// releasing what was never reserved, changes nothing. It locks stock rows in the same
+// order as ReserveInventory, in the same round trip as the release.
 func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	var sku string
-	var qty int
-	err = tx.QueryRow(ctx, s.q["releaseReservation"], o.ID).Scan(&sku, &qty)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
-	}
-	if _, err := tx.Exec(ctx, s.q["returnStock"], sku, qty); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(s.q["lockStock"], o.SKU)
+	b.Queue(s.q["release"], o.ID, o.SKU)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
 	}
 	return nil, nil
@@ -375,14 +385,24 @@ var queries = map[string]string{
 	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
 		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,
 	"cancelOrder":       `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
-	"reservationExists": `SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $1)`,
-	"takeStock": `UPDATE {stock} SET "available" = "available" - $2
-		WHERE "sku" = $1 AND "available" >= $2 RETURNING "available"`,
-	"stockOf":           `SELECT "available" FROM {stock} WHERE "sku" = $1`,
-	"insertReservation": `INSERT INTO {reservations} ("order_id", "sku", "qty", "status") VALUES ($1, $2, $3, 'reserved')`,
-	"releaseReservation": `UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
-		WHERE "order_id" = $1 AND "status" = 'reserved' RETURNING "sku", "qty"`,
-	"returnStock": `UPDATE {stock} SET "available" = "available" + $2 WHERE "sku" = $1`,
+	// The stock rows of every sku up to $1, locked in sku order (see ReserveInventory).
+	// NO KEY UPDATE, like the UPDATE that follows: it does not conflict with the key-share
+	// locks that reservations' foreign key takes.
+	"lockStock": `SELECT 1 FROM {stock} WHERE "sku" <= $1 ORDER BY "sku" FOR NO KEY UPDATE`,
+	// Takes the stock and records the reservation in one statement; no row when the
+	// order holds a reservation already or the stock is short.
+	"reserve": `WITH "taken" AS (
+			UPDATE {stock} SET "available" = "available" - $2
+			WHERE "sku" = $1 AND "available" >= $2 AND NOT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $3)
+			RETURNING "available")
+		INSERT INTO {reservations} ("order_id", "sku", "qty", "status")
+		SELECT $3, $1, $2, 'reserved' FROM "taken" RETURNING (SELECT "available" FROM "taken")`,
+	"whyNotReserved": `SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $2),
+		(SELECT "available" FROM {stock} WHERE "sku" = $1)`,
+	"release": `WITH "released" AS (
+			UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
+			WHERE "order_id" = $1 AND "sku" = $2 AND "status" = 'reserved' RETURNING "qty")
+		UPDATE {stock} SET "available" = "available" + "released"."qty" FROM "released" WHERE "sku" = $2`,
 	"capturePayment": `INSERT INTO {payments} ("order_id", "amount", "status") VALUES ($1, $2, 'captured')
 		ON CONFLICT ("order_id") DO NOTHING`,
 	"refundPayment": `UPDATE {payments} SET "status" = 'refunded', "updated_at" = now()
