@@ -118,7 +118,7 @@ func (b *barrier) run(ctx context.Context, tx pgx.Tx, cmd wire.Command, h Handle
 		}
 		// Not recorded: the orchestrator's next attempt must run the compensation again.
 		return cmd.ReplyFor(wire.OutcomeFailure, fe.Reason, nil), rolledBack(), nil
-	case !errors.As(herr, &re) && transient(herr):
+	case !errors.As(herr, &re) && consumer.IsTransient(herr):
 		return wire.Reply{}, nil, fmt.Errorf("participants: saga %s step %s %s: %w", cmd.SagaID, cmd.Step, cmd.Op, herr)
 	}
 	// Not recorded: the orchestrator's next attempt must run the handler again.

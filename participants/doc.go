@@ -52,15 +52,16 @@
 // Lock order. The consumer runs up to Consumer.BatchSize records of different sagas in
 // one transaction, and every row lock a handler takes is held until that transaction
 // commits. Two batches whose handlers lock the same rows in different orders deadlock;
-// the consumer retries them, but each deadlock costs a rollback and a backoff. So a
-// handler must take its row locks in one global order that does not depend on which
-// commands share its batch: lock every row it will change with one statement in key
-// order (SELECT … ORDER BY key FOR NO KEY UPDATE) before changing any, and for rows many
-// sagas touch (a hot SKU, an account) lock them in a fixed order that every batch
-// follows — the demo's inventory service locks the stock rows of every SKU up to the
-// one it reserves, in SKU order, so a batch only ever adds locks later in that order.
-// Where that is not possible, key the commands by the contended row (one partition,
-// one worker per row) or set Consumer.BatchSize to 1.
+// the consumer retries them, but each deadlock costs a rollback and a backoff. What a
+// handler must do:
+//   - lock the rows it changes in one deterministic order (one statement, ORDER BY the
+//     key … FOR NO KEY UPDATE, before changing several), never in payload order;
+//   - when the rows it locks are not named by the command's Kafka key (the saga id) —
+//     a hot SKU, an account shared by many sagas — set Consumer.LockKey to name them
+//     (the demo's inventory service returns the SKU from the payload): the records of
+//     a shared transaction then run sorted by it, every transaction takes those locks
+//     in one global order, and they cannot deadlock;
+//   - touch hot rows in as few statements as it can, late in the handler.
 //
 // Round trips per command: one for the barrier claim (savepoint and barrier row in one
 // batch), the handler's own, and one for the reply (outbox insert, result and savepoint

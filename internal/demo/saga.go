@@ -1,11 +1,13 @@
 package demo
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/participants"
 	"github.com/sagabox/sagabox/sagastate"
 )
@@ -96,9 +98,23 @@ func (s *Services) Participant(pool *pgxpool.Pool, role string, t Topics, base p
 		return nil, fmt.Errorf("demo: unknown role %q; want one of %v", role, Roles)
 	}
 	cfg.CommandTopics = []string{topic}
+	if role == "inventory" {
+		cfg.Consumer.LockKey = skuOf // see ReserveInventory: lock order
+	}
 	p, err := participants.New(pool, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %s participant: %w", role, err)
 	}
 	return p.Step(do, fdo, undo, fundo), nil
+}
+
+// skuOf is the inventory participant's lock key: the SKU whose stock row a command
+// locks, so a shared transaction locks stock rows in SKU order. A payload that does
+// not decode sorts first; its handler refuses it.
+func skuOf(m consumer.Message) []byte {
+	var o struct {
+		SKU string `json:"sku"`
+	}
+	_ = json.Unmarshal(m.Value, &o)
+	return []byte(o.SKU)
 }

@@ -260,33 +260,21 @@ func (s *Services) CancelOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command)
 }
 
 // ReserveInventory takes qty items of the sku out of available stock, or refuses
-// when there are not enough. A repeated command changes nothing.
+// when there are not enough. A repeated command changes nothing. The stock and the
+// reservation change in one statement.
 //
 // Lock order: records of many sagas share one transaction (the consumer's batch) and
 // each keeps its stock row locked until that transaction commits, so two batches that
-// reserve gadget then widget, and widget then gadget, would deadlock. Every inventory
-// handler therefore first locks the stock rows of every sku up to and including its
-// own, in sku order: whatever the batch, its locks are always a prefix of one order and
-// it only ever adds locks further along it, which cannot deadlock. (With many SKUs and
-// few hot ones, lock only the hot ones this way, or key the commands by SKU.) The lock
-// and the reservation travel in one round trip.
+// reserve gadget then widget, and widget then gadget, would deadlock. The inventory
+// participant therefore runs a batch's records sorted by SKU (LockKey in Participant):
+// every transaction takes the stock rows' locks in SKU order, which cannot deadlock.
 func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	b := &pgx.Batch{}
-	b.Queue(s.q["lockStock"], o.SKU)
-	b.Queue(s.q["reserve"], o.SKU, o.Qty, o.ID)
-	br := tx.SendBatch(ctx, b)
-	_, err = br.Exec()
 	var left int
-	if err == nil {
-		err = br.QueryRow().Scan(&left)
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	err = tx.QueryRow(ctx, s.q["reserve"], o.SKU, o.Qty, o.ID).Scan(&left)
 	switch {
 	case err == nil:
 		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": left}), nil
@@ -308,18 +296,14 @@ func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Com
 	return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, *avail))
 }
 
-// ReleaseInventory returns a reservation's items to stock. Releasing twice, or
-// releasing what was never reserved, changes nothing. It locks stock rows in the same
-// order as ReserveInventory, in the same round trip as the release.
+// ReleaseInventory returns a reservation's items to stock, in one statement. Releasing
+// twice, or releasing what was never reserved, changes nothing.
 func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	b := &pgx.Batch{}
-	b.Queue(s.q["lockStock"], o.SKU)
-	b.Queue(s.q["release"], o.ID, o.SKU)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if _, err := tx.Exec(ctx, s.q["release"], o.ID, o.SKU); err != nil {
 		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
 	}
 	return nil, nil
@@ -384,11 +368,7 @@ var queries = map[string]string{
 	// ON CONFLICT DO NOTHING: the barrier already stops duplicates; this is the second belt.
 	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
 		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,
-	"cancelOrder":       `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
-	// The stock rows of every sku up to $1, locked in sku order (see ReserveInventory).
-	// NO KEY UPDATE, like the UPDATE that follows: it does not conflict with the key-share
-	// locks that reservations' foreign key takes.
-	"lockStock": `SELECT 1 FROM {stock} WHERE "sku" <= $1 ORDER BY "sku" FOR NO KEY UPDATE`,
+	"cancelOrder": `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
 	// Takes the stock and records the reservation in one statement; no row when the
 	// order holds a reservation already or the stock is short.
 	"reserve": `WITH "taken" AS (
