@@ -1,0 +1,262 @@
+package sagabench_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/demo"
+	"github.com/sagabox/sagabox/internal/sagabench"
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/participants"
+	"github.com/sagabox/sagabox/sagastate"
+	"github.com/sagabox/sagabox/sagastate/sagatest"
+	"github.com/sagabox/sagabox/wire"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// Closed-loop levels: flows kept in flight.
+var levels = []int{8, 64, 256}
+
+// flows is how many flows a closed-loop level runs: a few waves of its in-flight count.
+func flows(inFlight int) int { return max(300, 3*inFlight) }
+
+// openSeconds is how long the open-loop level offers flows.
+const openSeconds = 5
+
+// BenchmarkSagaLoad loads three kinds of flow at 8, 64 and 256 in flight, then open loop
+// at half the peak throughput the closed-loop levels reached:
+//
+//   - baseline: four command/reply round trips through the outbox, the relay, kfake and a
+//     participant with its barrier (no-op handlers), driven by a bare reply consumer
+//     that enqueues the next command — the plumbing, without saga state;
+//   - the no-op 4-step saga through the sagastate orchestrator, same participant;
+//   - the demo's order saga (create order → reserve inventory → charge payment → schedule
+//     shipping; every 5th declined and compensated) on its real tables, three hot SKUs.
+//
+// Each kind runs in a fresh database and broker; PostgreSQL runs with fsync off.
+func BenchmarkSagaLoad(b *testing.B) {
+	var base, rows []sagabench.Result
+	for range b.N {
+		base = measure(b, "baseline: raw outbox + consumer", rawEnv)
+		rows = append(measure(b, "no-op 4-step saga", noopEnv), measure(b, "order saga (demo tables)", orderEnv)...)
+	}
+	load, _ := exec.Command("uptime").Output()
+	fmt.Fprintf(os.Stderr, "\nsaga load (kfake in-process, PostgreSQL fsync=off; load: %s)\n", strings.TrimSpace(string(load)))
+	sagabench.Print(os.Stderr, base, rows)
+	fmt.Fprintln(os.Stderr, "local-rt: transactions the consumers ran again after a transient database error; saga-rt: step commands the orchestrator sent again; deadlock: steps failed by a deadlock or serialization failure")
+	for _, r := range rows {
+		if r.InFlight == 64 || r.InFlight == 256 {
+			name := strings.Fields(r.Name)[0]
+			b.ReportMetric(r.PerSec, fmt.Sprintf("%s-%d-sagas/s", name, r.InFlight))
+		}
+		if r.Rate > 0 {
+			b.ReportMetric(float64(r.P99.Milliseconds()), strings.Fields(r.Name)[0]+"-open-p99-ms")
+		}
+		b.ReportMetric(float64(r.Deadlocks), "deadlock-retries")
+	}
+}
+
+// env is one kind of flow, running.
+type env struct {
+	driver *sagabench.Driver
+	pool   *pgxpool.Pool
+	// sagaRetries reads the saga-level retries of ids; nil for the baseline.
+	sagaRetries func(ids []uuid.UUID) (demo.Retries, error)
+}
+
+// measure runs the closed-loop levels and the open-loop one on a fresh env.
+func measure(b *testing.B, name string, start func(b *testing.B) env) []sagabench.Result {
+	e := start(b)
+	e.driver.Closed(b, name+" (warm-up)", 1, 1) // groups joined, topics warm
+	var out []sagabench.Result
+	peak := 0.0
+	add := func(r sagabench.Result, ids []uuid.UUID) {
+		if e.sagaRetries != nil {
+			got, err := e.sagaRetries(ids)
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.SagaRetries, r.Deadlocks = got.Attempts, got.Deadlocks
+		}
+		out = append(out, r)
+	}
+	for _, n := range levels {
+		r, ids := e.driver.Closed(b, name, flows(n), n)
+		peak = max(peak, r.PerSec)
+		add(r, ids)
+	}
+	rate := peak / 2
+	add(e.driver.Open(b, name, max(50, int(rate*openSeconds)), rate))
+	return out
+}
+
+// newDB is a fresh database with a pool large enough for the relay, the consumers and
+// 256 starts in flight.
+func newDB(b *testing.B) *pgxpool.Pool {
+	db := testenv.NewDB(b)
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MaxConns = 64
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	return pool
+}
+
+// consumerConfig is sagatest's fast consumer with d counting local retries.
+func consumerConfig(d *sagabench.Driver) consumer.Config {
+	cc := sagatest.FastConsumer()
+	cc.Hooks.LocalRetry = d.LocalRetry
+	return cc
+}
+
+var steps = []string{"s1", "s2", "s3", "s4"}
+
+const commands = "bench.commands"
+
+// noopParticipant answers every step with a trivial local transaction behind the barrier.
+func noopParticipant(b *testing.B, pool *pgxpool.Pool, brokers []string, cc consumer.Config) *participants.Participant {
+	p, err := participants.New(pool, participants.Config{Brokers: brokers, GroupID: "svc", CommandTopics: []string{commands}, Consumer: cc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	noop := func(context.Context, pgx.Tx, wire.Command) ([]byte, error) { return []byte(`{"ok":true}`), nil }
+	for _, s := range steps {
+		p.Step(s+".do", noop, s+".undo", noop)
+	}
+	return p
+}
+
+// startSaga returns a StartFunc that starts a saga of sagaType with payload(i).
+func startSaga(pool *pgxpool.Pool, o **sagastate.Orchestrator, sagaType string, payload func(id uuid.UUID, i int) any) sagabench.StartFunc {
+	return func(ctx context.Context, id uuid.UUID, i int) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return (*o).Start(ctx, tx, sagaType, id, payload(id, i)) })
+	}
+}
+
+func sagaEnv(b *testing.B, pool *pgxpool.Pool, brokers []string, d *sagabench.Driver, o **sagastate.Orchestrator, def sagastate.Definition, runners []sagatest.Runner, topics []string) env {
+	cc := consumerConfig(d)
+	e := sagatest.Start(b, pool, brokers, sagatest.Config{
+		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}, Consumer: cc,
+			Hooks: sagastate.Hooks{SagaFinished: func(s sagastate.SagaInfo) { d.Finished(s.ID) }}},
+		Participants: runners, Topics: topics, Partitions: 8,
+	})
+	*o = e.Orchestrator
+	return env{driver: d, pool: pool, sagaRetries: func(ids []uuid.UUID) (demo.Retries, error) {
+		return demo.CountRetries(context.Background(), pool, migrations.DefaultSchema, ids)
+	}}
+}
+
+func noopEnv(b *testing.B) env {
+	pool, k := newDB(b), testenv.NewKafka(b)
+	var o *sagastate.Orchestrator
+	d := sagabench.NewDriver(startSaga(pool, &o, "bench", func(_ uuid.UUID, i int) any { return map[string]int{"n": i} }))
+	var stages []sagastate.Stage
+	for _, s := range steps {
+		stages = append(stages, sagastate.Step(s, commands).Do(s+".do").Undo(s+".undo"))
+	}
+	return sagaEnv(b, pool, k.Brokers, d, &o, sagastate.Define[map[string]int]("bench", stages...),
+		[]sagatest.Runner{noopParticipant(b, pool, k.Brokers, consumerConfig(d))}, []string{commands})
+}
+
+var skus = []string{"widget", "gadget", "gizmo"}
+
+func orderEnv(b *testing.B) env {
+	pool, k := newDB(b), testenv.NewKafka(b)
+	ctx := context.Background()
+	svc, err := demo.NewServices(demo.Schemas{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := svc.Setup(ctx, pool); err != nil {
+		b.Fatal(err)
+	}
+	stock := map[string]int{}
+	for _, s := range skus {
+		stock[s] = 1_000_000
+	}
+	if err := svc.SeedStock(ctx, pool, stock); err != nil {
+		b.Fatal(err)
+	}
+	var o *sagastate.Orchestrator
+	d := sagabench.NewDriver(startSaga(pool, &o, demo.SagaType, func(id uuid.UUID, i int) any {
+		amount := int64(20 + (i*37)%900)
+		if i%5 == 4 {
+			amount = demo.PaymentLimit + 50 // declined: the saga compensates
+		}
+		return demo.Order{ID: id, Customer: fmt.Sprintf("customer-%d", i%17), SKU: skus[i%len(skus)], Qty: 1 + i%3,
+			Amount: amount, Address: fmt.Sprintf("%d Saga Street", i)}
+	}))
+	topics := demo.Topics{}.WithDefaults()
+	var runners []sagatest.Runner
+	for _, role := range demo.Roles {
+		p, err := svc.Participant(pool, role, topics, participants.Config{Brokers: k.Brokers, Consumer: consumerConfig(d)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runners = append(runners, p)
+	}
+	return sagaEnv(b, pool, k.Brokers, d, &o, demo.OrderSaga(topics), runners, topics.All())
+}
+
+// rawEnv drives the same four round trips as the no-op saga without sagastate: a
+// consumer of the replies enqueues the next step's command in the reply's inbox
+// transaction and signals the flow finished once the last reply committed.
+func rawEnv(b *testing.B) env {
+	pool, k := newDB(b), testenv.NewKafka(b)
+	const replies = "raw.replies"
+	out, err := outbox.New(outbox.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
+		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: steps[step], Op: wire.OpForward, Attempt: 1,
+			Name: steps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}
+		return out.Enqueue(ctx, tx, cmd.Message(commands))
+	}
+	d := sagabench.NewDriver(func(ctx context.Context, id uuid.UUID, _ int) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) })
+	})
+	cc := consumerConfig(d)
+	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
+	cc.Hooks.Handled = func(m consumer.Message, duplicate bool) {
+		if r, err := wire.ParseReply(m.Headers, m.Value); err == nil && !duplicate && r.Step == steps[len(steps)-1] {
+			d.Finished(r.SagaID)
+		}
+	}
+	driver, err := consumer.New(pool, cc, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		r, err := wire.ParseReply(msg.Headers, msg.Value)
+		if err != nil {
+			return consumer.Permanent(err)
+		}
+		if next := slices.Index(steps, r.Step) + 1; next < len(steps) {
+			return send(ctx, tx, r.SagaID, next)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sagatest.Start(b, pool, k.Brokers, sagatest.Config{
+		Participants: []sagatest.Runner{noopParticipant(b, pool, k.Brokers, consumerConfig(d)), driver},
+		Topics:       []string{commands, replies}, Partitions: 8,
+	})
+	return env{driver: d, pool: pool}
+}

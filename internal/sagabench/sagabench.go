@@ -1,0 +1,191 @@
+package sagabench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Result is one load level's figures.
+type Result struct {
+	Name     string
+	InFlight int     // closed loop: flows kept in flight; 0 for open loop
+	Rate     float64 // open loop: flows offered per second; 0 for closed loop
+	Flows    int
+	PerSec   float64
+	P50, P99 time.Duration // time to consistency: start → finished signal
+	// LocalRetries counts transactions the consumer loops ran again after a transient
+	// database error (consumer Hooks.LocalRetry) during the level.
+	LocalRetries int64
+	// SagaRetries counts step commands sent again by the orchestrator (after a
+	// retryable reply or a timeout); Deadlocks those of them caused by a deadlock or a
+	// serialization failure. Zero for the baseline, which has no saga.
+	SagaRetries, Deadlocks int
+}
+
+// StartFunc starts flow id (the ith of its level) and returns once it is committed.
+type StartFunc func(ctx context.Context, id uuid.UUID, i int) error
+
+// Driver starts flows and waits for them to finish. Call Finished (from a hook) when a
+// flow has finished; it is safe to call for flows the driver did not start, and twice.
+type Driver struct {
+	start StartFunc
+	// LocalRetries is the counter the consumers' LocalRetry hooks add to.
+	LocalRetries atomic.Int64
+
+	mu      sync.Mutex
+	waiting map[uuid.UUID]chan struct{}
+}
+
+// NewDriver returns a driver of flows started by start.
+func NewDriver(start StartFunc) *Driver {
+	return &Driver{start: start, waiting: map[uuid.UUID]chan struct{}{}}
+}
+
+// Finished signals that flow id has finished.
+func (d *Driver) Finished(id uuid.UUID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.waiting[id]; ok {
+		close(c)
+		delete(d.waiting, id)
+	}
+}
+
+// LocalRetry is a consumer Hooks.LocalRetry that counts.
+func (d *Driver) LocalRetry(string, int, error) { d.LocalRetries.Add(1) }
+
+// one starts a flow and waits up to timeout for it to finish, returning its time to
+// consistency.
+func (d *Driver) one(ctx context.Context, i int, timeout time.Duration) (uuid.UUID, time.Duration, error) {
+	id, _ := uuid.NewV7()
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.waiting[id] = done
+	d.mu.Unlock()
+	t0 := time.Now()
+	if err := d.start(ctx, id, i); err != nil {
+		return id, 0, fmt.Errorf("start flow %d: %w", i, err)
+	}
+	select {
+	case <-done:
+		return id, time.Since(t0), nil
+	case <-time.After(timeout):
+		return id, 0, fmt.Errorf("flow %d (%s) did not finish within %s", i, id, timeout)
+	case <-ctx.Done():
+		return id, 0, ctx.Err()
+	}
+}
+
+// Timeout bounds one flow; a loaded machine can be slow, but not that slow.
+const Timeout = 2 * time.Minute
+
+// Closed runs n flows with inFlight of them in flight at any time and returns the
+// figures and the flows' ids.
+func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []uuid.UUID) {
+	tb.Helper()
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
+	retries := d.LocalRetries.Load()
+	begin := time.Now()
+	for range inFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				r.do(d, i)
+			}
+		}()
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries)
+}
+
+// Open offers n flows at rate per second, each started on schedule whatever the
+// others do, and returns the figures and the flows' ids.
+func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, []uuid.UUID) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
+	retries := d.LocalRetries.Load()
+	begin := time.Now()
+	interval := time.Duration(float64(time.Second) / rate)
+	for i := range n {
+		if wait := time.Until(begin.Add(time.Duration(i) * interval)); wait > 0 {
+			time.Sleep(wait) // the offered schedule, not a wait for a condition
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.do(d, i)
+		}()
+	}
+	wg.Wait()
+	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries)
+}
+
+// run collects one level's flows.
+type run struct {
+	ids  []uuid.UUID
+	ttc  []time.Duration
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *run) do(d *Driver, i int) {
+	id, ttc, err := d.one(context.Background(), i, Timeout)
+	r.ids[i], r.ttc[i] = id, ttc
+	if err != nil {
+		r.mu.Lock()
+		r.errs = append(r.errs, err)
+		r.mu.Unlock()
+	}
+}
+
+func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64) (Result, []uuid.UUID) {
+	tb.Helper()
+	elapsed := time.Since(begin)
+	if len(r.errs) > 0 {
+		tb.Fatalf("%s: %d of %d flows failed; first: %v", res.Name, len(r.errs), len(r.ids), r.errs[0])
+	}
+	slices.Sort(r.ttc)
+	res.Flows = len(r.ids)
+	res.PerSec = float64(len(r.ids)) / elapsed.Seconds()
+	res.P50 = r.ttc[len(r.ttc)/2]
+	res.P99 = r.ttc[min(len(r.ttc)-1, len(r.ttc)*99/100)]
+	res.LocalRetries = retries
+	return res, r.ids
+}
+
+// Print writes results as a table, each closed-loop row's throughput with its ratio
+// to the baseline row of the same InFlight.
+func Print(w io.Writer, baseline, rows []Result) {
+	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s\n",
+		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock")
+	for _, r := range append(append([]Result(nil), baseline...), rows...) {
+		load := fmt.Sprintf("%d in flight", r.InFlight)
+		if r.Rate > 0 {
+			load = fmt.Sprintf("open %.0f/s", r.Rate)
+		}
+		ratio := "-"
+		for _, b := range baseline {
+			if b.InFlight == r.InFlight && r.InFlight > 0 {
+				ratio = fmt.Sprintf("%.2f", r.PerSec/b.PerSec)
+			}
+		}
+		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d\n", r.Name, load, r.Flows, r.PerSec, ratio,
+			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks)
+	}
+}
