@@ -30,6 +30,10 @@ type Backlog struct {
 	OldestPendingAge time.Duration
 	// Dead counts dead-lettered rows: the relay gave up on them (see ListDead, RetryDead).
 	Dead int64
+	// HeldBack is the age of the oldest committed pending row the relay may not publish
+	// yet because an older transaction is still open (see relay/doc.go, "Commit order");
+	// 0 when none is held back. A growing value means a long transaction stalls publishing.
+	HeldBack time.Duration
 }
 
 // DeadMessage is a dead-lettered row: published never, kept until an operator retries it.
@@ -45,12 +49,13 @@ type DeadMessage struct {
 // rows, so it reads the whole table: fine for an operator, not for a hot path.
 func Stats(ctx context.Context, db Querier, schema string) (Backlog, error) {
 	var b Backlog
-	var ageSeconds float64
-	err := db.QueryRow(ctx, NewStore(schema).stmt("stats")).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds)
+	var ageSeconds, heldSeconds float64
+	err := db.QueryRow(ctx, NewStore(schema).stmt("stats")).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds, &heldSeconds)
 	if err != nil {
 		return Backlog{}, fmt.Errorf("outbox: stats of schema %q: %w", schemaOrDefault(schema), err)
 	}
 	b.OldestPendingAge = max(0, time.Duration(ageSeconds*float64(time.Second)))
+	b.HeldBack = max(0, time.Duration(heldSeconds*float64(time.Second)))
 	return b, nil
 }
 

@@ -62,12 +62,16 @@ WHERE m."id" = f.id;
 SELECT "created_at" FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL ORDER BY "seq" LIMIT 1;
 
 -- name: stats
--- Operators: pending, waiting for a retry, dead, age of the oldest pending (seconds).
+-- Operators: pending, waiting for a retry, dead, age of the oldest pending (seconds),
+-- age of the oldest pending row held back by an older open transaction (its txid is
+-- not below the snapshot's xmin, so the relay may not publish it yet; seconds).
 SELECT
     count(*) FILTER (WHERE "dead_at" IS NULL),
     count(*) FILTER (WHERE "dead_at" IS NULL AND "attempts" > 0),
     count(*) FILTER (WHERE "dead_at" IS NOT NULL),
-    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8,
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (
+        WHERE "dead_at" IS NULL AND "txid" >= pg_snapshot_xmin(pg_current_snapshot()))), 0)::float8
 FROM "sagabox"."outbox_messages";
 
 -- name: list_dead

@@ -73,8 +73,20 @@ type Config struct {
 	// decided would run again, so keep it above the longest a saga can live, retries
 	// included. Negative turns the sweep off. Defaults to 30 days.
 	BarrierRetention time.Duration
+	// Hooks observe the commands handled, e.g. for metrics (package participantsprom).
+	// Defaults to none.
+	Hooks Hooks
 	// Logger receives outcomes other than success. Defaults to discarding.
 	Logger *slog.Logger
+}
+
+// Hooks observe a participant. Every field is optional; a hook runs inline and must
+// return quickly.
+type Hooks struct {
+	// Command is called for every command decided in a transaction, with the outcome
+	// replied and the time the barrier and handler took. The transaction may still
+	// roll back and the command come again, so a command may be reported twice.
+	Command func(cmd wire.Command, outcome wire.Outcome, d time.Duration)
 }
 
 func (c *Config) applyDefaults() {
@@ -241,9 +253,13 @@ func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Com
 		return consumer.Permanent(fmt.Errorf("participants: %w %q (saga %s step %s %s); register a handler for it with Handle",
 			ErrUnknownCommand, cmd.Name, cmd.SagaID, cmd.Step, cmd.Op))
 	}
+	start := time.Now()
 	reply, batch, err := p.barrier.run(ctx, tx, cmd, h)
 	if err != nil {
 		return err
+	}
+	if hook := p.cfg.Hooks.Command; hook != nil {
+		hook(cmd, reply.Outcome, time.Since(start))
 	}
 	if reply.Outcome != wire.OutcomeSuccess {
 		p.cfg.Logger.Info("participant reply", "saga_id", cmd.SagaID, "step", cmd.Step, "op", cmd.Op,

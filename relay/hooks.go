@@ -1,6 +1,10 @@
 package relay
 
-import "time"
+import (
+	"time"
+
+	"github.com/sagabox/sagabox/outbox"
+)
 
 // Hooks observe the relay. Every field is optional; a hook must be fast and must not
 // block, since the relay calls it inline. Package relayprom implements them.
@@ -19,6 +23,18 @@ type Hooks struct {
 	Lag func(age time.Duration)
 	// Shards is called after every heartbeat with the number of shards this relay owns.
 	Shards func(owned int)
+	// Publish is called before a batch goes to the Publisher; done, if not nil, is
+	// called with the Publisher's answer (nil: all acknowledged; a MessageErrors: per
+	// message). For tracing spans and publish latency: a message's ID is a UUIDv7
+	// carrying its enqueue time, its Headers the producer's trace context.
+	Publish func(msgs []outbox.Message) (done func(err error))
+}
+
+func (h *Hooks) publish(msgs []outbox.Message) func(error) {
+	if h.Publish == nil {
+		return nil
+	}
+	return h.Publish(msgs)
 }
 
 func (h *Hooks) published(topic string, n int) {

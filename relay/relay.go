@@ -242,8 +242,12 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	// lease it runs under.
 	bg := context.WithoutCancel(ctx)
 	pubCtx, cancel := context.WithTimeout(bg, r.cfg.PublishTimeout)
+	observed := r.cfg.Hooks.publish(msgs)
 	err = r.pub.Publish(pubCtx, msgs)
 	cancel()
+	if observed != nil {
+		observed(err)
+	}
 
 	var perMsg MessageErrors
 	switch {

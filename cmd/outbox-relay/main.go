@@ -306,6 +306,11 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	if err != nil {
 		return err
 	}
+	backlog, err := relayprom.Outbox(pool, o.schema)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(backlog, relayprom.BuildInfo())
 	r, err := relay.New(pool, pub, relay.Config{
 		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxAttempts: o.maxAttempts,
 		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,

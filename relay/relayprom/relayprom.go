@@ -1,10 +1,12 @@
 package relayprom
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
 )
 
@@ -14,6 +16,7 @@ type Metrics struct {
 	batchDuration           prometheus.Histogram
 	batchSize               prometheus.Histogram
 	lag, shards             prometheus.Gauge
+	latency                 prometheus.Histogram
 }
 
 // New creates the collectors and registers them with reg.
@@ -34,8 +37,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Age of the oldest unpublished, not dead-lettered outbox row."}),
 		shards: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "owned_shards",
 			Help: "Key shards this relay owns."}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "publish_latency_seconds",
+			Help:    "Enqueue (the message's UUIDv7 time, in the producer's transaction) to the broker's acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failed, m.dead, m.batchDuration, m.batchSize, m.lag, m.shards} {
+	for _, c := range []prometheus.Collector{m.published, m.failed, m.dead, m.batchDuration, m.batchSize, m.lag, m.shards, m.latency} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -53,7 +59,26 @@ func (m *Metrics) Hooks() relay.Hooks {
 			m.batchDuration.Observe(d.Seconds())
 			m.batchSize.Observe(float64(n))
 		},
-		Lag:    func(age time.Duration) { m.lag.Set(age.Seconds()) },
-		Shards: func(n int) { m.shards.Set(float64(n)) },
+		Lag:     func(age time.Duration) { m.lag.Set(age.Seconds()) },
+		Shards:  func(n int) { m.shards.Set(float64(n)) },
+		Publish: m.publish,
+	}
+}
+
+// publish observes the latency of every message the broker acknowledged.
+func (m *Metrics) publish(msgs []outbox.Message) func(error) {
+	return func(err error) {
+		var perMsg relay.MessageErrors
+		if err != nil && (!errors.As(err, &perMsg) || len(perMsg) != len(msgs)) {
+			return
+		}
+		now := time.Now()
+		for i, msg := range msgs {
+			if perMsg != nil && perMsg[i] != nil || msg.ID.Version() != 7 {
+				continue
+			}
+			sec, nsec := msg.ID.Time().UnixTime()
+			m.latency.Observe(max(0, now.Sub(time.Unix(sec, nsec)).Seconds()))
+		}
 	}
 }

@@ -1,14 +1,25 @@
 package relayprom_test
 
 import (
+	"context"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/relayprom"
 )
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 func TestHooksUpdateMetrics(t *testing.T) {
 	t.Parallel()
@@ -41,6 +52,107 @@ func TestHooksUpdateMetrics(t *testing.T) {
 	}
 	if _, err := relayprom.New(reg); err == nil {
 		t.Error("registering twice must fail")
+	}
+}
+
+func TestPublishLatencyCountsAcknowledgedMessages(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewPedanticRegistry()
+	m, err := relayprom.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := m.Hooks().Publish
+	msgs := make([]outbox.Message, 3)
+	for i := range msgs {
+		msgs[i] = outbox.Message{ID: uuid.Must(uuid.NewV7()), Topic: "orders"}
+	}
+	publish(msgs)(nil)                                                    // all three acknowledged
+	publish(msgs)(relay.MessageErrors{nil, errors.New("too large"), nil}) // two of three
+	publish(msgs)(errors.New("broker down"))                              // none
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "sagabox_relay_publish_latency_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() != 5 || h.GetSampleSum() < 0 || h.GetSampleSum() > 60 {
+				t.Errorf("latency histogram has %d samples summing to %vs; want 5 samples of a moment each", h.GetSampleCount(), h.GetSampleSum())
+			}
+			return
+		}
+	}
+	t.Error("sagabox_relay_publish_latency_seconds not found")
+}
+
+func TestOutboxGaugesShowPendingDeadAndHeldBackRows(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	ctx := context.Background()
+	c, err := relayprom.Outbox(db.Pool, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue := func(topic string) {
+		t.Helper()
+		if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			return outbox.Enqueue(ctx, tx, outbox.Message{Topic: topic, Payload: []byte("x")})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue("dead")
+	if _, err := db.Pool.Exec(ctx, `UPDATE sagabox.outbox_messages SET dead_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	// An older transaction with an id, still open, holds back what commits after it.
+	old, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Rollback(ctx)
+	if _, err := old.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	enqueue("orders")
+	enqueue("orders")
+	if _, err := db.Pool.Exec(ctx, `UPDATE sagabox.outbox_messages SET created_at = now() - interval '90 seconds' WHERE topic = 'orders'`); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP sagabox_relay_dead_lettered Dead-lettered outbox rows waiting for an operator (sagactl outbox retry).
+# TYPE sagabox_relay_dead_lettered gauge
+sagabox_relay_dead_lettered 1
+# HELP sagabox_relay_pending Outbox rows not yet published and not dead-lettered.
+# TYPE sagabox_relay_pending gauge
+sagabox_relay_pending 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "sagabox_relay_pending", "sagabox_relay_dead_lettered"); err != nil {
+		t.Error(err)
+	}
+	if got := heldBack(t, c); got < 90 || got > 600 {
+		t.Errorf("held_back_seconds = %v with a 90s-old row behind an open transaction", got)
+	}
+	if err := old.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := heldBack(t, c); got != 0 {
+		t.Errorf("held_back_seconds = %v once the old transaction ended, want 0", got)
+	}
+}
+
+func heldBack(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	return value(t, reg, "sagabox_relay_held_back_seconds")
+}
+
+func TestBuildInfo(t *testing.T) {
+	t.Parallel()
+	if n := testutil.CollectAndCount(relayprom.BuildInfo(), "sagabox_build_info"); n != 1 {
+		t.Errorf("sagabox_build_info has %d series, want 1", n)
 	}
 }
 
