@@ -20,16 +20,19 @@ const HeaderMessageID = "message-id"
 // DefaultSchema is the schema holding the outbox table unless Config says otherwise.
 const DefaultSchema = "sagabox"
 
-// DefaultMaxPayloadBytes is the payload limit unless Config says otherwise: Kafka's
-// default message.max.bytes is about 1 MiB, and a larger payload could never be published.
-const DefaultMaxPayloadBytes = 1 << 20
+// DefaultMaxMessageBytes is the record size limit unless Config says otherwise:
+// Kafka's default message.max.bytes is about 1 MiB, and a larger record could never
+// be published. Package kafkapub refuses what is larger by the same measure
+// (RecordSize), by default against the same limit.
+const DefaultMaxMessageBytes = 1 << 20
 
 // Errors returned by Enqueue. Each is wrapped in a *ValidationError naming the message.
 var (
 	// ErrInvalidTopic means a message's topic is empty or not a valid Kafka topic name.
 	ErrInvalidTopic = errors.New("invalid topic")
-	// ErrPayloadTooLarge means a message's payload exceeds the writer's MaxPayloadBytes.
-	ErrPayloadTooLarge = errors.New("payload too large")
+	// ErrMessageTooLarge means a message's record (RecordSize: payload, key,
+	// headers and overhead) exceeds the writer's MaxMessageBytes.
+	ErrMessageTooLarge = errors.New("message too large")
 	// ErrInvalidHeader means a header name or value cannot be stored or sent.
 	ErrInvalidHeader = errors.New("invalid header")
 	// ErrInvalidKey means a message key cannot be stored.
@@ -76,9 +79,10 @@ type Execer interface {
 type Config struct {
 	// Schema holds the outbox_messages table. Defaults to "sagabox".
 	Schema string
-	// MaxPayloadBytes rejects larger payloads at Enqueue. Defaults to 1 MiB
-	// (Kafka's default message.max.bytes). Set it to match the broker's limit.
-	MaxPayloadBytes int
+	// MaxMessageBytes rejects messages whose record (RecordSize) is larger at
+	// Enqueue. Defaults to 1 MiB (Kafka's default message.max.bytes). Set it, and
+	// the relay's publisher limit (kafkapub.Config.MaxMessageBytes), to the broker's.
+	MaxMessageBytes int
 }
 
 // Writer enqueues messages into one schema's outbox. It is safe for concurrent use.
@@ -92,11 +96,11 @@ func New(opts Config) (*Writer, error) {
 	if opts.Schema == "" {
 		opts.Schema = DefaultSchema
 	}
-	if opts.MaxPayloadBytes == 0 {
-		opts.MaxPayloadBytes = DefaultMaxPayloadBytes
+	if opts.MaxMessageBytes == 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	if opts.MaxPayloadBytes < 0 {
-		return nil, fmt.Errorf("outbox: MaxPayloadBytes is %d; it must be positive (or 0 for the 1 MiB default)", opts.MaxPayloadBytes)
+	if opts.MaxMessageBytes < 0 {
+		return nil, fmt.Errorf("outbox: MaxMessageBytes is %d; it must be positive (or 0 for the 1 MiB default)", opts.MaxMessageBytes)
 	}
 	return &Writer{opts: opts, store: NewStore(opts.Schema)}, nil
 }
@@ -166,9 +170,9 @@ func (w *Writer) validate(m *Message) error {
 		return fmt.Errorf("%w: topic is empty; every message needs the Kafka topic to publish to", ErrInvalidTopic)
 	case !topicName.MatchString(m.Topic) || m.Topic == "." || m.Topic == "..":
 		return fmt.Errorf("%w: %q is not a Kafka topic name (use ASCII letters, digits, '.', '_' and '-', at most 249 characters)", ErrInvalidTopic, m.Topic)
-	case len(m.Payload) > w.opts.MaxPayloadBytes:
-		return fmt.Errorf("%w: %d bytes exceeds the limit of %d; store large data elsewhere and send a reference, or raise MaxPayloadBytes together with the broker's message.max.bytes",
-			ErrPayloadTooLarge, len(m.Payload), w.opts.MaxPayloadBytes)
+	case RecordSize(m) > w.opts.MaxMessageBytes:
+		return fmt.Errorf("%w: %d bytes (payload %d, key %d, headers and overhead) exceeds the limit of %d; store large data elsewhere and send a reference, or raise MaxMessageBytes together with the broker's message.max.bytes and the relay's",
+			ErrMessageTooLarge, RecordSize(m), len(m.Payload), len(m.Key), w.opts.MaxMessageBytes)
 	}
 	if err := storableText(m.Key); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidKey, err)
@@ -188,6 +192,17 @@ func (w *Writer) validate(m *Message) error {
 		}
 	}
 	return nil
+}
+
+// RecordSize is the size a message counts for against MaxMessageBytes: payload,
+// key, headers (the message-id header included) and a record's overhead. It
+// over-estimates Kafka's own accounting a little, so what it admits the broker takes.
+func RecordSize(m *Message) int {
+	n := 64 + len(m.Key) + len(m.Payload) + len(HeaderMessageID) + 36
+	for k, v := range m.Headers {
+		n += 8 + len(k) + len(v)
+	}
+	return n
 }
 
 // storableText rejects what PostgreSQL text and jsonb cannot hold.

@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -86,7 +87,7 @@ func TestEnqueue(t *testing.T) {
 	t.Run("InvalidMessagesRejectedBeforeWriting", func(t *testing.T) {
 		t.Parallel()
 		db := testenv.NewDB(t)
-		w, err := outbox.New(outbox.Config{MaxPayloadBytes: 10})
+		w, err := outbox.New(outbox.Config{MaxMessageBytes: 200})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +99,7 @@ func TestEnqueue(t *testing.T) {
 		}{
 			{"EmptyTopic", outbox.Message{}, outbox.ErrInvalidTopic},
 			{"BadTopic", outbox.Message{Topic: "a b"}, outbox.ErrInvalidTopic},
-			{"Oversized", outbox.Message{Topic: "t", Payload: make([]byte, 11)}, outbox.ErrPayloadTooLarge},
+			{"Oversized", outbox.Message{Topic: "t", Payload: make([]byte, 200)}, outbox.ErrMessageTooLarge},
 			{"ReservedHeader", outbox.Message{Topic: "t", Headers: map[string]string{"Message-ID": "x"}}, outbox.ErrInvalidHeader},
 			{"EmptyHeaderName", outbox.Message{Topic: "t", Headers: map[string]string{"": "x"}}, outbox.ErrInvalidHeader},
 			{"NULInHeader", outbox.Message{Topic: "t", Headers: map[string]string{"h": "a\x00b"}}, outbox.ErrInvalidHeader},
@@ -121,8 +122,40 @@ func TestEnqueue(t *testing.T) {
 
 	t.Run("NegativeLimitIsAConfigError", func(t *testing.T) {
 		t.Parallel()
-		if _, err := outbox.New(outbox.Config{MaxPayloadBytes: -1}); err == nil {
-			t.Fatal("want an error for a negative MaxPayloadBytes")
+		if _, err := outbox.New(outbox.Config{MaxMessageBytes: -1}); err == nil {
+			t.Fatal("want an error for a negative MaxMessageBytes")
 		}
 	})
+}
+
+// TestEnqueueChecksTheWholeRecordAgainstThePublishersLimit: the publisher counts
+// payload, key, headers and record overhead against one limit; a row Enqueue
+// accepts past it blocks its key until dead-lettered. Enqueue must refuse it.
+func TestEnqueueChecksTheWholeRecordAgainstThePublishersLimit(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	big := strings.Repeat("x", 600<<10)
+	for name, m := range map[string]outbox.Message{
+		"KeyAndPayload":     {Topic: "t", Key: big, Payload: []byte(big)},
+		"HeadersAndPayload": {Topic: "t", Headers: map[string]string{"a": big}, Payload: []byte(big)},
+		"ManyHeaders":       {Topic: "t", Headers: manyHeaders(2 << 10)},
+	} {
+		err := outbox.Enqueue(context.Background(), db.Pool, m)
+		var ve *outbox.ValidationError
+		if !errors.As(err, &ve) || !errors.Is(err, outbox.ErrMessageTooLarge) {
+			t.Errorf("%s: err = %v; want a ValidationError wrapping ErrMessageTooLarge", name, err)
+		}
+	}
+	if n := countRows(t, db); n != 0 {
+		t.Fatalf("%d rows written; want none", n)
+	}
+}
+
+// manyHeaders returns n headers of 512 bytes each.
+func manyHeaders(n int) map[string]string {
+	h := make(map[string]string, n)
+	for i := range n {
+		h[fmt.Sprintf("h%05d", i)] = strings.Repeat("v", 512)
+	}
+	return h
 }

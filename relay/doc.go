@@ -74,7 +74,8 @@
 // RetryBackoffMax. While a key's head row waits for its retry, no later row of that
 // key is published (the Publisher also holds back the rest of the key in the same
 // batch, ErrHeldBack); other keys flow. After MaxAttempts the row is dead-lettered
-// (dead_at, last_error) and stays in the table; the key's later rows then flow, so
+// (dead_at, last_error) and stays in the table (at once, without retries, when
+// the Publisher says it can never be published as it is: ErrPermanent); the key's later rows then flow, so
 // one poison message cannot stop its key forever. outbox.RetryDead revives it; it
 // then arrives after the rows that overtook it.
 //

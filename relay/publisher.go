@@ -25,6 +25,10 @@ var (
 	// message of its key in the same batch failed: sending it would break the
 	// key's order. The relay leaves it pending without spending an attempt.
 	ErrHeldBack = errors.New("held back behind an earlier failed message of its key")
+	// ErrPermanent marks a message that can never be published as it is (larger
+	// than the publisher's limit, unreadable as stored). The relay dead-letters it
+	// at once instead of retrying it MaxAttempts times while it blocks its key.
+	ErrPermanent = errors.New("can never be published as it is")
 )
 
 // Publisher sends messages to the broker. It is the relay's only port to Kafka;

@@ -284,7 +284,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 			r.cfg.Hooks.failed(row.msg.Topic, mErr)
 		default:
 			f := failure{id: row.msg.ID, err: mErr.Error()}
-			if row.attempts+1 >= r.cfg.MaxAttempts {
+			if row.attempts+1 >= r.cfg.MaxAttempts || errors.Is(mErr, ErrPermanent) {
 				f.dead = &now
 				r.cfg.Hooks.deadLettered(row.msg.Topic, mErr)
 				r.log.Error("relay: message dead-lettered", "id", row.msg.ID, "topic", row.msg.Topic, "key", row.msg.Key,

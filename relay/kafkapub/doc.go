@@ -21,7 +21,9 @@
 // Health reports the broker for health checks: the last Publish's failure of
 // the broker as a whole, or a metadata request that gets no answer.
 //
-// A message larger than Config.MaxMessageBytes is refused before sending. When the
+// A message larger than Config.MaxMessageBytes (measured as outbox.RecordSize,
+// like Enqueue's check) is refused before sending, as relay.ErrPermanent: the
+// relay dead-letters it at once. When the
 // broker refuses a whole partition batch as too large (its limit is below ours),
 // the batch's messages are sent again one by one, so only the oversized message
 // fails and its neighbours are published.

@@ -49,8 +49,10 @@ type Config struct {
 	// SASL authenticates with this mechanism (kafka-go's sasl/plain or
 	// sasl/scram). Defaults to nil (no authentication).
 	SASL sasl.Mechanism
-	// MaxMessageBytes refuses larger messages (key, value and headers) before
-	// sending; set it to the broker's message.max.bytes. Defaults to 1048576.
+	// MaxMessageBytes refuses larger messages (outbox.RecordSize: key, value,
+	// headers and overhead, as Enqueue counts them) before sending; set it to the
+	// broker's message.max.bytes, and outbox.Config.MaxMessageBytes to the same.
+	// Defaults to outbox.DefaultMaxMessageBytes (1 MiB).
 	MaxMessageBytes int
 	// BatchTimeout is how long kafka-go waits to fill a partition batch before
 	// sending it. Defaults to 1ms: the relay hands over whole batches already.
@@ -80,7 +82,7 @@ func (c *Config) applyDefaults() {
 		c.ClientID = "sagabox-relay"
 	}
 	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = 1 << 20
+		c.MaxMessageBytes = outbox.DefaultMaxMessageBytes
 	}
 	if c.BatchTimeout == 0 {
 		c.BatchTimeout = time.Millisecond
@@ -242,9 +244,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 				continue
 			}
 		}
-		if size := messageSize(&msgs[i]); size > p.cfg.MaxMessageBytes {
-			errs[i] = fmt.Errorf("%w: %d bytes exceeds MaxMessageBytes %d; it will never be published as is",
-				ErrMessageTooLarge, size, p.cfg.MaxMessageBytes)
+		if size := outbox.RecordSize(&msgs[i]); size > p.cfg.MaxMessageBytes {
+			errs[i] = fmt.Errorf("%w: %w: %d bytes exceeds MaxMessageBytes %d; it will never be published as is",
+				relay.ErrPermanent, ErrMessageTooLarge, size, p.cfg.MaxMessageBytes)
 			if msgs[i].Key != "" {
 				failedKeys[msgs[i].Key] = true
 			}
@@ -529,13 +531,4 @@ func toKafka(m *outbox.Message) kafka.Message {
 		km.Headers = append(km.Headers, kafka.Header{Key: k, Value: []byte(m.Headers[k])})
 	}
 	return km
-}
-
-// messageSize over-estimates kafka-go's own accounting of a record's size.
-func messageSize(m *outbox.Message) int {
-	n := 64 + len(m.Key) + len(m.Payload) + len(outbox.HeaderMessageID) + 36
-	for k, v := range m.Headers {
-		n += 8 + len(k) + len(v)
-	}
-	return n
 }
