@@ -22,7 +22,6 @@ import (
 	"github.com/sagabox/sagabox/wire"
 )
 
-const benchSagas = 500
 
 var benchSteps = []string{"s1", "s2", "s3", "s4"}
 
@@ -39,16 +38,95 @@ func benchParticipant(b *testing.B, db *testenv.DB, brokers []string) *participa
 	return p
 }
 
-type benchResult struct {
+// benchLevels are the numbers of flows kept in flight; benchFlows flows run at each.
+var benchLevels = []int{8, 64, 256}
+
+const benchFlows = 512
+
+type levelResult struct {
+	inFlight int
 	perSec   float64
-	p50, p99 time.Duration // under load: benchSagas started at once
-	idle     time.Duration // p50 of flows run one at a time
+	p50, p99 time.Duration
+}
+
+type benchResult struct {
+	idle   time.Duration // p50 of flows run one at a time
+	levels []levelResult
 }
 
 const idleFlows = 20
 
-// BenchmarkSaga4Steps measures sagas/s and time to consistency (start → final state) for
-// a 4-step saga with in-process participants, and, as the baseline in the same run, the
+// flowDriver starts one flow in a transaction of its own; done receives the duration
+// (start to end, as the driver measured it) of every flow that ended.
+type flowDriver struct {
+	start func(ctx context.Context, id uuid.UUID) error
+	done  chan time.Duration
+}
+
+// drive runs benchFlows flows keeping inFlight of them running, and measures them.
+func (d *flowDriver) drive(b *testing.B, inFlight int) levelResult {
+	ctx := context.Background()
+	slots := make(chan struct{}, inFlight)
+	errs := make(chan error, 1)
+	begin := time.Now()
+	go func() {
+		for i := 0; i < benchFlows; i++ {
+			slots <- struct{}{}
+			if err := d.start(ctx, uuid.New()); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	took := make([]time.Duration, 0, benchFlows)
+	timeout := time.After(3 * time.Minute)
+	for len(took) < benchFlows {
+		select {
+		case t := <-d.done:
+			took = append(took, t)
+			<-slots
+		case err := <-errs:
+			b.Fatal(err)
+		case <-timeout:
+			b.Fatalf("%d in flight: only %d of %d flows finished after 3 minutes", inFlight, len(took), benchFlows)
+		}
+	}
+	elapsed := time.Since(begin)
+	slices.Sort(took)
+	return levelResult{inFlight: inFlight, perSec: benchFlows / elapsed.Seconds(), p50: took[len(took)/2], p99: took[len(took)*99/100]}
+}
+
+// run measures the idle latency, then every level.
+func (d *flowDriver) run(b *testing.B) benchResult {
+	ctx := context.Background()
+	one := func() time.Duration {
+		if err := d.start(ctx, uuid.New()); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case t := <-d.done:
+			return t
+		case <-time.After(time.Minute):
+			b.Fatal("a flow did not finish within a minute")
+		}
+		return 0
+	}
+	one() // warm up: groups joined, topics warm
+	var idle []time.Duration
+	for i := 0; i < idleFlows; i++ {
+		idle = append(idle, one())
+	}
+	slices.Sort(idle)
+	r := benchResult{idle: idle[len(idle)/2]}
+	for _, n := range benchLevels {
+		r.levels = append(r.levels, d.drive(b, n))
+	}
+	return r
+}
+
+// BenchmarkSaga4Steps measures flows/s and time to consistency (start → final state) of
+// a no-op 4-step saga with in-process participants at 8, 64 and 256 sagas in flight
+// (closed loop: a saga starts when one ends), and, as the baseline in the same run, the
 // same four command/reply round trips driven by a bare reply consumer that enqueues the
 // next command through the outbox with no saga state at all. Both use the same relay,
 // participants (with their barrier) and broker. PostgreSQL runs with fsync off.
@@ -58,32 +136,31 @@ func BenchmarkSaga4Steps(b *testing.B) {
 		raw = benchRaw(b)
 		saga = benchSaga(b)
 	}
-	b.ReportMetric(saga.perSec, "sagas/s")
-	b.ReportMetric(float64(saga.p50.Milliseconds()), "p50-ms")
-	b.ReportMetric(float64(saga.p99.Milliseconds()), "p99-ms")
-	b.ReportMetric(float64(saga.idle.Milliseconds()), "idle-p50-ms")
-	b.ReportMetric(float64(raw.idle.Milliseconds()), "baseline-idle-p50-ms")
-	b.ReportMetric(raw.perSec, "baseline-flows/s")
-	b.ReportMetric(saga.perSec/raw.perSec, "saga/baseline")
-	fmt.Fprintf(os.Stderr, "\n%d flows of 4 command/reply round trips (kfake, relay, participants with barrier; PostgreSQL fsync=off)\n", benchSagas)
-	fmt.Fprintf(os.Stderr, "%-34s %9s %11s %11s %14s\n", "", "flows/s", "p50 (load)", "p99 (load)", "p50 (1 at a time)")
-	for _, r := range []struct {
-		name string
-		r    benchResult
-	}{{"baseline: raw outbox + consumer", raw}, {"sagastate orchestrator", saga}} {
-		fmt.Fprintf(os.Stderr, "%-34s %9.0f %11v %11v %14v\n", r.name, r.r.perSec, r.r.p50.Round(time.Millisecond), r.r.p99.Round(time.Millisecond), r.r.idle.Round(time.Millisecond))
+	b.ReportMetric(float64(saga.idle.Microseconds())/1000, "idle-p50-ms")
+	b.ReportMetric(float64(raw.idle.Microseconds())/1000, "baseline-idle-p50-ms")
+	fmt.Fprintf(os.Stderr, "\n%d flows of 4 command/reply round trips per level (kfake, relay, participants with barrier; PostgreSQL fsync=off)\n", benchFlows)
+	fmt.Fprintf(os.Stderr, "%-34s %9s %9s %9s %9s %9s\n", "", "in flight", "flows/s", "p50", "p99", "ratio")
+	for i, n := range benchLevels {
+		r, s := raw.levels[i], saga.levels[i]
+		fmt.Fprintf(os.Stderr, "%-34s %9d %9.0f %9v %9v\n", "baseline: raw outbox + consumer", n, r.perSec, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "%-34s %9d %9.0f %9v %9v %9.2f\n", "sagastate orchestrator", n, s.perSec, s.p50.Round(time.Millisecond), s.p99.Round(time.Millisecond), s.perSec/r.perSec)
+		b.ReportMetric(s.perSec, fmt.Sprintf("sagas/s@%d", n))
+		b.ReportMetric(r.perSec, fmt.Sprintf("baseline-flows/s@%d", n))
+		b.ReportMetric(s.perSec/r.perSec, fmt.Sprintf("saga/baseline@%d", n))
 	}
+	fmt.Fprintf(os.Stderr, "one at a time, p50: baseline %v, saga %v\n", raw.idle.Round(100*time.Microsecond), saga.idle.Round(100*time.Microsecond))
 }
 
 // benchDB is a fresh database with a pool large enough for the relay, the participant's
-// and the orchestrator's consumers (the default pool has max(4, CPUs) connections).
+// and the orchestrator's consumers and the driver (the default pool has max(4, CPUs)
+// connections).
 func benchDB(b *testing.B) *testenv.DB {
 	db := testenv.NewDB(b)
 	cfg, err := pgxpool.ParseConfig(db.URL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg.MaxConns = 24
+	cfg.MaxConns = 40
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -100,50 +177,21 @@ func benchSaga(b *testing.B) benchResult {
 		stages = append(stages, sagastate.Step(s, topic).Do(s+".do").Undo(s+".undo"))
 	}
 	def := sagastate.Define[map[string]any]("bench", stages...)
+	d := &flowDriver{done: make(chan time.Duration, benchFlows)}
 	env := sagatest.Start(b, db.Pool, k.Brokers, sagatest.Config{
-		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}},
+		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}, Hooks: sagastate.Hooks{
+			SagaFinished: func(i sagastate.SagaInfo) { d.done <- i.Duration },
+		}},
 		Participants: []sagatest.Runner{benchParticipant(b, db, k.Brokers)},
 		Topics:       []string{topic},
 	})
 	defer env.Stop()
-	warmup := env.StartSaga(b, "bench", map[string]any{"warmup": true}) // groups joined, topics warm
-	env.Await(b, warmup, time.Minute)
-
-	var idle []time.Duration
-	for i := 0; i < idleFlows; i++ {
-		s := env.Await(b, env.StartSaga(b, "bench", map[string]any{"idle": i}), time.Minute)
-		idle = append(idle, s.FinishedAt.Sub(s.CreatedAt))
-	}
-	slices.Sort(idle)
-
-	ctx := context.Background()
-	begin := time.Now()
-	for i := 0; i < benchSagas; i += 50 {
-		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-			for j := 0; j < 50; j++ {
-				if err := env.Orchestrator.Start(ctx, tx, "bench", uuid.New(), map[string]any{"n": i + j}); err != nil {
-					return err
-				}
-			}
-			return nil
+	d.start = func(ctx context.Context, id uuid.UUID) error {
+		return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			return env.Orchestrator.Start(ctx, tx, "bench", id, map[string]any{"n": id})
 		})
-		if err != nil {
-			b.Fatal(err)
-		}
 	}
-	for {
-		st, err := env.Orchestrator.Stats(ctx, "bench", begin)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if st.Counts[sagastate.SagaCompleted] == benchSagas {
-			return benchResult{perSec: benchSagas / time.Since(begin).Seconds(), p50: st.TimeToConsistencyP50, p99: st.TimeToConsistencyP99, idle: idle[len(idle)/2]}
-		}
-		if time.Since(begin) > 2*time.Minute {
-			b.Fatalf("sagas not finished after 2 minutes: %+v", st.Counts)
-		}
-		time.Sleep(10 * time.Millisecond) // polling for completion
-	}
+	return d.run(b)
 }
 
 // benchRaw drives the same round trips without sagastate: a consumer of the replies
@@ -153,7 +201,7 @@ func benchRaw(b *testing.B) benchResult {
 	const replies = "raw.replies"
 	var mu sync.Mutex
 	started := map[uuid.UUID]time.Time{}
-	finished := make(chan time.Duration, benchSagas+idleFlows+1)
+	d := &flowDriver{done: make(chan time.Duration, benchFlows)}
 	out, _ := outbox.New(outbox.Config{})
 	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
 		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: benchSteps[step], Op: wire.OpForward, Attempt: 1,
@@ -174,7 +222,7 @@ func benchRaw(b *testing.B) benchResult {
 		mu.Lock()
 		defer mu.Unlock()
 		if t0, ok := started[r.SagaID]; ok {
-			finished <- time.Since(t0) // at most once: a redelivered reply is skipped by the inbox
+			d.done <- time.Since(t0) // at most once: a redelivered reply is skipped by the inbox
 			delete(started, r.SagaID)
 		}
 		return nil
@@ -187,58 +235,11 @@ func benchRaw(b *testing.B) benchResult {
 		Topics:       []string{topic, replies},
 	})
 	defer env.Stop()
-	ctx := context.Background()
-	one := func() time.Duration {
-		id := uuid.New()
+	d.start = func(ctx context.Context, id uuid.UUID) error {
 		mu.Lock()
 		started[id] = time.Now()
 		mu.Unlock()
-		if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) }); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case d := <-finished:
-			return d
-		case <-time.After(time.Minute):
-			b.Fatal("a flow did not finish within a minute")
-		}
-		return 0
+		return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) })
 	}
-	one() // warm up: groups joined, topics warm
-	var idle []time.Duration
-	for i := 0; i < idleFlows; i++ {
-		idle = append(idle, one())
-	}
-	slices.Sort(idle)
-	begin := time.Now()
-	for i := 0; i < benchSagas; i += 50 {
-		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-			for j := 0; j < 50; j++ {
-				id := uuid.New()
-				mu.Lock()
-				started[id] = time.Now()
-				mu.Unlock()
-				if err := send(ctx, tx, id, 0); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	var took []time.Duration
-	timeout := time.After(2 * time.Minute)
-	for len(took) < benchSagas {
-		select {
-		case d := <-finished:
-			took = append(took, d)
-		case <-timeout:
-			b.Fatalf("only %d of %d raw flows finished after 2 minutes", len(took), benchSagas)
-		}
-	}
-	elapsed := time.Since(begin)
-	slices.Sort(took)
-	return benchResult{perSec: benchSagas / elapsed.Seconds(), p50: took[len(took)/2], p99: took[len(took)*99/100], idle: idle[len(idle)/2]}
+	return d.run(b)
 }

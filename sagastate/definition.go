@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime/debug"
 	"time"
 )
 
@@ -259,13 +260,21 @@ func (p *plan) add(s *StepSpec, stage int) {
 
 // Input makes step's command payload fn(payload, results of earlier steps), marshalled to
 // JSON ([]byte and json.RawMessage are sent as they are). An error fails the step without
-// retrying, and the saga compensates.
+// retrying, and the saga compensates; so does a panic, recovered as an ErrInputPanic with
+// its stack recorded in the step's error and the saga's log.
 func (s *Saga[P]) Input(step string, fn func(p P, r Results) (any, error)) *Saga[P] {
 	if _, ok := s.p.byName[step]; !ok {
 		s.p.errs = append(s.p.errs, fmt.Errorf("Input for step %q: no such step", step))
 		return s
 	}
-	s.p.inputs[step] = func(payload []byte, r Results) ([]byte, error) {
+	s.p.inputs[step] = func(payload []byte, r Results) (_ []byte, err error) {
+		defer func() {
+			// A panic is this saga's fault, not the process's: the step fails (the saga
+			// compensates) with the panic and its stack in the log.
+			if p := recover(); p != nil {
+				err = fmt.Errorf("%w: %v\n%s", ErrInputPanic, p, debug.Stack())
+			}
+		}()
 		var v P
 		if err := json.Unmarshal(payload, &v); err != nil {
 			return nil, fmt.Errorf("decode saga payload: %w", err)

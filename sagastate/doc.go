@@ -55,5 +55,18 @@
 // and age (stuck sagas); Stats gives counts by status, the compensation rate and time to
 // consistency percentiles.
 //
+// Time. Deadlines, retry times and every timestamp come from the database's clock
+// (clock_timestamp() of the statement that locks the saga), and the sweeper compares
+// wake_at with the same clock in SQL: orchestrators on hosts whose clocks disagree still
+// agree on when a step timed out. Config.Now replaces that clock in tests.
+//
+// Transient database errors (deadlock, serialization failure, lost connection) in a
+// transition are returned as errors, never turned into a step's outcome: the reply
+// consumer retries its transaction locally (see package consumer), and the sweeper
+// tries the saga again later. Sagas of one transaction are locked in id order.
+//
+// SQL. Every statement on the saga tables is in sagastate.sql, by name, readable and
+// runnable as it is.
+//
 // Package sagatest runs sagas end to end inside one test function.
 package sagastate

@@ -56,8 +56,11 @@ type Config struct {
 	// GroupID, Topics, Name, Schema and Logger are taken from this Config when empty.
 	// Defaults to the consumer package's defaults.
 	Consumer consumer.Config
-	// Now is the clock; tests inject one to reach deadlines without sleeping. Defaults to
-	// time.Now.
+	// Now is the clock transitions compute with (deadlines, retry times, timestamps);
+	// tests inject one to reach deadlines without sleeping. Defaults to the database's
+	// clock (clock_timestamp() of the statement that locks the saga), so deadlines set by
+	// one host are compared on every other with the same clock, whatever their own
+	// clocks say.
 	Now func() time.Time
 	// Hooks observe sagas and steps, e.g. for metrics. Defaults to none.
 	Hooks Hooks
@@ -90,9 +93,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.FeedInterval == 0 {
 		c.FeedInterval = 200 * time.Millisecond
-	}
-	if c.Now == nil {
-		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -175,6 +175,8 @@ type Orchestrator struct {
 
 	mu      sync.Mutex
 	running bool
+	// feedDB, set by tests, replaces the pool for the event feed.
+	feedDB DB
 	// crashHook, set by tests, may abandon a transaction at a named point as if the
 	// process died there: its error rolls the transaction back.
 	crashHook func(point string) error
@@ -204,7 +206,14 @@ func New(pool *pgxpool.Pool, cfg Config) (*Orchestrator, error) {
 // Config returns the configuration with defaults applied.
 func (o *Orchestrator) Config() Config { return o.cfg }
 
-func (o *Orchestrator) now() time.Time { return o.cfg.Now().UTC().Truncate(time.Microsecond) }
+// clock is the time an injected Config.Now gives, or zero: the statements then use the
+// database's clock.
+func (o *Orchestrator) clock() time.Time {
+	if o.cfg.Now == nil {
+		return time.Time{}
+	}
+	return o.cfg.Now().UTC().Truncate(time.Microsecond)
+}
 
 // Start begins saga sagaType with id and payload inside tx, the caller's transaction: the
 // instance, its steps, the saga_started event and the first commands (into the outbox)
@@ -237,17 +246,20 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 	if err := p.decode(raw); err != nil {
 		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
 	}
-	s := newInstance(p, id, raw)
-	res, err := transition(p, s, input{kind: inStart, now: o.now()})
+	now, err := o.q.insertNew(ctx, tx, id, sagaType, raw, o.clock())
+	if err != nil {
+		return err
+	}
+	res, err := transition(p, newInstance(p, id, raw), input{kind: inStart, now: now})
 	if err != nil {
 		return err
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
-	prev := &Instance{}
-	if err := o.persist(ctx, tx, prev, &res, traceHeaders(h)); err != nil {
+	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h)}
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}); err != nil {
 		return err
 	}
-	notify(o.cfg.Hooks.notifier(prev, &res))
+	notify(o.cfg.Hooks.notifier(c.prev, &c.res))
 	return nil
 }
 
@@ -297,29 +309,6 @@ func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {
 	return s
 }
 
-// persist writes a transition's output — state, log and commands — in one round trip.
-// headers (trace context) are copied onto every command.
-func (o *Orchestrator) persist(ctx context.Context, db DB, prev *Instance, res *result, headers map[string]string) error {
-	if prev.Version == 0 {
-		if err := o.q.insertNew(ctx, db, &res.state); err != nil {
-			return err
-		}
-	}
-	var w writes
-	o.q.save(&w, prev, &res.state, res.events)
-	if len(res.commands) > 0 {
-		msgs := make([]outbox.Message, len(res.commands))
-		for i, c := range res.commands {
-			c.Cmd.ReplyTo, c.Cmd.Headers = o.cfg.ReplyTopic, headers
-			msgs[i] = c.Cmd.Message(c.Topic)
-		}
-		if err := o.out.Enqueue(ctx, &w, msgs...); err != nil {
-			return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", res.state.ID, err)
-		}
-	}
-	return w.flush(ctx, db, fmt.Sprintf("write saga %s", res.state.ID))
-}
-
 // HandleReply applies a participant's reply inside tx (the inbox transaction of the
 // reply consumer): it locks the saga, computes the transition and writes state, log and
 // next commands. A stale reply (for an attempt or op the saga has moved past) is logged and
@@ -334,33 +323,89 @@ func (o *Orchestrator) HandleReply(ctx context.Context, tx DB, r wire.Reply) err
 // apply runs one transition of saga id inside tx. It returns the hook calls to make once
 // tx commits (nil if none).
 func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input) (func(), error) {
-	s, err := o.q.load(ctx, tx, id, true)
+	notes, err := o.applyMany(ctx, tx, []sagaInput{{id, in}})
 	if err != nil {
 		return nil, err
 	}
-	in.now = o.now()
+	return notes[0], nil
+}
+
+// sagaInput is an input for saga id.
+type sagaInput struct {
+	id uuid.UUID
+	in input
+}
+
+// applyMany applies inputs in order inside tx: it locks their sagas (in id order) and
+// reads them in one round trip, computes every transition (several inputs for one saga
+// apply one after the other) and writes all the changes in one more. It returns, for each
+// input, the hook calls to make once tx commits (nil if none). Any error fails the whole
+// call; nothing of it must then commit.
+func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput) ([]func(), error) {
+	ids := make([]uuid.UUID, 0, len(inputs))
+	seen := make(map[uuid.UUID]bool, len(inputs))
+	for _, si := range inputs {
+		if !seen[si.id] {
+			seen[si.id] = true
+			ids = append(ids, si.id)
+		}
+	}
+	sagas, now, err := o.q.load(ctx, tx, ids, true, o.clock())
+	if err != nil {
+		return nil, err
+	}
 	if err := o.crash("before-save"); err != nil {
 		return nil, err
 	}
-	res, err := transition(o.plans[s.Type], s, in)
-	if err != nil {
-		return nil, err
+	changes := make(map[uuid.UUID]*change, len(ids))
+	last := make(map[uuid.UUID]int, len(ids)) // the input a saga's hook calls go with
+	var order []*change
+	for i, si := range inputs {
+		c := changes[si.id]
+		cur := sagas[si.id]
+		if c != nil {
+			cur = &c.res.state
+		}
+		in := si.in
+		in.now = now
+		res, err := transition(o.plans[cur.Type], *cur, in)
+		if err != nil {
+			return nil, err
+		}
+		if res.ignored != "" {
+			o.log.Info("sagastate: input ignored", "saga", si.id, "type", cur.Type, "step", in.reply.Step, "op", in.reply.Op,
+				"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
+			continue
+		}
+		if c == nil {
+			c = &change{prev: sagas[si.id], headers: traceHeaders(in.reply.Headers)}
+			changes[si.id] = c
+			order = append(order, c)
+		}
+		c.res.state = res.state
+		c.res.commands = append(c.res.commands, res.commands...)
+		c.res.events = append(c.res.events, res.events...)
+		c.res.attempts = append(c.res.attempts, res.attempts...)
+		last[si.id] = i
 	}
-	if res.ignored != "" {
-		o.log.Info("sagastate: input ignored", "saga", id, "type", s.Type, "step", in.reply.Step, "op", in.reply.Op,
-			"attempt", in.reply.Attempt, "outcome", in.reply.Outcome, "why", res.ignored)
-		return nil, nil
+	notes := make([]func(), len(inputs))
+	if len(order) == 0 {
+		return notes, nil
 	}
-	if err := o.persist(ctx, tx, &s, &res, traceHeaders(in.reply.Headers)); err != nil {
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order); err != nil {
 		return nil, err
 	}
 	if err := o.crash("after-save"); err != nil {
 		return nil, err
 	}
-	if res.state.Status != s.Status {
-		o.log.Debug("sagastate: saga status", "saga", id, "type", s.Type, "from", s.Status, "to", res.state.Status)
+	for _, c := range order {
+		s := &c.res.state
+		if s.Status != c.prev.Status {
+			o.log.Debug("sagastate: saga status", "saga", s.ID, "type", s.Type, "from", c.prev.Status, "to", s.Status)
+		}
+		notes[last[s.ID]] = o.cfg.Hooks.notifier(c.prev, &c.res)
 	}
-	return o.cfg.Hooks.notifier(&s, &res), nil
+	return notes, nil
 }
 
 type headersKey struct{}
@@ -444,21 +489,27 @@ func (o *Orchestrator) Abort(ctx context.Context, id uuid.UUID, reason string) e
 func (o *Orchestrator) Sweep(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		n, err := o.sweepBatch(ctx)
+		n, failed, err := o.sweepBatch(ctx)
 		total += n
-		if err != nil || n < o.cfg.SweepBatch {
+		// Another batch at once only after a full one that all went well: sagas that
+		// failed are postponed, and the next tick comes soon enough.
+		if err != nil || failed > 0 || n < o.cfg.SweepBatch {
 			return total, err
 		}
 	}
 }
 
-func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
-	n := 0
+// SweepRetryDelay is how long the sweeper leaves a saga alone after it failed to handle
+// it (its definition's step cannot be written, its row cannot be read, ...): the saga is
+// looked at again after that, and meanwhile others due after it are handled.
+const SweepRetryDelay = 10 * time.Second
+
+func (o *Orchestrator) sweepBatch(ctx context.Context) (handled, failed int, err error) {
 	var notes []func()
-	err := o.inTx(ctx, func(tx pgx.Tx) error {
-		notes = notes[:0]
-		now := o.now()
-		rows, err := tx.Query(ctx, o.q.dueSagas, now, o.cfg.SweepBatch, o.typeNames())
+	err = o.inTx(ctx, func(tx pgx.Tx) error {
+		notes, handled, failed = notes[:0], 0, 0
+		clock := o.clock()
+		rows, err := tx.Query(ctx, o.q.sql("due_sagas"), ts(clock), o.cfg.SweepBatch, o.typeNames())
 		if err != nil {
 			return fmt.Errorf("sagastate: sweep: %w", err)
 		}
@@ -466,23 +517,26 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 		if err != nil {
 			return fmt.Errorf("sagastate: sweep: %w", err)
 		}
-		n = len(ids)
 		for _, id := range ids {
 			// A savepoint per saga: one saga that cannot be written (say its step's topic
-			// became invalid) is logged and does not hold back the others.
+			// became invalid) is logged, postponed, and does not hold back the others.
 			var note func()
 			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
 				note, err = o.apply(ctx, sp, id, input{kind: inTick})
 				return err
 			})
 			if err == nil {
+				handled++
 				notes = append(notes, note)
+				continue
 			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				o.log.Error("sagastate: sweep saga", "saga", id, "err", err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			failed++
+			o.log.Error("sagastate: sweep saga; it is looked at again later", "saga", id, "retry_in", SweepRetryDelay, "err", err)
+			if _, err := tx.Exec(ctx, o.q.sql("postpone_instance"), id, SweepRetryDelay, ts(clock)); err != nil {
+				return fmt.Errorf("sagastate: sweep: postpone saga %s: %w", id, err)
 			}
 		}
 		return nil
@@ -490,5 +544,5 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (int, error) {
 	if err == nil {
 		notify(notes...)
 	}
-	return n, err
+	return handled, failed, err
 }

@@ -3,7 +3,6 @@ package sagastate
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,14 +14,15 @@ import (
 
 // Get returns saga id with its steps and its execution log, or ErrNotFound.
 func (o *Orchestrator) Get(ctx context.Context, id uuid.UUID) (*Instance, error) {
-	s, err := o.q.load(ctx, o.pool, id, false)
+	sagas, _, err := o.q.load(ctx, o.pool, []uuid.UUID{id}, false, o.clock())
 	if err != nil {
 		return nil, err
 	}
+	s := sagas[id]
 	if s.Events, err = o.q.events(ctx, o.pool, id); err != nil {
 		return nil, err
 	}
-	return &s, nil
+	return s, nil
 }
 
 // Events returns saga id's execution log, oldest first (empty for an unknown id).
@@ -50,35 +50,22 @@ func (o *Orchestrator) List(ctx context.Context, f Filter) ([]Instance, error) {
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
-	var where []string
-	var args []any
-	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
-	if f.Type != "" {
-		where = append(where, `"type" = `+arg(f.Type))
+	statuses := make([]string, len(f.Statuses))
+	for i, st := range f.Statuses {
+		statuses[i] = string(st)
 	}
-	if len(f.Statuses) > 0 {
-		st := make([]string, len(f.Statuses))
-		for i, s := range f.Statuses {
-			st[i] = string(s)
-		}
-		where = append(where, `"status" = ANY(`+arg(st)+`::text[])`)
-	}
+	var stuck pgtype.Interval // NULL: no age condition
 	if f.StuckFor > 0 {
-		where = append(where, `"finished_at" IS NULL AND "updated_at" <= `+arg(o.now().Add(-f.StuckFor)))
+		stuck = pgtype.Interval{Microseconds: f.StuckFor.Microseconds(), Valid: true}
 	}
-	if !f.CreatedBefore.IsZero() {
-		where = append(where, `"created_at" < `+arg(f.CreatedBefore))
-	}
-	sql := `SELECT ` + instanceCols + ` FROM ` + o.q.instances
-	if len(where) > 0 {
-		sql += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	sql += ` ORDER BY "created_at" DESC, "id" LIMIT ` + arg(f.Limit)
-	rows, err := o.pool.Query(ctx, sql, args...)
+	rows, err := o.pool.Query(ctx, o.q.sql("list_instances"), f.Type, statuses, stuck, ts(f.CreatedBefore), f.Limit, ts(o.clock()))
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: list sagas: %w", err)
 	}
-	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) { return scanInstance(row) })
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
+		s, _, err := scanInstance(row)
+		return s, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: list sagas: %w", err)
 	}
@@ -101,8 +88,7 @@ type Stats struct {
 // (zero for all time).
 func (o *Orchestrator) Stats(ctx context.Context, sagaType string, since time.Time) (Stats, error) {
 	st := Stats{Counts: map[SagaStatus]int{}}
-	cond := `($1 = '' OR "type" = $1) AND ($2::timestamptz IS NULL OR "created_at" >= $2)`
-	rows, err := o.pool.Query(ctx, `SELECT "status", count(*) FROM `+o.q.instances+` WHERE `+cond+` GROUP BY "status"`, sagaType, ts(since))
+	rows, err := o.pool.Query(ctx, o.q.sql("count_by_status"), sagaType, ts(since))
 	if err != nil {
 		return st, fmt.Errorf("sagastate: stats: %w", err)
 	}
@@ -119,9 +105,7 @@ func (o *Orchestrator) Stats(ctx context.Context, sagaType string, since time.Ti
 		st.CompensationRate = float64(st.Counts[SagaCompensated]) / float64(fin)
 	}
 	var p50, p99, pmax pgtype.Float8
-	err = o.pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d)
-FROM (SELECT extract(epoch FROM "finished_at" - "created_at") AS d FROM `+o.q.instances+`
-      WHERE `+cond+` AND "status" IN ('completed', 'compensated') AND "finished_at" IS NOT NULL) t`, sagaType, ts(since)).Scan(&p50, &p99, &pmax)
+	err = o.pool.QueryRow(ctx, o.q.sql("time_to_consistency"), sagaType, ts(since)).Scan(&p50, &p99, &pmax)
 	if err != nil {
 		return st, fmt.Errorf("sagastate: stats: %w", err)
 	}
@@ -135,39 +119,24 @@ FROM (SELECT extract(epoch FROM "finished_at" - "created_at") AS d FROM `+o.q.in
 // so an event committed late is never skipped. It starts at the events committed after Run
 // began.
 func (o *Orchestrator) feedLoop(ctx context.Context) error {
-	var txid string
-	var lastID int64
-	if err := o.pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&txid); err != nil {
+	db := o.feedDB
+	if db == nil {
+		db = o.pool
+	}
+	var c feedCursor
+	if err := db.QueryRow(ctx, o.q.sql("feed_start")).Scan(&c.txid); err != nil {
 		return fmt.Errorf("read snapshot: %w", err)
 	}
-	sql := `SELECT "txid"::text, "id", "saga_id", "type", "at", "step", "op", "attempt", "detail" FROM ` + o.q.eventsTable + `
-WHERE ("txid", "id") > ($1::text::xid8, $2) AND "txid" < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY "txid", "id" LIMIT 1000`
 	t := time.NewTicker(o.cfg.FeedInterval)
 	defer t.Stop()
 	for {
 		for {
-			rows, err := o.pool.Query(ctx, sql, txid, lastID)
+			batch, next, err := o.readFeed(ctx, db, c)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				o.log.Error("sagastate: event feed", "err", err)
-				break
-			}
-			var batch []Event
-			var typ, op string
-			var e Event
-			_, err = pgx.ForEachRow(rows, []any{&txid, &lastID, &e.SagaID, &typ, &e.At, &e.Step, &op, &e.Attempt, &e.Detail}, func() error {
-				e.ID, e.Type, e.Op = lastID, EventType(typ), wire.Op(op)
-				batch = append(batch, e)
-				return nil
-			})
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				o.log.Error("sagastate: event feed", "err", err)
+				o.log.Error("sagastate: event feed; reading again from the same point", "err", err)
 				break
 			}
 			for _, ev := range batch {
@@ -175,7 +144,8 @@ ORDER BY "txid", "id" LIMIT 1000`
 					l(ev)
 				}
 			}
-			if len(batch) < 1000 {
+			c = next
+			if len(batch) < feedBatch {
 				break
 			}
 		}
@@ -185,4 +155,36 @@ ORDER BY "txid", "id" LIMIT 1000`
 		case <-t.C:
 		}
 	}
+}
+
+const feedBatch = 1000
+
+// feedCursor is the position of the event feed: the last event handed out.
+type feedCursor struct {
+	txid string
+	id   int64
+}
+
+// readFeed reads the events after c. The cursor it returns moves only when every row
+// was read: an error mid-result leaves it where it was, so no event is skipped.
+func (o *Orchestrator) readFeed(ctx context.Context, db DB, c feedCursor) ([]Event, feedCursor, error) {
+	rows, err := db.Query(ctx, o.q.sql("feed_events"), c.txid, c.id, feedBatch)
+	if err != nil {
+		return nil, c, err
+	}
+	var batch []Event
+	next := c
+	var typ, op string
+	var e Event
+	var txid string
+	_, err = pgx.ForEachRow(rows, []any{&txid, &e.ID, &e.SagaID, &typ, &e.At, &e.Step, &op, &e.Attempt, &e.Detail}, func() error {
+		e.Type, e.Op = EventType(typ), wire.Op(op)
+		batch = append(batch, e)
+		next = feedCursor{txid, e.ID}
+		return nil
+	})
+	if err != nil {
+		return nil, c, err
+	}
+	return batch, next, nil
 }

@@ -35,6 +35,8 @@ var (
 	ErrNotFailed = errors.New("saga is not failed")
 	// ErrRunning means Run was called on an Orchestrator that is already running.
 	ErrRunning = errors.New("orchestrator already running")
+	// ErrInputPanic means a step's Input function panicked; the step failed for good.
+	ErrInputPanic = errors.New("input function panicked")
 	// ErrNoResult means Results.Decode was asked for a step without a result.
 	ErrNoResult = errors.New("no step result")
 )

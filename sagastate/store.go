@@ -2,12 +2,11 @@ package sagastate
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/wire"
 )
 
@@ -24,68 +24,59 @@ type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-// queries holds the SQL for one schema; table names are sanitized identifiers, never input.
-type queries struct {
-	insertInstance, updateInstance, lockInstance, selectInstance string
-	upsertSteps, selectSteps                                     string
-	insertEvents, selectEvents                                   string
-	dueSagas                                                     string
-	// writeTransition updates the instance (version check), upserts steps and appends
-	// events in one statement: one parse/execute instead of three for every reply.
-	writeTransition        string
-	instances, eventsTable string // table names, for List/Stats/feed
+// Every statement on the saga tables lives in sagastate.sql, by name.
+//
+//go:embed sagastate.sql
+var statementsFile string
+
+var statements = parseStatements(statementsFile)
+
+// parseStatements splits the file at its "-- name: <name>" lines, dropping comments.
+func parseStatements(file string) map[string]string {
+	out := map[string]string{}
+	name := ""
+	var b strings.Builder
+	flush := func() {
+		if name != "" {
+			out[name] = strings.TrimSuffix(strings.TrimSpace(b.String()), ";")
+		}
+		b.Reset()
+	}
+	for line := range strings.Lines(file) {
+		if n, ok := strings.CutPrefix(strings.TrimSpace(line), "-- name: "); ok {
+			flush()
+			name = strings.TrimSpace(n)
+			continue
+		}
+		if name != "" && !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line)
+		}
+	}
+	flush()
+	return out
 }
 
-const instanceCols = `"id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at", "finished_at", "aborted_at"`
-
-const stepCols = `"saga_id", "name", "position", "stage", "topic", "do_command", "undo_command", "timeout_ms", "retry", "undo_retry",
- "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at", "must_undo", "done_seq", "input", "result", "last_error", "started_at", "finished_at"`
-
-// shiftParams renumbers the placeholders $1..$n of sql to $(1+by)..$(n+by).
-func shiftParams(sql string, by int) string {
-	return placeholder.ReplaceAllStringFunc(sql, func(m string) string {
-		n, _ := strconv.Atoi(m[1:])
-		return "$" + strconv.Itoa(n+by)
-	})
-}
-
-var placeholder = regexp.MustCompile(`\$[0-9]+`)
+// queries holds sagastate.sql's statements for one schema.
+type queries map[string]string
 
 func newQueries(schema string) queries {
-	inst := pgx.Identifier{schema, "saga_instances"}.Sanitize()
-	steps := pgx.Identifier{schema, "saga_steps"}.Sanitize()
-	events := pgx.Identifier{schema, "saga_events"}.Sanitize()
-	q := queries{
-		instances: inst, eventsTable: events,
-		insertInstance: `INSERT INTO ` + inst + ` (` + instanceCols + `) VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10)
-ON CONFLICT ("id") DO NOTHING`,
-		updateInstance: `UPDATE ` + inst + ` SET "status" = $3, "version" = "version" + 1, "last_error" = $4, "wake_at" = $5,
- "updated_at" = $6, "finished_at" = $7, "aborted_at" = $8 WHERE "id" = $1 AND "version" = $2`,
-		lockInstance:   `SELECT ` + instanceCols + ` FROM ` + inst + ` WHERE "id" = $1 FOR UPDATE`,
-		selectInstance: `SELECT ` + instanceCols + ` FROM ` + inst + ` WHERE "id" = $1`,
-		upsertSteps: `INSERT INTO ` + steps + ` (` + stepCols + `)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::jsonb[], $10::jsonb[],
- $11::text[], $12::text[], $13::int[], $14::int[], $15::timestamptz[], $16::timestamptz[], $17::bool[], $18::int[], $19::bytea[], $20::bytea[],
- $21::text[], $22::timestamptz[], $23::timestamptz[])
-ON CONFLICT ("saga_id", "name") DO UPDATE SET "status" = excluded."status", "op" = excluded."op", "attempt" = excluded."attempt",
- "attempt_base" = excluded."attempt_base", "deadline" = excluded."deadline", "next_attempt_at" = excluded."next_attempt_at",
- "must_undo" = excluded."must_undo", "done_seq" = excluded."done_seq", "input" = excluded."input", "result" = excluded."result",
- "last_error" = excluded."last_error", "started_at" = excluded."started_at", "finished_at" = excluded."finished_at"`,
-		selectSteps: `SELECT ` + stepCols + ` FROM ` + steps + ` WHERE "saga_id" = $1 ORDER BY "position"`,
-		insertEvents: `INSERT INTO ` + events + ` ("saga_id", "at", "type", "step", "op", "attempt", "detail")
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])`,
-		selectEvents: `SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail" FROM ` + events + ` WHERE "saga_id" = $1 ORDER BY "id"`,
-		dueSagas:     `SELECT "id" FROM ` + inst + ` WHERE "wake_at" <= $1 AND "type" = ANY($3::text[]) ORDER BY "wake_at" LIMIT $2 FOR UPDATE SKIP LOCKED`,
+	q := make(queries, len(statements))
+	prefix := pgx.Identifier{schema}.Sanitize() + "."
+	for name, s := range statements {
+		q[name] = strings.ReplaceAll(s, `"sagabox".`, prefix)
 	}
-	const onlyIfUpdated = ` WHERE EXISTS (SELECT FROM "upd")`
-	stepsSQL := strings.Replace(q.upsertSteps, "\nON CONFLICT", onlyIfUpdated+"\nON CONFLICT", 1)
-	q.writeTransition = `WITH "upd" AS (` + q.updateInstance + ` RETURNING 1),
-"st" AS (` + shiftParams(stepsSQL, 8) + `),
-"ev" AS (` + shiftParams(q.insertEvents+onlyIfUpdated, 31) + `)
-SELECT 1 FROM "upd"`
 	return q
+}
+
+func (q queries) sql(name string) string {
+	s, ok := q[name]
+	if !ok {
+		panic("sagastate: no statement " + name + " in sagastate.sql")
+	}
+	return s
 }
 
 func ts(t time.Time) pgtype.Timestamptz {
@@ -99,235 +90,290 @@ func fromTS(t pgtype.Timestamptz) time.Time {
 	return t.Time
 }
 
-func scanInstance(row pgx.Row) (Instance, error) {
+// scanInstance reads the instance columns and the clock column of sagastate.sql's
+// instance queries.
+func scanInstance(row pgx.Row) (Instance, time.Time, error) {
 	var s Instance
 	var status string
 	var wake, fin, ab pgtype.Timestamptz
-	err := row.Scan(&s.ID, &s.Type, &status, &s.Payload, &s.Version, &s.LastError, &wake, &s.CreatedAt, &s.UpdatedAt, &fin, &ab)
+	var now time.Time
+	err := row.Scan(&s.ID, &s.Type, &status, &s.Payload, &s.Version, &s.LastError, &wake, &s.CreatedAt, &s.UpdatedAt, &fin, &ab, &now)
 	s.Status, s.WakeAt, s.FinishedAt, s.AbortedAt = SagaStatus(status), fromTS(wake), fromTS(fin), fromTS(ab)
-	return s, err
+	return s, now, err
 }
 
-func (q *queries) load(ctx context.Context, db DB, id uuid.UUID, lock bool) (Instance, error) {
-	sql := q.selectInstance
+func scanStep(row pgx.CollectableRow) (uuid.UUID, StepState, error) {
+	var st StepState
+	var sagaID uuid.UUID
+	var timeoutMS int64
+	var retry, undoRetry []byte
+	var status, op string
+	var deadline, next, started, finished pgtype.Timestamptz
+	err := row.Scan(&sagaID, &st.Name, &st.Position, &st.Stage, &st.Topic, &st.Do, &st.Undo, &timeoutMS, &retry, &undoRetry,
+		&status, &op, &st.Attempt, &st.AttemptBase, &deadline, &next, &st.MustUndo, &st.DoneSeq, &st.Input, &st.Result,
+		&st.LastError, &started, &finished)
+	if err != nil {
+		return sagaID, st, err
+	}
+	st.Timeout = time.Duration(timeoutMS) * time.Millisecond
+	st.Status, st.Op = StepStatus(status), wire.Op(op)
+	st.Deadline, st.NextAttemptAt, st.StartedAt, st.FinishedAt = fromTS(deadline), fromTS(next), fromTS(started), fromTS(finished)
+	if err := json.Unmarshal(retry, &st.Retry); err != nil {
+		return sagaID, st, fmt.Errorf("retry policy of step %s: %w", st.Name, err)
+	}
+	if err := json.Unmarshal(undoRetry, &st.UndoRetry); err != nil {
+		return sagaID, st, fmt.Errorf("undo retry policy of step %s: %w", st.Name, err)
+	}
+	return sagaID, st, nil
+}
+
+// load reads sagas ids with their steps in one round trip, locked (FOR UPDATE, in id
+// order) when lock is set, and the clock to compute with (clock, or the database's when
+// clock is zero). The steps are read after the row locks are granted, so (read
+// committed) they are the latest committed. An id without a saga is an ErrNotFound.
+func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, clock time.Time) (map[uuid.UUID]*Instance, time.Time, error) {
+	batch := &pgx.Batch{}
 	if lock {
-		sql = q.lockInstance
-	}
-	// One round trip when possible; the steps are read after the row lock is granted,
-	// so (read committed) they are the latest committed.
-	var row pgx.Row
-	var steps func() (pgx.Rows, error)
-	if b, ok := db.(batcher); ok {
-		batch := &pgx.Batch{}
-		batch.Queue(sql, id)
-		batch.Queue(q.selectSteps, id)
-		br := b.SendBatch(ctx, batch)
-		defer br.Close()
-		row, steps = br.QueryRow(), br.Query
+		batch.Queue(q.sql("lock_instances"), ids, ts(clock))
 	} else {
-		row, steps = db.QueryRow(ctx, sql, id), func() (pgx.Rows, error) { return db.Query(ctx, q.selectSteps, id) }
+		batch.Queue(q.sql("select_instance"), ids[0], ts(clock))
 	}
-	s, err := scanInstance(row)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Instance{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	batch.Queue(q.sql("select_steps"), ids)
+	br := db.SendBatch(ctx, batch)
+	defer br.Close()
+	what := func() string {
+		if len(ids) == 1 {
+			return "saga " + ids[0].String()
+		}
+		return fmt.Sprintf("%d sagas", len(ids))
 	}
+	rows, err := br.Query()
 	if err != nil {
-		return Instance{}, fmt.Errorf("sagastate: load saga %s: %w", id, err)
+		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
 	}
-	rows, err := steps()
-	if err != nil {
-		return Instance{}, fmt.Errorf("sagastate: load steps of saga %s: %w", id, err)
-	}
-	s.Steps, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (StepState, error) {
-		var st StepState
-		var sagaID uuid.UUID
-		var timeoutMS int64
-		var retry, undoRetry []byte
-		var status, op string
-		var deadline, next, started, finished pgtype.Timestamptz
-		err := row.Scan(&sagaID, &st.Name, &st.Position, &st.Stage, &st.Topic, &st.Do, &st.Undo, &timeoutMS, &retry, &undoRetry,
-			&status, &op, &st.Attempt, &st.AttemptBase, &deadline, &next, &st.MustUndo, &st.DoneSeq, &st.Input, &st.Result,
-			&st.LastError, &started, &finished)
+	sagas := make(map[uuid.UUID]*Instance, len(ids))
+	var now time.Time
+	for rows.Next() {
+		s, t, err := scanInstance(rows)
 		if err != nil {
-			return st, err
+			rows.Close()
+			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
 		}
-		st.Timeout = time.Duration(timeoutMS) * time.Millisecond
-		st.Status, st.Op = StepStatus(status), wire.Op(op)
-		st.Deadline, st.NextAttemptAt, st.StartedAt, st.FinishedAt = fromTS(deadline), fromTS(next), fromTS(started), fromTS(finished)
-		if err := json.Unmarshal(retry, &st.Retry); err != nil {
-			return st, fmt.Errorf("retry policy of step %s: %w", st.Name, err)
+		sagas[s.ID], now = &s, t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+	}
+	for _, id := range ids {
+		if sagas[id] == nil {
+			return nil, clock, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		if err := json.Unmarshal(undoRetry, &st.UndoRetry); err != nil {
-			return st, fmt.Errorf("undo retry policy of step %s: %w", st.Name, err)
-		}
-		return st, nil
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+	}
+	type owned struct {
+		saga uuid.UUID
+		step StepState
+	}
+	steps, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (owned, error) {
+		id, st, err := scanStep(row)
+		return owned{id, st}, err
 	})
 	if err != nil {
-		return Instance{}, fmt.Errorf("sagastate: load steps of saga %s: %w", id, err)
+		return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
 	}
-	return s, nil
+	for _, o := range steps {
+		if s := sagas[o.saga]; s != nil {
+			s.Steps = append(s.Steps, o.step)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+	}
+	return sagas, now, nil
 }
 
 // insertNew inserts a new saga's instance row on its own, before anything else of it is
-// written: a duplicate id must stop Start before steps or commands are queued.
-func (q *queries) insertNew(ctx context.Context, db DB, s *Instance) error {
-	tag, err := db.Exec(ctx, q.insertInstance, s.ID, s.Type, string(s.Status), s.Payload, s.LastError, ts(s.WakeAt),
-		s.CreatedAt, s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt))
+// written: a duplicate id must stop Start before steps or commands are queued. It
+// returns the saga's start time (clock, or the database's when clock is zero).
+func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, clock time.Time) (time.Time, error) {
+	var at time.Time
+	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock)).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return at, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
+	}
 	if err != nil {
-		return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
+		return at, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
+	return at, nil
+}
+
+// change is the outcome of one or more transitions of one saga in a transaction: prev
+// as it was read (Version 0 for a saga being started), res accumulated from every
+// transition.
+type change struct {
+	prev    *Instance
+	res     result
+	headers map[string]string // trace context for the commands
+}
+
+// write queues every change's state, steps, log and commands into one pipeline: one
+// round trip and one statement per table whatever the number of sagas.
+func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change) error {
+	var started, updated []*Instance
+	var versions []int64
+	var newSteps, changedSteps []ownedStep
+	var events []Event
+	var msgs []outbox.Message
+	for _, c := range changes {
+		s := &c.res.state
+		if c.prev.Version == 0 {
+			started = append(started, s)
+			for _, st := range s.Steps {
+				newSteps = append(newSteps, ownedStep{s.ID, st})
+			}
+			s.Version = 1
+		} else {
+			updated, versions = append(updated, s), append(versions, c.prev.Version)
+			for i, st := range s.Steps {
+				if i >= len(c.prev.Steps) || !reflect.DeepEqual(c.prev.Steps[i], st) {
+					changedSteps = append(changedSteps, ownedStep{s.ID, st})
+				}
+			}
+			s.Version = c.prev.Version + 1
+		}
+		events = append(events, c.res.events...)
+		for _, cmd := range c.res.commands {
+			cmd.Cmd.ReplyTo, cmd.Cmd.Headers = replyTo, c.headers
+			msgs = append(msgs, cmd.Cmd.Message(cmd.Topic))
+		}
 	}
-	s.Version = 1
+	what := "saga " + changes[0].res.state.ID.String()
+	if len(changes) > 1 {
+		what = fmt.Sprintf("%d sagas", len(changes))
+	}
+	w := &pipeline{batch: &pgx.Batch{}}
+	for _, s := range started {
+		w.queue(nil, q.sql("start_instance"), s.ID, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
+	}
+	if len(updated) > 0 {
+		n := len(updated)
+		w.queue(func(tag pgconn.CommandTag) error {
+			if int(tag.RowsAffected()) != n {
+				return fmt.Errorf("%w: %s: %d of %d no longer at the version read", ErrConcurrentUpdate, what, n-int(tag.RowsAffected()), n)
+			}
+			return nil
+		}, q.sql("update_instances"), instanceArgs(updated, versions)...)
+	}
+	if len(newSteps) > 0 {
+		w.queue(nil, q.sql("insert_steps"), newStepArgs(newSteps)...)
+	}
+	if len(changedSteps) > 0 {
+		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
+	}
+	if len(events) > 0 {
+		w.queue(nil, q.sql("insert_events"), eventArgs(events)...)
+	}
+	if len(msgs) > 0 {
+		if err := out.Enqueue(ctx, w, msgs...); err != nil {
+			return fmt.Errorf("sagastate: enqueue commands of %s: %w", what, err)
+		}
+	}
+	if err := w.run(ctx, db); err != nil {
+		return fmt.Errorf("sagastate: write %s: %w", what, err)
+	}
 	return nil
 }
 
-// batcher is implemented by pgx.Tx and pools: statements queued in a pgx.Batch go to the
-// server in one round trip.
-type batcher interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+type ownedStep struct {
+	saga uuid.UUID
+	StepState
 }
 
-// writes collects the statements of one transition so they reach the server in one round
-// trip. It is also the outbox.Execer the commands are enqueued through.
-type writes struct {
-	stmts []stmt
+// pipeline collects statements to send in one round trip; it is also the
+// outbox.Execer the commands are enqueued through.
+type pipeline struct {
+	batch  *pgx.Batch
+	checks []func(pgconn.CommandTag) error
 }
 
-type stmt struct {
-	sql   string
-	args  []any
-	check func(pgconn.CommandTag, error) error
+func (p *pipeline) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
+	p.batch.Queue(sql, args...)
+	p.checks = append(p.checks, check)
 }
 
-func (w *writes) add(check func(pgconn.CommandTag, error) error, sql string, args ...any) {
-	w.stmts = append(w.stmts, stmt{sql: sql, args: args, check: check})
-}
-
-// Exec queues a statement (for outbox.Writer.Enqueue); its error surfaces at flush.
-func (w *writes) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	w.add(nil, sql, args...)
+// Exec queues a statement (for outbox.Writer.Enqueue); its error surfaces at run.
+func (p *pipeline) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	p.queue(nil, sql, args...)
 	return pgconn.CommandTag{}, nil
 }
 
-func (w *writes) flush(ctx context.Context, db DB, what string) error {
-	run := func(i int, tag pgconn.CommandTag, err error) error {
-		if c := w.stmts[i].check; c != nil {
-			return c(tag, err)
-		}
-		if err != nil {
-			return fmt.Errorf("sagastate: %s: %w", what, err)
-		}
-		return nil
-	}
-	b, ok := db.(batcher)
-	if !ok || len(w.stmts) == 1 {
-		for i, st := range w.stmts {
-			tag, err := db.Exec(ctx, st.sql, st.args...)
-			if err := run(i, tag, err); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	batch := &pgx.Batch{}
-	for _, st := range w.stmts {
-		batch.Queue(st.sql, st.args...)
-	}
-	br := b.SendBatch(ctx, batch)
+func (p *pipeline) run(ctx context.Context, db DB) error {
+	br := db.SendBatch(ctx, p.batch)
 	var first error
-	for i := range w.stmts {
+	for _, check := range p.checks {
 		tag, err := br.Exec()
-		if err := run(i, tag, err); err != nil && first == nil {
+		if err == nil && check != nil {
+			err = check(tag)
+		}
+		if err != nil && first == nil {
 			first = err
 		}
 	}
 	if err := br.Close(); err != nil && first == nil {
-		first = fmt.Errorf("sagastate: %s: %w", what, err)
+		first = err
 	}
 	return first
 }
 
-// save queues a transition's new state and log into w; prev is the state it started
-// from (Version 0 for a new saga). Only steps that changed are written.
-func (q *queries) save(w *writes, prev *Instance, s *Instance, events []Event) {
-	if prev.Version == 0 {
-		// The instance row was inserted first (insertNew); steps and log follow.
-		q.saveSteps(w, s.ID, s.Steps)
-		q.saveEvents(w, events)
-		return
+// instanceArgs are the parameters of update_instances.
+func instanceArgs(sagas []*Instance, versions []int64) []any {
+	n := len(sagas)
+	ids, statuses, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n)
+	wakes, updates, fins, aborts := make([]pgtype.Timestamptz, n), make([]time.Time, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
+	for i, s := range sagas {
+		ids[i], statuses[i], errs[i] = s.ID, string(s.Status), s.LastError
+		wakes[i], updates[i], fins[i], aborts[i] = ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt)
 	}
-	prevVersion := prev.Version
-	var changed []StepState
-	for i, st := range s.Steps {
-		if i >= len(prev.Steps) || !reflect.DeepEqual(prev.Steps[i], st) {
-			changed = append(changed, st)
-		}
-	}
-	args := []any{s.ID, prevVersion, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt)}
-	args = append(args, stepArgs(s.ID, changed)...)
-	args = append(args, eventArgs(events)...)
-	w.add(func(tag pgconn.CommandTag, err error) error {
-		if err != nil {
-			return fmt.Errorf("sagastate: write saga %s: %w", s.ID, err)
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("%w: saga %s is no longer at version %d", ErrConcurrentUpdate, s.ID, prevVersion)
-		}
-		return nil
-	}, q.writeTransition, args...)
-	s.Version = prevVersion + 1
+	return []any{ids, versions, statuses, errs, wakes, updates, fins, aborts}
 }
 
-func (q *queries) saveSteps(w *writes, id uuid.UUID, steps []StepState) {
-	if len(steps) == 0 {
-		return
-	}
-	w.add(func(_ pgconn.CommandTag, err error) error {
-		if err != nil {
-			return fmt.Errorf("sagastate: save steps of saga %s: %w", id, err)
-		}
-		return nil
-	}, q.upsertSteps, stepArgs(id, steps)...)
-}
-
-// stepArgs are the 23 array parameters of upsertSteps.
-func stepArgs(id uuid.UUID, steps []StepState) []any {
+// newStepArgs are the 23 parameters of insert_steps.
+func newStepArgs(steps []ownedStep) []any {
 	n := len(steps)
-	ids, names, topics, dos, undos, statuses, ops, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	positions, stages, attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
-	timeouts := make([]int64, n)
-	retries, undoRetries, inputs, results := make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n)
-	deadlines, nexts, starts, fins := make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
-	undo := make([]bool, n)
+	ids, names, topics, dos, undos := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	positions, stages, timeouts := make([]int32, n), make([]int32, n), make([]int64, n)
+	retries, undoRetries := make([][]byte, n), make([][]byte, n)
 	for i, st := range steps {
 		r, _ := json.Marshal(st.Retry) // plain struct of numbers: cannot fail
 		u, _ := json.Marshal(st.UndoRetry)
-		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = id, st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
+		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = st.saga, st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
 		timeouts[i], retries[i], undoRetries[i] = st.Timeout.Milliseconds(), r, u
-		statuses[i], ops[i], attempts[i], bases[i] = string(st.Status), string(st.Op), int32(st.Attempt), int32(st.AttemptBase)
+	}
+	dyn := changedStepArgs(steps)[2:]
+	return append([]any{ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries}, dyn...)
+}
+
+// changedStepArgs are the 15 parameters of update_steps: the key and what transitions
+// change.
+func changedStepArgs(steps []ownedStep) []any {
+	n := len(steps)
+	ids, names, statuses, ops, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n)
+	inputs, results := make([][]byte, n), make([][]byte, n)
+	deadlines, nexts, starts, fins := make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
+	undo := make([]bool, n)
+	for i, st := range steps {
+		ids[i], names[i], statuses[i], ops[i], attempts[i], bases[i] = st.saga, st.Name, string(st.Status), string(st.Op), int32(st.Attempt), int32(st.AttemptBase)
 		deadlines[i], nexts[i], undo[i], seqs[i], inputs[i], results[i] = ts(st.Deadline), ts(st.NextAttemptAt), st.MustUndo, int32(st.DoneSeq), st.Input, st.Result
 		errs[i], starts[i], fins[i] = st.LastError, ts(st.StartedAt), ts(st.FinishedAt)
 	}
-	return []any{ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries,
-		statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins}
+	return []any{ids, names, statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins}
 }
 
-func (q *queries) saveEvents(w *writes, events []Event) {
-	if len(events) == 0 {
-		return
-	}
-	w.add(func(_ pgconn.CommandTag, err error) error {
-		if err != nil {
-			return fmt.Errorf("sagastate: save events of saga %s: %w", events[0].SagaID, err)
-		}
-		return nil
-	}, q.insertEvents, eventArgs(events)...)
-}
-
-// eventArgs are the 7 array parameters of insertEvents.
+// eventArgs are the 7 parameters of insert_events.
 func eventArgs(events []Event) []any {
 	n := len(events)
 	ids, ats, types, steps, ops, attempts, details := make([]uuid.UUID, n), make([]time.Time, n), make([]string, n),
@@ -338,8 +384,8 @@ func eventArgs(events []Event) []any {
 	return []any{ids, ats, types, steps, ops, attempts, details}
 }
 
-func (q *queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {
-	rows, err := db.Query(ctx, q.selectEvents, id)
+func (q queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {
+	rows, err := db.Query(ctx, q.sql("select_events"), id)
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: events of saga %s: %w", id, err)
 	}

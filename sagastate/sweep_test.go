@@ -139,3 +139,50 @@ func TestSweep(t *testing.T) {
 		}
 	})
 }
+
+// Sagas the sweeper fails to handle used to count toward a full batch, so Sweep ran the
+// same failing batch again at once, forever (they stayed first by wake_at), and the
+// sagas due after them were never handled.
+func TestSweeperBacksOffSagasThatFailToApply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	def := sagastate.Define[script]("brittle",
+		sagastate.Step("a", topic).Do("a.do").Undo("a.undo").Timeout(time.Second).Retry(sagastate.RetryPolicy{MaxAttempts: 1}))
+	o, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{def}, Now: clk.Now, SweepBatch: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(n int) []uuid.UUID {
+		ids := make([]uuid.UUID, n)
+		for i := range ids {
+			ids[i] = uuid.New()
+			if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, "brittle", ids[i], script{}) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return ids
+	}
+	broken := start(3)
+	clk.Advance(time.Millisecond) // the good sagas are due after the broken ones
+	good := start(5)
+	// The broken sagas' steps cannot be read back: every attempt to handle them fails.
+	if _, err := db.Pool.Exec(ctx, `UPDATE sagabox.saga_steps SET retry = '"not a policy"' WHERE saga_id = ANY($1)`, broken); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	n, err := o.Sweep(sctx)
+	if err != nil || n != 0 {
+		t.Fatalf("first sweep: handled %d, %v; want 0 (the first batch is all broken) and no error", n, err)
+	}
+	n, err = o.Sweep(sctx)
+	if err != nil || n != len(good) {
+		t.Fatalf("second sweep handled %d, %v; want the %d good sagas", n, err, len(good))
+	}
+	if got := scalar[int](t, db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND wake_at >= $2`, broken, clk.Now().Add(sagastate.SweepRetryDelay)); got != len(broken) {
+		t.Fatalf("%d of %d broken sagas postponed by SweepRetryDelay", got, len(broken))
+	}
+}

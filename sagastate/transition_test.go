@@ -639,3 +639,33 @@ func TestTransitionReportsAttemptsForHooks(t *testing.T) {
 		t.Fatalf("attempts %+v", r.attempts)
 	}
 }
+
+// A panicking Input function used to crash the process (and every restart, once the
+// saga's reply was redelivered).
+func TestInputPanicFailsTheStepAndKeepsTheProcess(t *testing.T) {
+	t.Parallel()
+	d := Define[testPayload]("p", Step("a", "t").Do("x").Undo("y"), Step("b", "t").Do("x").Undo("y"))
+	d.Input("b", func(p testPayload, r Results) (any, error) {
+		var m map[string]int
+		m["boom"] = p.Amount // nil map: panics
+		return m, nil
+	})
+	h := newHarness(t, d)
+	h.ok("a")
+	h.expectStatus(SagaCompensating, StepCompensating, StepFailed)
+	h.expectSent("a:compensate:1")
+	b := h.s.Step("b")
+	if !strings.Contains(b.LastError, ErrInputPanic.Error()) || !strings.Contains(b.LastError, "assignment to entry in nil map") ||
+		!strings.Contains(b.LastError, "goroutine") {
+		t.Fatalf("step b's error lacks the panic and its stack: %q", b.LastError)
+	}
+	var logged bool
+	for _, e := range h.evs {
+		logged = logged || e.Type == EventStepFailed && e.Step == "b" && strings.Contains(e.Detail, "nil map")
+	}
+	if !logged {
+		t.Fatalf("no step_failed event with the panic: %v", h.eventTypes())
+	}
+	h.undone("a")
+	h.expectStatus(SagaCompensated, StepCompensated, StepFailed)
+}

@@ -1,0 +1,168 @@
+-- Every statement on the saga tables "saga_instances", "saga_steps" and "saga_events"
+-- (migrations/sql/00003_sagastate.sql), by name.
+--
+-- Each statement follows a "-- name: <name>" line. They are written for the default
+-- schema, so each one runs as it is in psql; an orchestrator for another schema puts its
+-- quoted schema in place of "sagabox" in the table names, and changes nothing else.
+--
+-- Time. A parameter named "now" below is NULL unless the orchestrator was given a clock
+-- (Config.Now, for tests): the database's clock_timestamp() stands in, so deadlines set
+-- on one host are compared on another with the same clock.
+
+-- name: insert_instance
+-- Start, first statement: the instance row on its own, so a duplicate id stops Start
+-- before anything else of the saga is queued. It returns the saga's start time ($5 is
+-- now). The rest of the row is written by start_instance once the first transition
+-- is computed.
+INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "created_at", "updated_at")
+VALUES ($1, $2, 'running', $3, coalesce($4::timestamptz, clock_timestamp()), coalesce($4::timestamptz, clock_timestamp()))
+ON CONFLICT ("id") DO NOTHING
+RETURNING "created_at";
+
+-- name: start_instance
+-- Start, second statement: the outcome of the first transition (version stays 1).
+UPDATE "sagabox"."saga_instances"
+SET "status" = $2, "last_error" = $3, "wake_at" = $4, "updated_at" = $5, "finished_at" = $6
+WHERE "id" = $1;
+
+-- name: lock_instances
+-- The sagas a transaction changes, locked in id order: two transactions that lock
+-- overlapping sets wait for each other instead of deadlocking. The last column is the
+-- time the transition computes with ($2 is now).
+SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at",
+    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp())
+FROM "sagabox"."saga_instances"
+WHERE "id" = ANY($1::uuid[])
+ORDER BY "id"
+FOR UPDATE;
+
+-- name: select_instance
+SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at",
+    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp())
+FROM "sagabox"."saga_instances"
+WHERE "id" = $1;
+
+-- name: update_instances
+-- The new state of every saga a transaction changed, each only if still at the version
+-- it was read at (one row per saga; the caller checks the count).
+UPDATE "sagabox"."saga_instances" AS s
+SET "status" = u.status, "version" = s."version" + 1, "last_error" = u.last_error, "wake_at" = u.wake_at,
+    "updated_at" = u.updated_at, "finished_at" = u.finished_at, "aborted_at" = u.aborted_at
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+            $7::timestamptz[], $8::timestamptz[])
+    AS u(id, version, status, last_error, wake_at, updated_at, finished_at, aborted_at)
+WHERE s."id" = u.id AND s."version" = u.version;
+
+-- name: due_sagas
+-- The sweeper's batch: sagas of the registered types $3 whose deadline or scheduled
+-- retry is due ($1 is now), earliest first, skipping those another transaction holds.
+SELECT "id" FROM "sagabox"."saga_instances"
+WHERE "wake_at" <= coalesce($1::timestamptz, clock_timestamp()) AND "type" = ANY($3::text[])
+ORDER BY "wake_at"
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: postpone_instance
+-- The sweeper could not handle this saga: look again after $2 instead of at once, so
+-- one saga that keeps failing neither spins the sweeper nor stays first in line.
+UPDATE "sagabox"."saga_instances"
+SET "wake_at" = coalesce($3::timestamptz, clock_timestamp()) + $2::interval
+WHERE "id" = $1;
+
+-- name: list_instances
+-- List: every filter is optional ('' / an empty array / NULL match everything).
+-- $3 is the StuckFor cutoff age, $4 CreatedBefore, $6 now.
+SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at",
+    "finished_at", "aborted_at", coalesce($6::timestamptz, clock_timestamp())
+FROM "sagabox"."saga_instances"
+WHERE ($1 = '' OR "type" = $1)
+  AND (cardinality($2::text[]) = 0 OR "status" = ANY($2::text[]))
+  AND ($3::interval IS NULL OR ("finished_at" IS NULL AND "updated_at" <= coalesce($6::timestamptz, clock_timestamp()) - $3::interval))
+  AND ($4::timestamptz IS NULL OR "created_at" < $4::timestamptz)
+ORDER BY "created_at" DESC, "id"
+LIMIT $5;
+
+-- name: count_by_status
+-- Stats: sagas of type $1 ('' for all) created at or after $2 (NULL for all time).
+SELECT "status", count(*) FROM "sagabox"."saga_instances"
+WHERE ($1 = '' OR "type" = $1) AND ($2::timestamptz IS NULL OR "created_at" >= $2::timestamptz)
+GROUP BY "status";
+
+-- name: time_to_consistency
+-- Stats: percentiles of finished_at - created_at, in seconds, over the completed and
+-- compensated sagas of the same selection.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d)
+FROM (SELECT extract(epoch FROM "finished_at" - "created_at") AS d FROM "sagabox"."saga_instances"
+      WHERE ($1 = '' OR "type" = $1) AND ($2::timestamptz IS NULL OR "created_at" >= $2::timestamptz)
+        AND "status" IN ('completed', 'compensated') AND "finished_at" IS NOT NULL) AS t;
+
+-- name: delete_finished
+-- Retention: up to $2 sagas that finished before $1 (their steps and events go with
+-- them, ON DELETE CASCADE), oldest first. A finished saga is not written again, so
+-- "updated_at" is its finish time and the status index finds them; rows another
+-- transaction holds are skipped, and nothing unfinished is touched.
+DELETE FROM "sagabox"."saga_instances" WHERE "id" IN (
+    SELECT "id" FROM "sagabox"."saga_instances"
+    WHERE "status" IN ('completed', 'compensated', 'failed') AND "updated_at" < $1
+      AND "finished_at" IS NOT NULL AND "finished_at" < $1
+    ORDER BY "updated_at"
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED);
+
+-- name: insert_steps
+-- Start: every step of new sagas, with the plan copied from the definition.
+INSERT INTO "sagabox"."saga_steps" ("saga_id", "name", "position", "stage", "topic", "do_command", "undo_command",
+    "timeout_ms", "retry", "undo_retry", "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at",
+    "must_undo", "done_seq", "input", "result", "last_error", "started_at", "finished_at")
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[],
+    $8::bigint[], $9::jsonb[], $10::jsonb[], $11::text[], $12::text[], $13::int[], $14::int[], $15::timestamptz[], $16::timestamptz[],
+    $17::bool[], $18::int[], $19::bytea[], $20::bytea[], $21::text[], $22::timestamptz[], $23::timestamptz[]);
+
+-- name: update_steps
+-- A transition: the changed steps of every saga of the transaction (the plan columns
+-- never change after Start).
+UPDATE "sagabox"."saga_steps" AS s
+SET "status" = u.status, "op" = u.op, "attempt" = u.attempt, "attempt_base" = u.attempt_base,
+    "deadline" = u.deadline, "next_attempt_at" = u.next_attempt_at, "must_undo" = u.must_undo,
+    "done_seq" = u.done_seq, "input" = u.input, "result" = u.result, "last_error" = u.last_error,
+    "started_at" = u.started_at, "finished_at" = u.finished_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
+            $8::timestamptz[], $9::bool[], $10::int[], $11::bytea[], $12::bytea[], $13::text[],
+            $14::timestamptz[], $15::timestamptz[])
+    AS u(saga_id, name, status, op, attempt, attempt_base, deadline, next_attempt_at, must_undo,
+         done_seq, input, result, last_error, started_at, finished_at)
+WHERE s."saga_id" = u.saga_id AND s."name" = u.name;
+
+-- name: select_steps
+-- The steps of the sagas $1, in declaration order.
+SELECT "saga_id", "name", "position", "stage", "topic", "do_command", "undo_command", "timeout_ms", "retry",
+    "undo_retry", "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at", "must_undo",
+    "done_seq", "input", "result", "last_error", "started_at", "finished_at"
+FROM "sagabox"."saga_steps"
+WHERE "saga_id" = ANY($1::uuid[])
+ORDER BY "saga_id", "position";
+
+-- name: insert_events
+-- The log entries of every saga a transaction changed.
+INSERT INTO "sagabox"."saga_events" ("saga_id", "at", "type", "step", "op", "attempt", "detail")
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[]);
+
+-- name: select_events
+SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail"
+FROM "sagabox"."saga_events"
+WHERE "saga_id" = $1
+ORDER BY "id";
+
+-- name: feed_start
+-- The event feed starts at events committed after this point.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
+
+-- name: feed_events
+-- The event feed: events after the cursor ($1 txid, $2 id) whose transaction is older
+-- than every running one, so no event can still appear before them (as the relay reads
+-- the outbox).
+SELECT "txid"::text, "id", "saga_id", "type", "at", "step", "op", "attempt", "detail"
+FROM "sagabox"."saga_events"
+WHERE ("txid", "id") > ($1::text::xid8, $2) AND "txid" < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY "txid", "id"
+LIMIT $3;
