@@ -22,7 +22,6 @@ import (
 	"github.com/sagabox/sagabox/wire"
 )
 
-
 var benchSteps = []string{"s1", "s2", "s3", "s4"}
 
 // benchParticipant answers every step with a trivial local transaction behind the barrier.
