@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -228,4 +229,8 @@ type Hooks struct {
 	// (its high-water mark - offset - 1): the consumer lag of that partition, as of
 	// that fetch. It is not called for an idle partition, whose lag stays what it was.
 	Lag func(topic string, partition int, lag int64)
+	// Trace wraps every run of the handler, for tracing (package sagaotel): the handler
+	// gets the context it returns, and end, if not nil, is called with the handler's
+	// error. A trace context travels in msg.Headers ("traceparent").
+	Trace func(ctx context.Context, msg Message) (_ context.Context, end func(err error))
 }

@@ -273,15 +273,23 @@ func (r *run) apply(tx pgx.Tx, m Message) (first bool, err error) {
 	return true, nil
 }
 
-// callHandler runs the handler on m and reports its duration to the hook.
+// callHandler runs the handler on m inside the Trace hook, and reports its duration
+// to the HandlerDone hook.
 func (r *run) callHandler(tx pgx.Tx, m Message) error {
-	hook := r.c.cfg.Hooks.HandlerDone
-	if hook == nil {
-		return r.c.handler(r.ctx, tx, m)
+	hooks := &r.c.cfg.Hooks
+	ctx, end := r.ctx, func(error) {}
+	if hooks.Trace != nil {
+		var e func(error)
+		if ctx, e = hooks.Trace(ctx, m); e != nil {
+			end = e
+		}
 	}
 	start := time.Now()
-	err := r.c.handler(r.ctx, tx, m)
-	hook(m, time.Since(start), err)
+	err := r.c.handler(ctx, tx, m)
+	if hooks.HandlerDone != nil {
+		hooks.HandlerDone(m, time.Since(start), err)
+	}
+	end(err)
 	return err
 }
 
