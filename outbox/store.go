@@ -82,6 +82,9 @@ type Claimed struct {
 	Message
 	// Attempts counts the failed publishes so far.
 	Attempts int
+	// Invalid says why the row can never become a Message (headers written by
+	// another producer that are not an object of strings); dead-letter it.
+	Invalid error
 }
 
 // Claim returns the rows to publish next among the oldest pending ones of shards
@@ -129,7 +132,8 @@ func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.
 		}
 		if len(headers) > 2 { // "{}" is the common case
 			if err := json.Unmarshal(headers, &r.Headers); err != nil {
-				return nil, 0, fmt.Errorf("claim: row %s has unreadable headers: %w", r.ID, err)
+				r.Headers = nil
+				r.Invalid = fmt.Errorf("headers %.200s are not an object of string values (written by another producer?): %v", headers, err)
 			}
 		}
 		out = append(out, r)

@@ -2,11 +2,18 @@ package relay_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/sagabox/sagabox/internal/kafkatest"
+	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
+	"github.com/sagabox/sagabox/relay/kafkapub"
 )
 
 // TestUnkeyedRowsWaitingForRetryDoNotStarveTheirLoop: a batch's worth of unkeyed
@@ -60,4 +67,49 @@ func TestUnpublishableMessageDeadLetteredAtOnce(t *testing.T) {
 	}
 	cycleUntil(t, r, 1)
 	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 1, 30*time.Second), map[string]int{"k": 1}, false)
+}
+
+// TestRowWithNonStringHeadersDeadLetteredOthersFlow: a row written by another
+// producer with header values that are not strings cannot become a Message. It
+// must be dead-lettered with the reason, not fail every claim of its loop forever.
+func TestRowWithNonStringHeadersDeadLetteredOthersFlow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	r := steppedRelay(t, e)
+	if _, err := e.db.Pool.Exec(ctx, `INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload", "headers")
+VALUES (gen_random_uuid(), $1, 'k', '\x00', '{"retries": 3, "tags": ["a"]}')`, e.topic); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", 1)},
+		outbox.Message{Topic: e.topic, Key: "j", Payload: payload("j", 1)})
+	cycleUntil(t, r, 2)
+	if n := countRows(t, e.db.Pool, `"dead_at" IS NOT NULL AND "last_error" LIKE '%headers%'`); n != 1 {
+		t.Fatalf("%d rows dead-lettered for their headers; want 1", n)
+	}
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 2, 30*time.Second), map[string]int{"k": 1, "j": 1}, false)
+}
+
+// TestWorkersBeyondThePoolRejected: every publish loop holds a pool connection
+// through its claim and settle; with Workers >= MaxConns the heartbeat waits for
+// one, and leases expire under load. New must refuse that configuration.
+func TestWorkersBeyondThePoolRejected(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	pool, err := pgxpool.New(context.Background(), db.URL+"&pool_max_conns=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	pub := newPublisher(t, kafkapub.Config{Brokers: []string{"127.0.0.1:1"}})
+	cfg := fastConfig()
+	cfg.Workers = 2
+	_, err = relay.New(pool, pub, cfg)
+	if !errors.Is(err, relay.ErrInvalidConfig) || !strings.Contains(err.Error(), "MaxConns") {
+		t.Fatalf("New with Workers 2 on a pool of 2: err = %v; want ErrInvalidConfig naming MaxConns", err)
+	}
+	cfg.Workers = 1
+	if _, err := relay.New(pool, pub, cfg); err != nil {
+		t.Fatalf("Workers 1 on a pool of 2: %v", err)
+	}
 }

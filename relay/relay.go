@@ -44,6 +44,11 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 		errs = append(errs, fmt.Errorf("%w: the Publisher is nil", ErrInvalidConfig))
 	}
 	cfg.applyDefaults()
+	if db != nil && int32(cfg.Workers) >= db.Config().MaxConns {
+		// Each loop holds a connection through its claim and settle; heartbeats need one more.
+		errs = append(errs, fmt.Errorf("%w: Workers (%d) needs %d pool connections (one per publish loop, one for heartbeats), the pool has MaxConns %d: lower Workers or raise pool_max_conns in the database URL",
+			ErrInvalidConfig, cfg.Workers, cfg.Workers+1, db.Config().MaxConns))
+	}
 	if err := errors.Join(append(errs, cfg.validate())...); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
@@ -223,7 +228,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	}
 	start := time.Now()
 	now := r.cfg.Now()
-	rows, scanned, err := r.q.claim(ctx, r.db, shards, len(shards) == Shards, now, r.cfg.BatchSize)
+	rows, scanned, err := r.claim(ctx, shards, now)
 	if err != nil {
 		return 0, 0, err
 	}

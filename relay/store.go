@@ -61,20 +61,34 @@ RETURNING "shard"`,
 }
 
 // claim returns the rows to publish next, in order, and how many rows it scanned
-// (when that is limit, more may be waiting). See outbox.Store.Claim.
-func (q *queries) claim(ctx context.Context, db *pgxpool.Pool, shards []int16, all bool, now time.Time, limit int) ([]row, int, error) {
-	if all {
+// (when that is limit, more may be waiting). See outbox.Store.Claim. A row that can
+// never become a message (outbox.Claimed.Invalid) is dead-lettered here, so it
+// neither fails the claim nor blocks its key.
+func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time) ([]row, int, error) {
+	if len(shards) == Shards {
 		shards = nil
 	}
-	claimed, scanned, err := q.msgs.Claim(ctx, db, shards, now, limit)
+	claimed, scanned, err := r.q.msgs.Claim(ctx, r.db, shards, now, r.cfg.BatchSize)
 	if err != nil {
 		return nil, 0, err
 	}
-	out := make([]row, len(claimed))
-	for i, c := range claimed {
-		out[i] = row{msg: c.Message, attempts: c.Attempts}
+	out := make([]row, 0, len(claimed))
+	var invalid []outbox.Failure
+	for _, c := range claimed {
+		if c.Invalid == nil {
+			out = append(out, row{msg: c.Message, attempts: c.Attempts})
+			continue
+		}
+		invalid = append(invalid, outbox.Failure{ID: c.ID, Err: c.Invalid.Error(), DeadAt: &now})
+		r.cfg.Hooks.deadLettered(c.Topic, c.Invalid)
+		r.log.Error("relay: unreadable row dead-lettered", "id", c.ID, "topic", c.Topic, "key", c.Key, "err", c.Invalid)
 	}
-	return out, scanned, nil
+	if len(invalid) > 0 {
+		if err := r.q.msgs.Settle(ctx, r.db, nil, invalid); err != nil {
+			return nil, 0, err
+		}
+	}
+	return out, scanned - len(invalid), nil
 }
 
 // failure is the bookkeeping of one failed row.
