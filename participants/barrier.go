@@ -44,7 +44,13 @@ func newBarrier(schema string, log *slog.Logger) *barrier {
 VALUES ($1, $2, $3, $4, $5) ON CONFLICT ("saga_id", "step", "op") DO NOTHING`,
 		selectSQL: `SELECT "outcome", "reason", "result" FROM ` + t + ` WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
 		resultSQL: `UPDATE ` + t + ` SET "result" = $4 WHERE "saga_id" = $1 AND "step" = $2 AND "op" = $3`,
-		sweepSQL:  `DELETE FROM ` + t + ` WHERE ctid IN (SELECT ctid FROM ` + t + ` WHERE "created_at" < $1 LIMIT $2)`,
+		// Rows of a saga the orchestrator (when it shares this schema) has not finished
+		// are kept: a failed saga's operator Retry resumes its compensation, which needs
+		// its forward rows to undo what ran.
+		sweepSQL: `DELETE FROM ` + t + ` WHERE ctid IN (SELECT b.ctid FROM ` + t + ` b WHERE b."created_at" < $1
+  AND NOT EXISTS (SELECT 1 FROM ` + pgx.Identifier{schema, "saga_instances"}.Sanitize() + ` s
+                  WHERE s."id" = b."saga_id" AND s."status" NOT IN ('completed', 'compensated') AND s."aborted_at" IS NULL)
+  LIMIT $2)`,
 	}
 }
 

@@ -11,7 +11,8 @@
 //
 // Guarantee: per (saga id, step, op) the business action runs at most once and every
 // command gets a reply, whatever Kafka redelivers or the orchestrator resends — within
-// Config.BarrierRetention (30 days by default), after which Run sweeps barrier rows.
+// Config.BarrierRetention (30 days by default), after which Run sweeps barrier rows —
+// but not those of sagas the orchestrator has not finished, when it shares the database.
 //
 // The barrier is one row per (saga id, step, op) in the saga_barrier table, inserted in
 // the handler's transaction:

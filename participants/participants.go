@@ -69,9 +69,14 @@ type Config struct {
 	// fields above. Defaults to the consumer package's defaults.
 	Consumer consumer.Config
 	// BarrierRetention is how long barrier rows are kept: Run deletes rows older than
-	// that every minute. A command resent later than BarrierRetention after its step was
-	// decided would run again, so keep it above the longest a saga can live, retries
-	// included. Negative turns the sweep off. Defaults to 30 days.
+	// that every minute, except those of sagas that the orchestrator, when it keeps its
+	// saga_instances in this database and Schema, has not finished (running,
+	// compensating, timeout, or failed and not aborted: an operator Retry of a failed
+	// saga resumes its compensation, which needs the forward rows). A command resent
+	// later than BarrierRetention after its step was decided would run again, and with
+	// the orchestrator in another database a compensation resumed that late would find
+	// no forward row and undo nothing: keep it above the longest a saga can live or
+	// stay failed, retries included. Negative turns the sweep off. Defaults to 30 days.
 	BarrierRetention time.Duration
 	// Hooks observe the commands handled, e.g. for metrics (package participantsprom).
 	// Defaults to none.
@@ -216,7 +221,8 @@ func (p *Participant) sweepLoop(ctx context.Context) {
 }
 
 // SweepBarrier deletes barrier rows created before `before`, a thousand per statement,
-// and returns how many. Run calls it every minute with BarrierRetention.
+// keeping those of unfinished sagas (see BarrierRetention), and returns how many. Run
+// calls it every minute with BarrierRetention.
 func (p *Participant) SweepBarrier(ctx context.Context, before time.Time) (int64, error) {
 	var total int64
 	for {

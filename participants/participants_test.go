@@ -622,3 +622,39 @@ func TestOverKafka(t *testing.T) {
 		}
 	}
 }
+
+// TestBarrierSweepKeepsForwardRowsOfFailedSagas: a failed saga (its compensation gave
+// up) waits for an operator Retry, which resumes the compensation. Its forward rows are
+// older than BarrierRetention by then; swept, the refund would be a null compensation
+// and undo nothing. The sweep keeps the rows of sagas the orchestrator has not finished.
+func TestBarrierSweepKeepsForwardRowsOfFailedSagas(t *testing.T) {
+	t.Parallel()
+	e := setup(t, participants.Config{})
+	ctx := context.Background()
+	saga := func(status string) uuid.UUID {
+		id := uuid.New()
+		if _, err := e.db.Pool.Exec(ctx, `INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "created_at", "updated_at")
+			VALUES ($1, 'order', $2, '{}', now() - interval '60 days', now() - interval '60 days')`, id, status); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, e.deliver(t, command(id, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+		return id
+	}
+	failed, completed, elsewhere := saga("failed"), saga("completed"), uuid.New() // elsewhere: orchestrator in another database
+	expect(t, e.deliver(t, command(elsewhere, wire.OpForward, 1, 30)), wire.OutcomeSuccess, "")
+	if _, err := e.db.Pool.Exec(ctx, `UPDATE "sagabox"."saga_barrier" SET "created_at" = now() - interval '60 days'`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.p.SweepBarrier(ctx, time.Now().Add(-participants.DefaultBarrierRetention))
+	if err != nil || n != 2 {
+		t.Fatalf("swept %d rows (%v), want 2: the completed saga's and the one the orchestrator does not know", n, err)
+	}
+	// The operator retries the failed saga: its compensation refunds the charge.
+	expect(t, e.deliver(t, command(failed, wire.OpCompensate, 1, 30)), wire.OutcomeSuccess, "")
+	if _, refunds := e.w.calls(failed); refunds != 1 || e.balance(t, failed) != 100 {
+		t.Fatalf("refund ran %d times, balance %d: the failed saga's compensation found no forward row", refunds, e.balance(t, failed))
+	}
+	if _, refunds := e.w.calls(completed); refunds != 0 {
+		t.Fatal("the completed saga was refunded")
+	}
+}
