@@ -105,6 +105,14 @@ func (b *barrier) run(ctx context.Context, tx pgx.Tx, cmd wire.Command, h Handle
 		// Shutting down: not the step's failure. Nothing commits; the record comes again.
 		return wire.Reply{}, nil, fmt.Errorf("participants: saga %s step %s interrupted: %w", cmd.SagaID, cmd.Step, herr)
 	}
+	if tx.Conn().PgConn().TxStatus() == 'E' {
+		// A failed statement aborted the transaction. pgx prepares a batch's new
+		// statements before sending it, which an aborted transaction refuses, so roll
+		// back to the savepoint first (the batch's own rollback then changes nothing).
+		if _, err := tx.Exec(ctx, rollbackSQL); err != nil {
+			return wire.Reply{}, nil, fmt.Errorf("participants: handler failed (%v) and rolling back its changes failed: %w", herr, err)
+		}
+	}
 	var fe *FailureError
 	var re *retryableError
 	var pe *panicError
