@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -128,6 +129,7 @@ type Participant struct {
 	mu       sync.RWMutex
 	handlers map[string]Handler
 	consumer *consumer.Consumer
+	running  atomic.Bool
 }
 
 // New returns a Participant. Register handlers with Handle, then call Run. The database
@@ -184,6 +186,10 @@ func (p *Participant) Run(ctx context.Context) error {
 	if p.consumer == nil {
 		return fmt.Errorf("participants: %w: Run needs Brokers, GroupID and CommandTopics", ErrInvalidConfig)
 	}
+	if !p.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("participants: %w", consumer.ErrRunning)
+	}
+	defer p.running.Store(false)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -196,6 +202,16 @@ func (p *Participant) Run(ctx context.Context) error {
 		}()
 	}
 	return p.consumer.Run(ctx)
+}
+
+// Health returns nil while Run runs, otherwise an error: what a liveness probe
+// (/healthz) should ask. Whether the database answers is a readiness question (see
+// package health's Ping).
+func (p *Participant) Health() error {
+	if !p.running.Load() {
+		return errors.New("participants: participant not running")
+	}
+	return nil
 }
 
 // sweepLoop deletes old barrier rows every minute until ctx ends.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -173,8 +174,9 @@ type Orchestrator struct {
 	plans map[string]*plan
 	log   *slog.Logger
 
-	mu      sync.Mutex
-	running bool
+	mu        sync.Mutex
+	running   bool
+	lastSweep atomic.Int64 // unix nanos of the last sweep that succeeded
 	// feedDB, set by tests, replaces the pool for the event feed.
 	feedDB DB
 	// crashHook, set by tests, may abandon a transaction at a named point as if the

@@ -143,6 +143,8 @@ func (o *Orchestrator) sweepLoop(ctx context.Context) error {
 	for {
 		if _, err := o.Sweep(ctx); err != nil && ctx.Err() == nil {
 			o.log.Error("sagastate: sweep", "err", err) // transient: try again next tick
+		} else if err == nil {
+			o.lastSweep.Store(time.Now().UnixNano())
 		}
 		select {
 		case <-ctx.Done():
@@ -150,4 +152,25 @@ func (o *Orchestrator) sweepLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// Health returns nil while Run runs and its sweeper reached the database within the
+// last max(10s, 10 sweep intervals); otherwise an error saying why. It is what a
+// liveness probe (/healthz) should ask; package health serves it.
+func (o *Orchestrator) Health() error {
+	o.mu.Lock()
+	running := o.running
+	o.mu.Unlock()
+	if !running {
+		return errors.New("sagastate: orchestrator not running")
+	}
+	last := o.lastSweep.Load()
+	if last == 0 {
+		return errors.New("sagastate: no sweep has reached the database yet")
+	}
+	limit := max(10*time.Second, 10*o.cfg.SweepInterval)
+	if age := time.Since(time.Unix(0, last)); age > limit {
+		return fmt.Errorf("sagastate: last successful sweep %v ago (limit %v): database unreachable?", age.Round(time.Millisecond), limit)
+	}
+	return nil
 }

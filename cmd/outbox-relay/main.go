@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -21,12 +20,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/sagabox/sagabox/internal/buildinfo"
+	"github.com/sagabox/sagabox/health"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 	"github.com/sagabox/sagabox/relay/relayprom"
@@ -113,7 +112,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 	secret(&o.databaseURL, "database-url", "DATABASE_URL", "PostgreSQL URL of the database holding the outbox (required)")
 	str(&o.brokers, "kafka-brokers", "KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port (required)")
 	str(&o.schema, "schema", "SAGABOX_SCHEMA", "sagabox", "schema holding the outbox tables")
-	str(&o.metricsAddr, "metrics-addr", "METRICS_ADDR", "", "address serving /healthz and /metrics, e.g. :9090; empty disables it")
+	str(&o.metricsAddr, "metrics-addr", "METRICS_ADDR", "", "address serving /healthz, /readyz and /metrics, e.g. :9090; empty disables it")
 	str(&o.relayID, "relay-id", "RELAY_ID", "", "unique name of this relay in the lease table (default <host>-<pid>-<random>)")
 	boolean(&o.createTopics, "create-topics", "KAFKA_CREATE_TOPICS", "create missing topics instead of failing their messages")
 	integer(&o.topicPartitions, "topic-partitions", "KAFKA_TOPIC_PARTITIONS", -1, "partitions of created topics; -1 = broker default")
@@ -320,34 +319,20 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 		return err
 	}
 
+	if o.metricsAddr == "" {
+		return r.Run(ctx)
+	}
+	ln, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
+	}
+	h := health.Handler(health.Config{
+		Live: []health.Check{{Name: "relay", Func: health.Func(r.Health)}}, Ready: []health.Check{health.Ping(pool)}, Metrics: reg,
+	})
+	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
 	srvDone := make(chan error, 1)
-	var srv *http.Server
-	if o.metricsAddr != "" {
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := r.Health(); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintln(w, "ok")
-		})
-		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		log.Info("outbox-relay: serving /healthz and /metrics", "addr", ln.Addr().String())
-		go func() { srvDone <- srv.Serve(ln) }()
-	}
+	go func() { srvDone <- health.ServeListener(srvCtx, ln, h, log) }()
 	runErr := r.Run(ctx)
-	if srv != nil {
-		shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutCtx)
-		if err := <-srvDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return errors.Join(runErr, err)
-		}
-	}
-	return runErr
+	stopSrv()
+	return errors.Join(runErr, <-srvDone)
 }
