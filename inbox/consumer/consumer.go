@@ -30,6 +30,9 @@ var (
 	ErrMalformed = errors.New("malformed record")
 	// ErrRunning means Run was called while the same Consumer was already running.
 	ErrRunning = errors.New("consumer already running")
+	// ErrHandlerPanic is the reason recorded for a record whose handler panicked; the
+	// panic value and the stack follow it. Such a record is dead-lettered at once.
+	ErrHandlerPanic = errors.New("handler panicked")
 	// ErrGaveUp is the reason recorded for a record still failing after MaxAttempts;
 	// the handler's last error is wrapped next to it.
 	ErrGaveUp = errors.New("gave up after max attempts")

@@ -642,3 +642,45 @@ func TestRunSweepsItsOwnOldInboxRows(t *testing.T) {
 		return fmt.Sprintf("inbox rows %v; want this consumer's old row swept, its new row and the other consumer's row kept", left)
 	})
 }
+
+func TestHandlerPanicIsDeadLetteredAndProcessStaysUp(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	recs := e.produceAccount0(t, 4)
+	bomb := uuid.MustParse(recs[1].Headers[outbox.HeaderMessageID])
+	var dead atomic.Int64
+	cfg := e.config()
+	cfg.Hooks.DeadLettered = func(inbox.DeadLetter) { dead.Add(1) }
+	c, err := consumer.New(e.db.Pool, cfg, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		if err := apply(ctx, tx, msg); err != nil {
+			return err
+		}
+		if msg.ID == bomb {
+			var m map[string]int
+			m["boom"]++ // a handler bug: assignment to a nil map, after it wrote
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, c)
+	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor)
+	stop() // Run returns nil: the process stayed up
+	if b := e.balances(t)["acct-0"]; b != 1+3+4 {
+		t.Fatalf("balance = %d, want 8: the panicking record's writes roll back, its neighbours apply", b)
+	}
+	store, _ := inbox.NewStore("")
+	letters, err := store.ListDeadLetters(context.Background(), e.db.Pool, e.group, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(letters) != 1 || letters[0].MessageID != bomb || letters[0].Attempts != 1 || dead.Load() != 1 {
+		t.Fatalf("dead letters %+v (hook saw %d); want the panicking record once, after 1 attempt", letters, dead.Load())
+	}
+	for _, want := range []string{"handler panicked: assignment to entry in nil map", "goroutine ", "consumer_test.TestHandlerPanicIsDeadLetteredAndProcessStaysUp"} {
+		if !strings.Contains(letters[0].Reason, want) {
+			t.Errorf("reason does not contain %q (the panic and its stack):\n%s", want, letters[0].Reason)
+		}
+	}
+}

@@ -65,7 +65,9 @@
 // partition so order is kept; a commit refused by a deferred constraint (class 23)
 // counts as such a handler error. Errors wrapped with Permanent, records without a
 // valid message-id header (malformed) and records still failing after MaxAttempts
-// are dead-lettered: stored in inbox_dead_letters, together with their inbox row so
+// are dead-lettered, and so is a record whose handler panicked (the panic is
+// recovered, ErrHandlerPanic with the panic value and stack is the reason, and the
+// process stays up): stored in inbox_dead_letters, together with their inbox row so
 // a redelivery is skipped, in one transaction — then the partition moves on. If a
 // batch fails, its transaction is rolled back and its records are handled one per
 // transaction, in fetch order, so a failure never affects its neighbours. Attempt

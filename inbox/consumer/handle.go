@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -285,12 +286,24 @@ func (r *run) callHandler(tx pgx.Tx, m Message) error {
 		}
 	}
 	start := time.Now()
-	err := r.c.handler(ctx, tx, m)
+	err := r.safeHandler(ctx, tx, m)
 	if hooks.HandlerDone != nil {
 		hooks.HandlerDone(m, time.Since(start), err)
 	}
 	end(err)
 	return err
+}
+
+// safeHandler runs the handler and turns a panic into a permanent error carrying the
+// stack: a payload that makes the handler panic would panic again on every delivery,
+// so it is dead-lettered and the process stays up.
+func (r *run) safeHandler(ctx context.Context, tx pgx.Tx, m Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = Permanent(fmt.Errorf("%w: %v\n%s", ErrHandlerPanic, p, debug.Stack()))
+		}
+	}()
+	return r.c.handler(ctx, tx, m)
 }
 
 // handlerError tells handler failures (counted against MaxAttempts) from database
