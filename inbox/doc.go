@@ -23,8 +23,13 @@
 // is 7 days (Kafka's default log.retention.hours).
 //
 // Dead letters: messages a consumer can never process are stored in the
-// inbox_dead_letters table with their reason (see AddDeadLetter, ListDeadLetters);
-// they are not swept. consumer.Replay publishes one again once its cause is fixed.
+// inbox_dead_letters table with their reason (see AddDeadLetter, ListDeadLetters),
+// whatever bytes they carry: key, value and the headers' exact bytes as bytea, with
+// NUL and invalid UTF-8 escaped (\xNN) only in the readable headers and the reason,
+// since PostgreSQL text and jsonb refuse them. consumer.Replay publishes one again
+// once its cause is fixed, DeleteDeadLetter discards it; either resolves it: it is
+// listed no more, and a Sweeper deletes it DeadLetterRetention (30 days by default)
+// after it was resolved. Unresolved dead letters are never swept.
 //
 // This package depends only on pgx; the Kafka consumer loop built on it is package
 // inbox/consumer.

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -51,6 +54,7 @@ type Store struct {
 	listDeadSQL   string
 	deleteDeadSQL string
 	takeDeadSQL   string
+	sweepDeadSQL  string
 	forgetSQL     string
 }
 
@@ -73,17 +77,22 @@ ON CONFLICT ("consumer", "message_id") DO NOTHING RETURNING "message_id"`,
 		// Batched so a large backlog never holds one huge delete's locks and WAL.
 		sweepSQL: `DELETE FROM ` + inbox + ` WHERE ctid IN (
 SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 AND ($3 = '' OR "consumer" = $3) LIMIT $2)`,
-		addDeadSQL: `INSERT INTO ` + dead + ` ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason")
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+		addDeadSQL: `INSERT INTO ` + dead + ` ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "header_names", "header_values")
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT ("consumer", "topic", "partition", "offset") DO NOTHING`,
-		listDeadSQL: `SELECT "id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at"
-FROM ` + dead + ` WHERE ($1 = '' OR "consumer" = $1) ORDER BY "id" LIMIT $2`,
-		deleteDeadSQL: `DELETE FROM ` + dead + ` WHERE "id" = $1`,
-		takeDeadSQL: `DELETE FROM ` + dead + ` WHERE "id" = $1
-RETURNING "id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at"`,
+		listDeadSQL: `SELECT ` + deadColumns + `
+FROM ` + dead + ` WHERE "resolved_at" IS NULL AND ($1 = '' OR "consumer" = $1) ORDER BY "id" LIMIT $2`,
+		// Replayed and deleted dead letters stay, resolved, until SweepDeadLetters.
+		deleteDeadSQL: `UPDATE ` + dead + ` SET "resolved_at" = now(), "resolution" = 'deleted' WHERE "id" = $1 AND "resolved_at" IS NULL`,
+		takeDeadSQL: `UPDATE ` + dead + ` SET "resolved_at" = now(), "resolution" = 'replayed' WHERE "id" = $1 AND "resolved_at" IS NULL
+RETURNING ` + deadColumns,
+		sweepDeadSQL: `DELETE FROM ` + dead + ` WHERE ctid IN (
+SELECT ctid FROM ` + dead + ` WHERE "resolved_at" < $1 AND ($3 = '' OR "consumer" = $3) LIMIT $2)`,
 		forgetSQL: `DELETE FROM ` + inbox + ` WHERE "consumer" = $1 AND "message_id" = $2`,
 	}, nil
 }
+
+const deadColumns = `"id", "consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "dead_at", "header_names", "header_values"`
 
 // Schema returns the schema the store works on.
 func (s *Store) Schema() string { return s.schema }
@@ -153,14 +162,20 @@ func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids
 // `before`, batch rows per statement, until none is left, and returns how many it
 // deleted. A batch of 0 or less means 1000.
 func (s *Store) Sweep(ctx context.Context, db Execer, consumer string, before time.Time, batch int) (int64, error) {
+	return sweep(ctx, db, s.sweepSQL, consumer, before, batch, "entries")
+}
+
+// sweep runs the batched delete sql($1 before, $2 batch, $3 consumer) until a batch
+// comes back short.
+func sweep(ctx context.Context, db Execer, sql, consumer string, before time.Time, batch int, what string) (int64, error) {
 	if batch <= 0 {
 		batch = 1000
 	}
 	var total int64
 	for {
-		tag, err := db.Exec(ctx, s.sweepSQL, before, batch, consumer)
+		tag, err := db.Exec(ctx, sql, before, batch, consumer)
 		if err != nil {
-			return total, fmt.Errorf("inbox: sweep entries before %s: %w", before.Format(time.RFC3339), err)
+			return total, fmt.Errorf("inbox: sweep %s before %s: %w", what, before.Format(time.RFC3339), err)
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < int64(batch) {
@@ -188,15 +203,26 @@ type DeadLetter struct {
 // AddDeadLetter stores d within tx (d.ID and d.DeadAt are ignored). It reports false
 // when a dead letter for the same consumer and source position already exists, e.g.
 // the same poison record delivered again.
+//
+// Any bytes are stored intact: Key, Value and the headers' exact bytes as bytea (the
+// readable headers column escapes NUL and invalid UTF-8 as \xNN, since jsonb cannot
+// hold them); Reason is stored with such bytes escaped the same way.
 func (s *Store) AddDeadLetter(ctx context.Context, tx Execer, d DeadLetter) (bool, error) {
 	if d.Consumer == "" {
 		return false, fmt.Errorf("inbox: dead letter: %w: the consumer name is empty", ErrInvalidConsumer)
 	}
-	headers := d.Headers
-	if headers == nil {
-		headers = map[string]string{}
+	names := make([]string, 0, len(d.Headers))
+	for k := range d.Headers {
+		names = append(names, k)
 	}
-	h, err := json.Marshal(headers)
+	slices.Sort(names)
+	readable := make(map[string]string, len(names))
+	rawNames, rawValues := make([][]byte, len(names)), make([][]byte, len(names))
+	for i, k := range names {
+		readable[escapeText(k)] = escapeText(d.Headers[k])
+		rawNames[i], rawValues[i] = []byte(k), []byte(d.Headers[k])
+	}
+	h, err := json.Marshal(readable)
 	if err != nil {
 		return false, fmt.Errorf("inbox: dead letter headers: %w", err)
 	}
@@ -204,11 +230,31 @@ func (s *Store) AddDeadLetter(ctx context.Context, tx Execer, d DeadLetter) (boo
 	if d.MessageID != uuid.Nil {
 		msgID = &d.MessageID
 	}
-	tag, err := tx.Exec(ctx, s.addDeadSQL, d.Consumer, msgID, d.Topic, d.Partition, d.Offset, d.Key, d.Value, h, d.Attempts, d.Reason)
+	tag, err := tx.Exec(ctx, s.addDeadSQL, escapeText(d.Consumer), msgID, escapeText(d.Topic), d.Partition, d.Offset, d.Key, d.Value, h, d.Attempts,
+		escapeText(d.Reason), rawNames, rawValues)
 	if err != nil {
 		return false, fmt.Errorf("inbox: store dead letter %s/%d@%d for consumer %q: %w", d.Topic, d.Partition, d.Offset, d.Consumer, err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// escapeText returns s as PostgreSQL text can hold it: NUL and bytes that are not
+// UTF-8 become \xNN. Valid text comes back unchanged.
+func escapeText(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == 0 || (r == utf8.RuneError && n == 1) {
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // ListDeadLetters returns up to limit dead letters of consumer ("" means every
@@ -233,20 +279,32 @@ func scanDeadLetter(row pgx.CollectableRow) (DeadLetter, error) {
 	var d DeadLetter
 	var msgID *uuid.UUID
 	var h []byte
-	if err := row.Scan(&d.ID, &d.Consumer, &msgID, &d.Topic, &d.Partition, &d.Offset, &d.Key, &d.Value, &h, &d.Attempts, &d.Reason, &d.DeadAt); err != nil {
+	var names, values [][]byte
+	if err := row.Scan(&d.ID, &d.Consumer, &msgID, &d.Topic, &d.Partition, &d.Offset, &d.Key, &d.Value, &h, &d.Attempts, &d.Reason, &d.DeadAt, &names, &values); err != nil {
 		return DeadLetter{}, err
 	}
 	if msgID != nil {
 		d.MessageID = *msgID
 	}
-	if err := json.Unmarshal(h, &d.Headers); err != nil {
-		return DeadLetter{}, fmt.Errorf("dead letter %d headers: %w", d.ID, err)
+	if names == nil { // stored before the exact header bytes were
+		if err := json.Unmarshal(h, &d.Headers); err != nil {
+			return DeadLetter{}, fmt.Errorf("dead letter %d headers: %w", d.ID, err)
+		}
+		return d, nil
+	}
+	if len(names) != len(values) {
+		return DeadLetter{}, fmt.Errorf("dead letter %d: %d header names but %d values", d.ID, len(names), len(values))
+	}
+	d.Headers = make(map[string]string, len(names))
+	for i, k := range names {
+		d.Headers[string(k)] = string(values[i])
 	}
 	return d, nil
 }
 
-// TakeDeadLetter deletes the dead letter with the given id within tx and returns it,
-// e.g. to publish it again in the same transaction. It returns ErrNotFound if there is none.
+// TakeDeadLetter resolves the dead letter with the given id as replayed within tx
+// and returns it, e.g. to publish it again in the same transaction. It returns
+// ErrNotFound if there is none, or it was resolved already.
 func (s *Store) TakeDeadLetter(ctx context.Context, tx Querier, id int64) (DeadLetter, error) {
 	rows, err := tx.Query(ctx, s.takeDeadSQL, id)
 	if err != nil {
@@ -272,8 +330,9 @@ func (s *Store) Forget(ctx context.Context, tx Execer, consumer string, id uuid.
 	return tag.RowsAffected() == 1, nil
 }
 
-// DeleteDeadLetter removes the dead letter with the given id, e.g. after an operator
-// replayed or discarded it. It returns ErrNotFound if there is none.
+// DeleteDeadLetter resolves the dead letter with the given id as deleted, e.g. after
+// an operator discarded it: it is listed no more and swept by SweepDeadLetters. It
+// returns ErrNotFound if there is none, or it was resolved already.
 func (s *Store) DeleteDeadLetter(ctx context.Context, db Execer, id int64) error {
 	tag, err := db.Exec(ctx, s.deleteDeadSQL, id)
 	if err != nil {
@@ -283,4 +342,12 @@ func (s *Store) DeleteDeadLetter(ctx context.Context, db Execer, id int64) error
 		return fmt.Errorf("inbox: dead letter %d: %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// SweepDeadLetters deletes the dead letters of consumer ("" means every consumer)
+// resolved (replayed or deleted) before `before`, batch rows per statement, until
+// none is left, and returns how many it deleted. Unresolved dead letters are never
+// swept. A batch of 0 or less means 1000.
+func (s *Store) SweepDeadLetters(ctx context.Context, db Execer, consumer string, before time.Time, batch int) (int64, error) {
+	return sweep(ctx, db, s.sweepDeadSQL, consumer, before, batch, "resolved dead letters")
 }

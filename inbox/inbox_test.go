@@ -302,3 +302,56 @@ func TestRecordMany(t *testing.T) {
 		t.Fatalf("nil id: err = %v", err)
 	}
 }
+
+func TestResolvedDeadLettersAreSweptAfterTheirRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	s, _ := inbox.NewStore("")
+	add := func(consumer string, offset int64) int64 {
+		t.Helper()
+		if _, err := s.AddDeadLetter(ctx, db.Pool, inbox.DeadLetter{Consumer: consumer, Topic: "t", Offset: offset, Reason: "boom"}); err != nil {
+			t.Fatal(err)
+		}
+		var id int64
+		if err := db.Pool.QueryRow(ctx, `SELECT "id" FROM "sagabox"."inbox_dead_letters" WHERE "consumer" = $1 AND "offset" = $2`, consumer, offset).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	open, deleted, replayed, recent, others := add("c", 1), add("c", 2), add("c", 3), add("c", 4), add("other", 5)
+	for _, id := range []int64{deleted, recent, others} {
+		if err := s.DeleteDeadLetter(ctx, db.Pool, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.TakeDeadLetter(ctx, db.Pool, replayed); err != nil {
+		t.Fatal(err)
+	}
+	// Resolved long ago, except "recent"; "open" is old but unresolved.
+	if _, err := db.Pool.Exec(ctx, `UPDATE "sagabox"."inbox_dead_letters" SET "dead_at" = now() - interval '50 days',
+"resolved_at" = CASE WHEN "resolved_at" IS NULL OR "id" = $1 THEN "resolved_at" ELSE now() - interval '40 days' END`, recent); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := s.ListDeadLetters(ctx, db.Pool, "c", 0); err != nil || len(left) != 1 || left[0].ID != open {
+		t.Fatalf("listed %+v, %v; want only the unresolved dead letter", left, err)
+	}
+	sw, err := inbox.NewSweeper(db.Pool, inbox.SweeperConfig{Consumer: "c", BatchSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sw.SweepOnce(ctx); err != nil || n != 2 {
+		t.Fatalf("swept %d, %v; want the 2 of c resolved more than 30 days ago", n, err)
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT "id" FROM "sagabox"."inbox_dead_letters" ORDER BY "id"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids) != fmt.Sprint([]int64{open, recent, others}) {
+		t.Fatalf("dead letters left %v; want the unresolved %d, the recently resolved %d and the other consumer's %d", ids, open, recent, others)
+	}
+}

@@ -11,6 +11,11 @@ import (
 	"github.com/sagabox/sagabox/migrations"
 )
 
+// DefaultDeadLetterRetention is how long resolved (replayed or deleted) dead letters
+// are kept unless a SweeperConfig says otherwise: long enough to look back on what an
+// operator did.
+const DefaultDeadLetterRetention = 30 * 24 * time.Hour
+
 // DefaultRetention is the dedup window unless a SweeperConfig says otherwise: Kafka's
 // default topic retention (log.retention.hours = 168).
 const DefaultRetention = 7 * 24 * time.Hour
@@ -26,6 +31,10 @@ type SweeperConfig struct {
 	// possible redelivery delay (the topic's retention if consumers may rewind).
 	// Defaults to 7 days.
 	Retention time.Duration
+	// DeadLetterRetention is how long a dead letter is kept after it was resolved
+	// (replayed or deleted); unresolved dead letters are never swept. Negative keeps
+	// resolved ones forever. Defaults to 30 days.
+	DeadLetterRetention time.Duration
 	// Interval is the time between sweeps. Defaults to 1 minute.
 	Interval time.Duration
 	// BatchSize is the number of rows one DELETE statement removes. Defaults to 1000.
@@ -42,6 +51,9 @@ func (c *SweeperConfig) applyDefaults() {
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
+	}
+	if c.DeadLetterRetention == 0 {
+		c.DeadLetterRetention = DefaultDeadLetterRetention
 	}
 	if c.Interval == 0 {
 		c.Interval = time.Minute
@@ -82,7 +94,8 @@ func (c *SweeperConfig) validate() error {
 	return nil
 }
 
-// Sweeper deletes inbox entries older than the retention window, periodically.
+// Sweeper deletes inbox entries older than the retention window, and resolved dead
+// letters older than theirs, periodically, in batches that hold no long locks.
 type Sweeper struct {
 	db    Execer
 	store *Store
@@ -102,9 +115,16 @@ func NewSweeper(db Execer, cfg SweeperConfig) (*Sweeper, error) {
 	return &Sweeper{db: db, store: store, cfg: cfg}, nil
 }
 
-// SweepOnce deletes every entry received before Now() - Retention and returns how many.
+// SweepOnce deletes every entry received before Now() - Retention and every dead
+// letter resolved before Now() - DeadLetterRetention, and returns how many rows.
 func (s *Sweeper) SweepOnce(ctx context.Context) (int64, error) {
-	return s.store.Sweep(ctx, s.db, s.cfg.Consumer, s.cfg.Now().Add(-s.cfg.Retention), s.cfg.BatchSize)
+	now := s.cfg.Now()
+	n, err := s.store.Sweep(ctx, s.db, s.cfg.Consumer, now.Add(-s.cfg.Retention), s.cfg.BatchSize)
+	if err != nil || s.cfg.DeadLetterRetention < 0 {
+		return n, err
+	}
+	dead, err := s.store.SweepDeadLetters(ctx, s.db, s.cfg.Consumer, now.Add(-s.cfg.DeadLetterRetention), s.cfg.BatchSize)
+	return n + dead, err
 }
 
 // Run sweeps at once and then every Interval until ctx ends, and returns nil then.

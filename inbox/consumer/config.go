@@ -32,8 +32,14 @@ type Config struct {
 	// Retention is the dedup window of this consumer's inbox rows: Run deletes rows of
 	// its Name older than that, every minute (a redelivery arriving later than Retention
 	// after the first delivery is processed again; see package inbox). Negative turns the
-	// sweep off, for when an inbox.Sweeper runs elsewhere. Defaults to 7 days.
+	// sweep (and that of resolved dead letters) off, for when an inbox.Sweeper runs
+	// elsewhere. Defaults to 7 days.
 	Retention time.Duration
+
+	// DeadLetterRetention is how long this consumer's dead letters are kept once
+	// resolved (replayed or deleted); Run sweeps them with its inbox rows. Unresolved
+	// dead letters are never swept. Negative keeps them forever. Defaults to 30 days.
+	DeadLetterRetention time.Duration
 
 	// Concurrency is the number of workers; each partition is handled by one of them,
 	// in order. It must not exceed the pool's MaxConns. Defaults to 8, or the pool's
@@ -117,6 +123,7 @@ func (c *Config) applyDefaults(poolMaxConns int) {
 		}
 	}
 	setDefault(&c.Retention, inbox.DefaultRetention)
+	setDefault(&c.DeadLetterRetention, inbox.DefaultDeadLetterRetention)
 	setDefault(&c.BatchSize, 32)
 	setDefault(&c.QueueCapacity, 256)
 	setDefault(&c.MaxAttempts, 10)

@@ -122,7 +122,7 @@ func New(pool *pgxpool.Pool, cfg Config, h Handler) (*Consumer, error) {
 	c := &Consumer{pool: pool, cfg: cfg, handler: h, store: store}
 	if cfg.Retention > 0 {
 		c.sweeper, err = inbox.NewSweeper(pool, inbox.SweeperConfig{Schema: cfg.Schema, Consumer: cfg.Name,
-			Retention: cfg.Retention, Interval: min(time.Minute, cfg.Retention), Logger: cfg.Logger})
+			Retention: cfg.Retention, DeadLetterRetention: cfg.DeadLetterRetention, Interval: min(time.Minute, cfg.Retention), Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("consumer: %w: %w", ErrInvalidConfig, err)
 		}

@@ -68,7 +68,10 @@
 // are dead-lettered, and so is a record whose handler panicked (the panic is
 // recovered, ErrHandlerPanic with the panic value and stack is the reason, and the
 // process stays up): stored in inbox_dead_letters, together with their inbox row so
-// a redelivery is skipped, in one transaction — then the partition moves on. If a
+// a redelivery is skipped, in one transaction — then the partition moves on. Any
+// record can be stored so, whatever bytes its key, value, headers or the error text
+// hold (see package inbox); storing it is retried like a local retry, backing off,
+// only while the database fails. If a
 // batch fails, its transaction is rolled back and its records are handled one per
 // transaction, in fetch order, so a failure never affects its neighbours. Attempt
 // counts live in memory: a restart starts counting again.

@@ -410,8 +410,10 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		if r.stopping() {
 			return false
 		}
-		cfg.Logger.Warn("consumer: storing dead letter failed, will retry", "consumer", cfg.Name, "err", err)
-		if !r.sleep(r.c.backoff(failures)) {
+		// The store escapes what text columns cannot hold, so only the database can
+		// fail here: wait for it, backing off, like any local retry.
+		r.localRetry(m, failures, 1, fmt.Errorf("store dead letter: %w", err))
+		if !r.sleep(r.c.localBackoff(failures)) {
 			return false
 		}
 	}

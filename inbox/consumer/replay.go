@@ -13,7 +13,8 @@ import (
 )
 
 // Replay puts dead letter id (see inbox.Store.ListDeadLetters) back on its topic, in
-// tx: it deletes the dead letter and its consumer's inbox row for the message, and
+// tx: it resolves the dead letter as replayed, deletes its consumer's inbox row for
+// the message, and
 // enqueues the record through the outbox of schema ("" means "sagabox") under the
 // same message id, so the relay publishes it again and that consumer handles it as
 // new — once the cause is fixed. Consumer groups that had handled the message skip
