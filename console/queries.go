@@ -88,7 +88,7 @@ ORDER BY m."seq" LIMIT $1`,
 		oldestTx: `SELECT pid, COALESCE(usename, ''), COALESCE(application_name, ''), state, EXTRACT(EPOCH FROM now() - xact_start)::float8, left(query, 200)
 FROM pg_stat_activity WHERE xact_start IS NOT NULL AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
 ORDER BY xact_start LIMIT 1`,
-		inboxConsumers: `SELECT "consumer", count(*), max("dead_at") FROM ` + dead + ` GROUP BY "consumer" ORDER BY "consumer"`,
+		inboxConsumers: `SELECT "consumer", count(*), max("dead_at") FROM ` + dead + ` WHERE "resolved_at" IS NULL GROUP BY "consumer" ORDER BY "consumer"`,
 		relays:         `SELECT "id", "started_at", "expires_at", "expires_at" > now() FROM ` + id("outbox_relays") + ` ORDER BY "id"`,
 		leases: `SELECT COALESCE("owner", ''), "expires_at" > now(), array_agg("shard" ORDER BY "shard"), max("expires_at"), max("epoch")
 FROM ` + id("outbox_leases") + ` GROUP BY 1, 2 ORDER BY 1, 2`,

@@ -84,7 +84,7 @@ func DeadLetters(db promsql.Querier, schema string) (prometheus.Collector, error
 		return nil, fmt.Errorf("consumerprom: %w", err)
 	}
 	desc := prometheus.NewDesc("sagabox_inbox_dead_letters", "Dead letters stored in the inbox, waiting for an operator.", []string{"consumer"}, nil)
-	sql := `SELECT "consumer", count(*) FROM ` + table + ` GROUP BY "consumer"`
+	sql := `SELECT "consumer", count(*) FROM ` + table + ` WHERE "resolved_at" IS NULL GROUP BY "consumer"` // replayed or deleted ones wait only for the sweep
 	return promsql.New("sagabox_inbox", 0, func(ctx context.Context, emit promsql.Emit) error {
 		rows, err := db.Query(ctx, sql)
 		if err != nil {
