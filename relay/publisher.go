@@ -15,6 +15,9 @@ var (
 	// ErrNotMigrated means the schema lacks the outbox tables: run the migrations
 	// (sagactl migrate up) for it first.
 	ErrNotMigrated = errors.New("outbox tables missing")
+	// ErrNoAccess means the database role may not read and write the outbox
+	// tables; grant it SELECT, INSERT, UPDATE and DELETE on them (and USAGE on the schema).
+	ErrNoAccess = errors.New("no access to the outbox tables")
 	// ErrAlreadyRunning means Run was called on a Relay that is running.
 	ErrAlreadyRunning = errors.New("relay already running")
 	// ErrUnavailable marks a publish failure of the broker rather than of the

@@ -115,3 +115,42 @@ func notMigrated(err error) bool {
 }
 
 func interval(d time.Duration) string { return fmt.Sprintf("%d microseconds", d.Microseconds()) }
+
+// Preflight checks that db can serve a relay of schema ("" means the default):
+// the outbox tables exist (else ErrNotMigrated) and the role may read and write
+// them (else ErrNoAccess). Any other error (the database unreachable, a wrong
+// password) is returned as the driver gave it, so a caller can tell a fault that
+// waiting cures from one it does not.
+func Preflight(ctx context.Context, db *pgxpool.Pool, schema string) error {
+	if schema == "" {
+		schema = outbox.DefaultSchema
+	}
+	tables := []string{
+		pgx.Identifier{schema, "outbox_messages"}.Sanitize(),
+		pgx.Identifier{schema, "outbox_leases"}.Sanitize(),
+		pgx.Identifier{schema, "outbox_relays"}.Sanitize(),
+	}
+	var n int
+	var ok [3]bool
+	err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+tables[1]+`),
+    has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE'),
+    has_table_privilege($2, 'SELECT, INSERT, UPDATE, DELETE'),
+    has_table_privilege($3, 'SELECT, INSERT, UPDATE, DELETE')`, tables[0], tables[1], tables[2]).Scan(&n, &ok[0], &ok[1], &ok[2])
+	var pgErr *pgconn.PgError
+	switch {
+	case notMigrated(err):
+		return fmt.Errorf("relay: schema %q: %w; run the migrations first (sagactl migrate up --schema %s): %v", schema, ErrNotMigrated, schema, err)
+	case errors.As(err, &pgErr) && pgErr.Code == "42501":
+		return fmt.Errorf("relay: schema %q: %w: %v", schema, ErrNoAccess, err)
+	case err != nil:
+		return err
+	case n != Shards:
+		return fmt.Errorf("relay: schema %q has %d shard leases, this relay expects %d: %w", schema, n, Shards, ErrNotMigrated)
+	}
+	for i, t := range tables {
+		if !ok[i] {
+			return fmt.Errorf("relay: %w: the role may not SELECT, INSERT, UPDATE and DELETE on %s", ErrNoAccess, t)
+		}
+	}
+	return nil
+}

@@ -24,8 +24,8 @@ import (
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
-	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/health"
+	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 	"github.com/sagabox/sagabox/relay/relayprom"
@@ -188,6 +188,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	pubCfg.Logger = log
 	if err := serve(ctx, o, pubCfg, log); err != nil {
+		var se *startError
+		if errors.As(err, &se) {
+			fmt.Fprintf(stderr, "outbox-relay: %v\n", se)
+			return 1
+		}
 		log.Error("outbox-relay: stopped", "err", err)
 		return 1
 	}
@@ -288,9 +293,16 @@ func (o *options) sasl() (sasl.Mechanism, error) {
 
 // serve runs the relay (and the metrics server) until ctx ends.
 func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Logger) error {
-	pool, err := pgxpool.New(ctx, o.databaseURL)
+	poolCfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
-		return fmt.Errorf("database URL: %w", err)
+		return &startError{fmt.Errorf("--database-url: %w", err)}
+	}
+	if !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < int32(o.workers)+2 {
+		poolCfg.MaxConns = int32(o.workers) + 2 // a connection per publish loop, heartbeats, the backlog gauge
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return &startError{fmt.Errorf("--database-url: %w", err)}
 	}
 	defer pool.Close()
 	pub, err := kafkapub.New(pubCfg)
@@ -319,20 +331,35 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 		return err
 	}
 
-	if o.metricsAddr == "" {
+	st := &startup{}
+	start := func(ctx context.Context) error {
+		if err := awaitDatabase(ctx, pool, o.schema, st, log); err != nil || ctx.Err() != nil {
+			return err
+		}
 		return r.Run(ctx)
+	}
+	if o.metricsAddr == "" {
+		return start(ctx)
 	}
 	ln, err := net.Listen("tcp", o.metricsAddr)
 	if err != nil {
 		return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
 	}
+	// Liveness covers the start-up (database not ready yet), the relay's loops and
+	// database, and the broker.
 	h := health.Handler(health.Config{
-		Live: []health.Check{{Name: "relay", Func: health.Func(r.Health)}}, Ready: []health.Check{health.Ping(pool)}, Metrics: reg,
+		Live: []health.Check{
+			{Name: "start", Func: health.Func(st.check)},
+			{Name: "relay", Func: health.Func(r.Health)},
+			{Name: "broker", Func: pub.Health},
+		},
+		Ready:   []health.Check{health.Ping(pool)},
+		Metrics: reg,
 	})
 	srvCtx, stopSrv := context.WithCancel(context.WithoutCancel(ctx))
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- health.ServeListener(srvCtx, ln, h, log) }()
-	runErr := r.Run(ctx)
+	runErr := start(ctx)
 	stopSrv()
 	return errors.Join(runErr, <-srvDone)
 }

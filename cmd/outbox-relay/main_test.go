@@ -122,15 +122,7 @@ func TestDaemon(t *testing.T) {
 		}
 	})
 
-	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
+	get := func(path string) (int, string) { return httpGet(addr, path) }
 	waitFor(t, 20*time.Second, "/healthz to answer 200", func() bool { code, _ := get("/healthz"); return code == 200 })
 
 	if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: topic, Key: "k", Payload: []byte("hello")}); err != nil {
@@ -215,4 +207,16 @@ func TestVersionPrintsTheBuild(t *testing.T) {
 	if !strings.HasPrefix(out.String(), "outbox-relay ") || !strings.Contains(out.String(), "go1.") {
 		t.Fatalf("--version printed %q", out.String())
 	}
+}
+
+// httpGet returns the status and body of GET http://addr/path (0 and the error
+// when it cannot connect).
+func httpGet(addr, path string) (int, string) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
