@@ -11,19 +11,22 @@ INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload", "heade
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]);
 
 -- name: claim
--- The oldest pending rows of the shards $3, in seq (insert) order, at most $1.
+-- The oldest pending rows of the shards $5 after seq $3, in seq (insert) order, at most $1.
 -- Not scanned at all: rows waiting for a retry ($2 is now), and every later row of
 -- a key whose earlier row waits for one; so rows waiting for a retry, keyed or
 -- not, never fill the LIMIT, and rows without a key hold nothing back. A scanned
 -- row is ready when its transaction is older than every running one (txid below
--- the snapshot's xmin: no row of an older transaction can still appear). The relay
--- takes a row when it and every earlier scanned row of its key are ready.
-WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
-    m."txid" < (SELECT xmin FROM snap) AS ready
+-- the snapshot's xmin: no row of an older transaction can still appear), or below
+-- $4 when that is lower (the xmin of the first claim of a run that follows on,
+-- see outbox.Cursor). The relay takes a row when it and every earlier scanned row
+-- of its key are ready.
+WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
+SELECT m."seq", m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+    m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
-  AND m."shard" = ANY($3::smallint[])
+  AND m."seq" > $3
+  AND m."shard" = ANY($5::smallint[])
   AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2)
   AND (m."key" = '' OR NOT EXISTS (
       SELECT 1 FROM "sagabox"."outbox_messages" AS w
@@ -33,17 +36,24 @@ LIMIT $1;
 
 -- name: claim_all
 -- claim for a relay that owns every shard (the common case): no shard filter.
-WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
-    m."txid" < (SELECT xmin FROM snap) AS ready
+WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
+SELECT m."seq", m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+    m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
+  AND m."seq" > $3
   AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2)
   AND (m."key" = '' OR NOT EXISTS (
       SELECT 1 FROM "sagabox"."outbox_messages" AS w
       WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > $2 AND w."seq" < m."seq"))
 ORDER BY m."seq"
 LIMIT $1;
+
+-- name: probe
+-- Wake-ups: the highest seq of a pending row after seq $1 (NULL when there is
+-- none). The relay asks it with the last answer, so the index range it reads is
+-- the rows added since.
+SELECT max("seq") FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL AND "seq" > $1;
 
 -- name: delete_published
 -- Settle: the broker acknowledged these rows.

@@ -98,35 +98,65 @@ type Claimed struct {
 // for a retry are not scanned, so they never fill limit. See package relay,
 // "Commit order".
 func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.Time, limit int) ([]Claimed, int, error) {
+	return s.ClaimNext(ctx, db, shards, now, limit, &Cursor{})
+}
+
+// Cursor lets claims follow each other while the rows of the earlier ones are
+// still pending (being published): each scans only after the last row the one
+// before it scanned, and leaves the keys that one left a row of. A row that
+// becomes visible behind the cursor is found only by a claim from a new Cursor;
+// so that no later row of its key overtakes it meanwhile, the claims of one
+// Cursor take only rows of transactions older than the first claim's snapshot
+// xmin (every row of those was visible to it), and the caller passes one now to
+// all of them (a retry falling due behind the cursor stays waiting).
+type Cursor struct {
+	// Seq is the last seq scanned; the next claim scans after it.
+	Seq int64
+	// Xmin is the first claim's snapshot xmin (0 before it).
+	Xmin uint64
+	// Blocked holds the keys a claim left a row of (not ready): later rows of
+	// theirs are not taken either. The caller adds keys it must hold back (their
+	// publish failed) the same way.
+	Blocked map[string]bool
+}
+
+// ClaimNext is Claim continuing from cur, which it advances.
+func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now time.Time, limit int, cur *Cursor) ([]Claimed, int, error) {
 	var rows pgx.Rows
 	var err error
+	var xmin *uint64 // NULL: LEAST takes the snapshot's
+	if cur.Xmin != 0 {
+		xmin = &cur.Xmin
+	}
 	if shards == nil {
-		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now)
+		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, xmin)
 	} else {
-		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, shards)
+		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, xmin, shards)
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)
 	}
 	defer rows.Close()
+	if cur.Blocked == nil {
+		cur.Blocked = map[string]bool{}
+	}
 	var out []Claimed
 	scanned := 0
-	blocked := map[string]bool{} // keys with an earlier row that is not ready
 	for rows.Next() {
 		var r Claimed
 		var headers []byte
 		var ready bool
-		if err := rows.Scan(&r.ID, &r.Topic, &r.Key, &r.Payload, &headers, &r.Attempts, &ready); err != nil {
+		if err := rows.Scan(&cur.Seq, &r.ID, &r.Topic, &r.Key, &r.Payload, &headers, &r.Attempts, &ready, &cur.Xmin); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
 		}
 		scanned++
 		keyed := r.Key != ""
-		if keyed && blocked[r.Key] {
+		if keyed && cur.Blocked[r.Key] {
 			continue
 		}
 		if !ready {
 			if keyed {
-				blocked[r.Key] = true
+				cur.Blocked[r.Key] = true
 			}
 			continue
 		}
@@ -142,6 +172,20 @@ func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.
 		return nil, 0, fmt.Errorf("claim: %w", err)
 	}
 	return out, scanned, nil
+}
+
+// Probe returns the highest seq of a pending row after seq after, and false when
+// there is none: whether rows arrived since the answer after was given. It reads
+// only the index entries of the rows added since.
+func (s *Store) Probe(ctx context.Context, db Querier, after int64) (int64, bool, error) {
+	var seq *int64
+	if err := db.QueryRow(ctx, s.stmt("probe"), after).Scan(&seq); err != nil {
+		return after, false, fmt.Errorf("probe: %w", err)
+	}
+	if seq == nil {
+		return after, false, nil
+	}
+	return *seq, true, nil
 }
 
 // Failure is the bookkeeping of one failed publish: one attempt spent, the error

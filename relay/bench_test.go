@@ -39,7 +39,7 @@ const (
 	benchKeys       = 1000
 	benchPartitions = 8
 	// benchProduceDelay is the broker latency injected for the scale-out figures.
-	benchProduceDelay = 5 * time.Millisecond
+	benchProduceDelay = 10 * time.Millisecond
 )
 
 func envInt(name string, def int) int {
@@ -93,7 +93,8 @@ func BenchmarkRelayDrain(b *testing.B) {
 	line("baseline: raw claim+delete, 1 connection, 1000/stmt", rawDelete, "rows/s", "")
 	line("baseline: same, DELETE … RETURNING the rows", rawReturning, "rows/s", fmt.Sprintf("%.2f× of raw claim+delete", rawReturning/rawDelete))
 	line("baseline: raw kafka-go produce, 1000/call, acks=all", rawProduce, "msgs/s", "")
-	line("relay ×1", one.rate, "msgs/s", fmt.Sprintf("%.2f× raw claim+delete (target ≥ 0.85); %.2f× raw produce", one.rate/rawDelete, one.rate/rawProduce))
+	line("relay ×1", one.rate, "msgs/s", fmt.Sprintf("%.2f× raw claim+delete (target ≥ 0.85); %.2f× with RETURNING; %.2f× raw produce",
+		one.rate/rawDelete, one.rate/rawReturning, one.rate/rawProduce))
 	line("relay ×3", three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 0.95)%s", three.rate/one.rate, three.dupNote()))
 	fmt.Fprintf(w, "  broker latency %v per produce request, backlog of %d:\n", benchProduceDelay, nDelayed)
 	line("  relay ×1", oneD.rate, "msgs/s", "")
@@ -292,8 +293,9 @@ func BenchmarkRelayWakeup(b *testing.B) {
 	}
 	modes := []mode{
 		{name: "no relay, no trigger (producers' baseline)"},
-		{name: "NOTIFY trigger + LISTEN, poll 1s", relay: true, trigger: true},
-		{name: "no trigger, poll every 10ms", relay: true, opts: benchRelayOpts{DisableNotify: true, PollInterval: 10 * time.Millisecond}},
+		{name: "NOTIFY trigger + LISTEN (Listen)", relay: true, trigger: true, opts: benchRelayOpts{Listen: true}},
+		{name: "probe every 5ms (the default)", relay: true},
+		{name: "probe every 2ms", relay: true, opts: benchRelayOpts{ProbeInterval: 2 * time.Millisecond}},
 		{name: "no relay, no trigger (baseline again)"},
 	}
 	results := make([]wakeResult, len(modes))

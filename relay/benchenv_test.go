@@ -294,7 +294,8 @@ type benchRelayOpts struct {
 	Workers       int
 	BatchSize     int
 	PollInterval  time.Duration
-	DisableNotify bool
+	ProbeInterval time.Duration
+	Listen        bool
 	CPUProfile    string
 }
 
@@ -382,7 +383,7 @@ func runBenchRelay() int {
 		}
 	}()
 	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, BatchSize: o.BatchSize,
-		PollInterval: o.PollInterval, DisableNotify: o.DisableNotify}
+		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, Listen: o.Listen}
 	if code := runRelayProcess(ctx, cfg); code != 0 {
 		return code
 	}

@@ -28,12 +28,25 @@ type Config struct {
 	// overlap while every key (one shard) stays on one loop, in order.
 	// Defaults to 2.
 	Workers int
-	// PollInterval is how often the relay looks for rows when no notification
-	// arrives: the bound on latency if NOTIFY is lost or disabled, and how soon a
-	// retry becomes due. Defaults to 1s.
+	// PollInterval is how often a publish loop looks for rows from the oldest one
+	// on, whatever the wake-ups say: the bound on latency for rows the probe cannot
+	// see (doc.go, Wake-ups), and how soon a retry becomes due. Defaults to 1s.
 	PollInterval time.Duration
-	// DisableNotify turns LISTEN/NOTIFY wake-ups off, leaving only polling.
-	// Defaults to false.
+	// ProbeInterval is how soon a publish loop claims again after a batch that
+	// did not fill, and how often an idle relay asks the database whether rows
+	// arrived (one index lookup of the rows added since the last answer). After a
+	// second without new rows the probe backs off, doubling up to 100ms (or
+	// PollInterval if that is lower). Defaults to 5ms.
+	ProbeInterval time.Duration
+	// Listen makes the relay LISTEN for the NOTIFY trigger's wake-ups instead of
+	// probing. The trigger is disabled by migration 00006: enable it as well,
+	//	ALTER TABLE sagabox.outbox_messages ENABLE TRIGGER outbox_messages_notify;
+	// A notifying commit takes PostgreSQL's global notify lock, so producers
+	// commit one at a time (doc.go, Wake-ups, has the figures). Defaults to false.
+	Listen bool
+	// DisableNotify turns Listen off.
+	//
+	// Deprecated: the relay listens only when Listen is set.
 	DisableNotify bool
 	// MaxAttempts is how many failed publishes a message gets before it is
 	// dead-lettered. Defaults to 10.
@@ -91,6 +104,10 @@ func (c *Config) applyDefaults() {
 		c.Workers = 2
 	}
 	def(&c.PollInterval, time.Second)
+	def(&c.ProbeInterval, 5*time.Millisecond)
+	if c.DisableNotify {
+		c.Listen = false
+	}
 	def(&c.RetryBackoffMin, time.Second)
 	def(&c.RetryBackoffMax, 5*time.Minute)
 	def(&c.ErrorBackoffMin, 100*time.Millisecond)
@@ -127,7 +144,7 @@ func (c *Config) validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"PollInterval", c.PollInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
+		{"PollInterval", c.PollInterval}, {"ProbeInterval", c.ProbeInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
 		{"ErrorBackoffMin", c.ErrorBackoffMin}, {"ErrorBackoffMax", c.ErrorBackoffMax}, {"LeaseTTL", c.LeaseTTL},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"PublishTimeout", c.PublishTimeout},
 	} {

@@ -174,3 +174,15 @@ func (r *Relay) reportLag(ctx context.Context) {
 		r.cfg.Hooks.lag(max(0, r.cfg.Now().Sub(created)))
 	}
 }
+
+// allUsable reports whether every one of shards stays leased until at least deadline.
+func (l *leaseSet) allUsable(shards []int16, deadline time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range shards {
+		if until, ok := l.owned[s]; !ok || !until.After(deadline) {
+			return false
+		}
+	}
+	return true
+}

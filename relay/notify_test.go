@@ -5,28 +5,56 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/sagabox/sagabox/internal/kafkatest"
 	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 )
 
 // TestNotifyWakesTheRelay polls only once a minute, so a message published within
-// seconds was announced by the NOTIFY trigger; it also runs in a schema of its own,
-// whose channel differs from the default one.
+// seconds was announced by the NOTIFY trigger (enabled again, as Listen asks); it
+// also runs in a schema of its own, whose channel differs from the default one.
 func TestNotifyWakesTheRelay(t *testing.T) {
 	t.Parallel()
+	testWakeUp(t, true)
+}
+
+// TestProbeWakesTheRelay is the default wake-up: no trigger, no LISTEN, polls
+// once a minute, so the probe found the messages.
+func TestProbeWakesTheRelay(t *testing.T) {
+	t.Parallel()
+	testWakeUp(t, false)
+}
+
+func testWakeUp(t *testing.T, listen bool) {
 	ctx := context.Background()
+	db := testenv.NewEmptyDB(t)
 	const schema = "tenant_a"
-	pool := testenv.NewSchemaDB(t, schema).Pool
+	if err := migrations.Up(ctx, db.URL, schema); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if listen {
+		if _, err := pool.Exec(ctx, `ALTER TABLE "tenant_a"."outbox_messages" ENABLE TRIGGER "outbox_messages_notify"`); err != nil {
+			t.Fatal(err)
+		}
+	}
 	k := testenv.NewKafka(t)
-	topic := testenv.Topic("notify")
+	topic := testenv.Topic("wake")
 	k.CreateTopic(t, topic, 1)
 
 	cfg := fastConfig()
 	cfg.Schema = schema
 	cfg.PollInterval = time.Minute
+	cfg.Listen = listen
 	shards := make(chan int, 100)
 	cfg.Hooks.Shards = func(n int) {
 		select {

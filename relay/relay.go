@@ -29,6 +29,7 @@ type Relay struct {
 	leases  leaseSet
 	cycleMu sync.RWMutex    // read-held by each loop while its batch is in flight
 	wakeC   []chan struct{} // one per publish loop
+	idle    atomic.Int32    // publish loops whose last cycle claimed nothing
 	running atomic.Bool
 	lastOK  atomic.Int64 // unix nanos of the last successful heartbeat
 }
@@ -104,8 +105,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { r.leaseLoop(loopCtx) })
-	if !r.cfg.DisableNotify {
+	if r.cfg.Listen {
+		r.checkTrigger(ctx)
 		wg.Go(func() { r.listenLoop(loopCtx) })
+	} else {
+		wg.Go(func() { r.probeLoop(loopCtx) })
 	}
 	for w := range r.cfg.Workers {
 		wg.Go(func() { r.publishLoop(loopCtx, w) })
@@ -185,7 +189,7 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 	heldPause := time.Duration(0)
 	heldTimer := false // the last wait was the held pause running out, not a wake-up
 	for ctx.Err() == nil {
-		_, held, err := r.cycle(ctx, w)
+		claimed, held, err := r.cycle(ctx, w)
 		if err != nil && ctx.Err() == nil {
 			failures++
 			pause := backoff(r.cfg.ErrorBackoffMin, r.cfg.ErrorBackoffMax, failures)
@@ -202,6 +206,13 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 		if heldPause > 0 {
 			wait = heldPause
 		}
+		idle := claimed == 0
+		if !idle && !r.cfg.Listen {
+			wait = min(wait, r.cfg.ProbeInterval) // busy: more rows are likely on their way
+		}
+		if idle {
+			r.idle.Add(1)
+		}
 		poll.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -210,15 +221,101 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 		case <-poll.C:
 			heldTimer = held > 0
 		}
+		if idle {
+			r.idle.Add(-1)
+		}
 	}
 }
 
-// cycle claims one batch of loop w's usable shards, publishes it and settles it.
+// Probe back-off: after probeIdleAfter without new rows the interval doubles per
+// empty probe, up to probeIntervalMax.
+const (
+	probeIdleAfter   = time.Second
+	probeIntervalMax = 100 * time.Millisecond
+)
+
+// probeLoop wakes the publish loops when rows were added since its last look,
+// while any loop is idle (a busy loop claims again after ProbeInterval by itself).
+// The probe reads the index entries after the highest seq it saw before, so it
+// costs one short index range scan; it cannot see a row that becomes visible
+// below that seq (its transaction took its seq early and committed late): such a
+// row waits for the next row added, for a held-rows re-check, or for PollInterval.
+func (r *Relay) probeLoop(ctx context.Context) {
+	maxInterval := min(probeIntervalMax, r.cfg.PollInterval)
+	interval := r.cfg.ProbeInterval
+	var seen int64
+	lastNew := time.Now()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if r.idle.Load() > 0 {
+			next, found, err := r.q.msgs.Probe(ctx, r.db, seen)
+			switch {
+			case err != nil:
+				interval = maxInterval // the loops report database trouble
+			case found:
+				seen, lastNew, interval = next, time.Now(), r.cfg.ProbeInterval
+				r.wake()
+			case time.Since(lastNew) > probeIdleAfter:
+				interval = min(2*interval, maxInterval)
+			}
+		} else {
+			lastNew, interval = time.Now(), r.cfg.ProbeInterval
+		}
+		t.Reset(interval)
+	}
+}
+
+// runLimit bounds one cycle's run of pipelined claims: the claims of a run scan
+// forward from the row after the last one scanned, so rows it left behind (held
+// by an older open transaction, or due for a retry) are looked at again only by
+// the next run, which starts from the oldest row.
+func (r *Relay) runLimit() time.Duration { return min(r.cfg.PollInterval, time.Second) }
+
+// batch is one claim: the rows to publish and what it holds.
+type batch struct {
+	rows    []row
+	scanned int
+	start   time.Time
+	err     error
+	release func() // ends the batch's hold on cycleMu; safe to call twice
+}
+
+// claimBatch claims the next rows after cur. The batch read-holds cycleMu until
+// it is settled or dropped, so shards are never released under it.
+func (r *Relay) claimBatch(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) batch {
+	r.cycleMu.RLock()
+	b := batch{start: time.Now(), release: sync.OnceFunc(r.cycleMu.RUnlock)}
+	b.rows, b.scanned, b.err = r.claim(ctx, shards, now, cur)
+	if b.err != nil {
+		b.release()
+	}
+	return b
+}
+
+// dropBatch waits for a claim running ahead and drops its rows unpublished.
+func dropBatch(next <-chan batch) {
+	if next != nil {
+		(<-next).release()
+	}
+}
+
+// cycle publishes loop w's usable shards until it has caught up (a claim scanned
+// less than a full batch) or runLimit passed. Its work is pipelined: while one
+// batch is published, the next is claimed (on another connection), and the batch
+// before is settled; publishes follow each other in claim order, so a key's rows
+// go out in order. A key whose row failed in one batch is dropped from the
+// batches claimed after it in the run, and the next run finds its rows again.
+// Every batch is published only if all of the run's shards stay leased for
+// PublishTimeout; otherwise the run ends and the next one uses the shards it has.
 // It returns how many rows it claimed, and how many it scanned but left because
 // they are not ready yet (an older transaction is still open).
 func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
-	r.cycleMu.RLock()
-	defer r.cycleMu.RUnlock()
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
 	if r.cfg.Workers > 1 {
 		shards = slices.DeleteFunc(shards, func(s int16) bool { return int(s)%r.cfg.Workers != w })
@@ -226,29 +323,106 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	if len(shards) == 0 {
 		return 0, 0, nil
 	}
-	start := time.Now()
-	now := r.cfg.Now()
-	rows, scanned, err := r.claim(ctx, shards, now)
-	if err != nil {
-		return 0, 0, err
+	runEnd := time.Now().Add(r.runLimit())
+	now := r.cfg.Now() // one now for the run's claims: see outbox.Cursor
+	cur := &outbox.Cursor{}
+	var settling <-chan error // the settle in flight
+	defer func() {
+		if settling != nil {
+			if sErr := <-settling; err == nil {
+				err = sErr
+			}
+		}
+	}()
+	var failedKeys []string // keys that failed in the batch last published
+	b := r.claimBatch(ctx, shards, now, cur)
+	for {
+		if b.err != nil {
+			return claimed, held, b.err
+		}
+		held += b.scanned - len(b.rows)
+		var next chan batch
+		if b.scanned == r.cfg.BatchSize && len(b.rows) > 0 { // more may be waiting behind this batch
+			if time.Now().Before(runEnd) {
+				next = make(chan batch, 1)
+				go func() { next <- r.claimBatch(ctx, shards, now, cur) }()
+			} else {
+				r.wakeWorker(w) // a new run, from the oldest row
+			}
+		}
+		if len(b.rows) == 0 {
+			b.release()
+		} else {
+			if !r.leases.allUsable(shards, time.Now().Add(r.cfg.PublishTimeout)) {
+				b.release()
+				dropBatch(next)
+				r.wakeWorker(w)
+				return claimed, held, nil
+			}
+			s, pubErr := r.publish(ctx, b.rows)
+			if pubErr != nil {
+				b.release()
+				dropBatch(next)
+				return claimed + len(b.rows), held, pubErr
+			}
+			claimed += len(b.rows)
+			var prevErr error
+			if settling != nil {
+				prevErr = <-settling
+			}
+			settling = r.settle(ctx, b, s)
+			if prevErr != nil || s.unavailable != nil {
+				dropBatch(next)
+				if prevErr != nil {
+					return claimed, held, prevErr
+				}
+				return claimed, held, fmt.Errorf("publish: %w", s.unavailable)
+			}
+			if s.heldBack {
+				// The next run decides: the rows flow if their head was dead-lettered,
+				// or wait behind it if it waits for a retry.
+				r.wakeWorker(w)
+			}
+			failedKeys = s.failedKeys
+		}
+		if next == nil {
+			return claimed, held, nil
+		}
+		b = <-next
+		if b.err == nil && len(failedKeys) > 0 {
+			// The claim ran before these keys failed: hold them back from now on.
+			for _, k := range failedKeys {
+				cur.Blocked[k] = true
+			}
+			b.rows = slices.DeleteFunc(b.rows, func(rw row) bool { return rw.msg.Key != "" && cur.Blocked[rw.msg.Key] })
+		}
+		failedKeys = nil
 	}
-	held = scanned - len(rows)
-	if len(rows) == 0 {
-		return 0, held, nil
-	}
-	if scanned == r.cfg.BatchSize {
-		r.wakeWorker(w) // the scan was full: more rows may be ready behind it
-	}
+}
+
+// published is what a publish leaves to settle.
+type published struct {
+	done       []uuid.UUID
+	failed     []failure
+	byTopic    map[string]int
+	failedKeys []string // keys whose later rows must wait
+	heldBack   bool
+	// unavailable is set when the broker refused some messages as a whole.
+	unavailable error
+}
+
+// publish sends rows and sorts the outcome. An error means the batch failed as a
+// whole; its rows stay as they are.
+func (r *Relay) publish(ctx context.Context, rows []row) (published, error) {
 	msgs := make([]outbox.Message, len(rows))
 	for i := range rows {
 		msgs[i] = rows[i].msg
 	}
 	// The batch finishes even when ctx ends (graceful shutdown), bounded by the
 	// lease it runs under.
-	bg := context.WithoutCancel(ctx)
-	pubCtx, cancel := context.WithTimeout(bg, r.cfg.PublishTimeout)
+	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.PublishTimeout)
 	observed := r.cfg.Hooks.publish(msgs)
-	err = r.pub.Publish(pubCtx, msgs)
+	err := r.pub.Publish(pubCtx, msgs)
 	cancel()
 	if observed != nil {
 		observed(err)
@@ -263,29 +437,28 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 		for _, m := range msgs {
 			r.cfg.Hooks.failed(m.Topic, err)
 		}
-		return len(rows), held, fmt.Errorf("publish %d messages: %w", len(msgs), err)
+		return published{}, fmt.Errorf("publish %d messages: %w", len(msgs), err)
 	}
 
-	done := make([]uuid.UUID, 0, len(rows))
-	var failed []failure
-	var unavailable error
-	heldBack := false
-	published := map[string]int{}
-	now = r.cfg.Now()
+	p := published{done: make([]uuid.UUID, 0, len(rows)), byTopic: map[string]int{}}
+	now := r.cfg.Now()
 	for i, row := range rows {
 		var mErr error
 		if perMsg != nil {
 			mErr = perMsg[i]
 		}
+		if mErr != nil && row.msg.Key != "" {
+			p.failedKeys = append(p.failedKeys, row.msg.Key)
+		}
 		switch {
 		case mErr == nil:
-			done = append(done, row.msg.ID)
-			published[row.msg.Topic]++
+			p.done = append(p.done, row.msg.ID)
+			p.byTopic[row.msg.Topic]++
 		case errors.Is(mErr, ErrHeldBack):
-			heldBack = true
+			p.heldBack = true
 		case errors.Is(mErr, ErrUnavailable):
 			// The broker's fault, not the message's: retry without spending an attempt.
-			unavailable = mErr
+			p.unavailable = mErr
 			r.cfg.Hooks.failed(row.msg.Topic, mErr)
 		default:
 			f := failure{id: row.msg.ID, err: mErr.Error()}
@@ -301,28 +474,32 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 				r.log.Warn("relay: message publish failed; will retry", "id", row.msg.ID, "topic", row.msg.Topic,
 					"attempt", row.attempts+1, "retry_at", next, "err", mErr)
 			}
-			failed = append(failed, f)
+			p.failed = append(p.failed, f)
 		}
 	}
-	setCtx, cancel := context.WithTimeout(bg, r.cfg.PublishTimeout)
-	defer cancel()
-	if err := r.q.settle(setCtx, r.db, done, failed); err != nil {
-		// Published rows stay and are published again: a duplicate, never a loss.
-		return len(rows), held, err
-	}
-	for topic, n := range published {
-		r.cfg.Hooks.published(topic, n)
-	}
-	r.cfg.Hooks.batch(len(rows), time.Since(start))
-	if unavailable != nil {
-		return len(rows), held, fmt.Errorf("publish: %w", unavailable)
-	}
-	if heldBack {
-		// The next claim decides: the rows flow if their head was dead-lettered,
-		// or wait behind it if it waits for a retry.
-		r.wakeWorker(w)
-	}
-	return len(rows), held, nil
+	return p, nil
+}
+
+// settle deletes b's published rows and records its failures in the background,
+// then ends b's hold on cycleMu; the channel gets the outcome. A settle that fails
+// leaves published rows in place, to be published again: a duplicate, never a loss.
+func (r *Relay) settle(ctx context.Context, b batch, p published) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		defer b.release()
+		setCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.PublishTimeout)
+		defer cancel()
+		if err := r.q.settle(setCtx, r.db, p.done, p.failed); err != nil {
+			done <- err
+			return
+		}
+		for topic, n := range p.byTopic {
+			r.cfg.Hooks.published(topic, n)
+		}
+		r.cfg.Hooks.batch(len(b.rows), time.Since(b.start))
+		done <- nil
+	}()
+	return done
 }
 
 // backoff returns min·2^(n-1), capped at max, with ±20% jitter so relays and
@@ -335,6 +512,15 @@ func backoff(lo, hi time.Duration, n int) time.Duration {
 	d = min(d, hi)
 	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
 	return max(lo, min(hi, d+jitter))
+}
+
+// checkTrigger warns when Listen is set but the NOTIFY trigger is disabled.
+func (r *Relay) checkTrigger(ctx context.Context) {
+	var enabled bool
+	if err := r.db.QueryRow(ctx, r.q.trigger).Scan(&enabled); err == nil && !enabled {
+		r.log.Warn("relay: Listen is set but the NOTIFY trigger is disabled, so rows are found only every PollInterval; enable it (ALTER TABLE ... ENABLE TRIGGER outbox_messages_notify) or unset Listen",
+			"schema", r.cfg.Schema, "poll_interval", r.cfg.PollInterval)
+	}
 }
 
 // listenLoop turns NOTIFYs on the outbox channel into wake-ups. It holds a

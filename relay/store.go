@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,6 +29,7 @@ type queries struct {
 	renew, acquire      string
 	release, unregister string
 	check               string
+	trigger             string
 	channel             string
 }
 
@@ -56,19 +58,21 @@ RETURNING "shard"`,
 		release:    `UPDATE ` + leases + ` SET "owner" = NULL, "expires_at" = '-infinity' WHERE "owner" = $1 AND "shard" = ANY($2::smallint[])`,
 		unregister: `DELETE FROM ` + relays + ` WHERE "id" = $1`,
 		check:      `SELECT count(*) FROM ` + leases,
-		channel:    channel,
+		trigger: `SELECT coalesce(bool_or("tgenabled" <> 'D'), false) FROM pg_trigger
+WHERE "tgrelid" = '` + strings.ReplaceAll(pgx.Identifier{schema, "outbox_messages"}.Sanitize(), "'", "''") + `'::regclass AND "tgname" = 'outbox_messages_notify'`,
+		channel: channel,
 	}
 }
 
-// claim returns the rows to publish next, in order, and how many rows it scanned
-// (when that is limit, more may be waiting). See outbox.Store.Claim. A row that can
+// claim returns the rows to publish next after cur, in order, and how many rows
+// it scanned (when that is limit, more may be waiting). See outbox.Store.ClaimNext. A row that can
 // never become a message (outbox.Claimed.Invalid) is dead-lettered here, so it
 // neither fails the claim nor blocks its key.
-func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time) ([]row, int, error) {
+func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) ([]row, int, error) {
 	if len(shards) == Shards {
 		shards = nil
 	}
-	claimed, scanned, err := r.q.msgs.Claim(ctx, r.db, shards, now, r.cfg.BatchSize)
+	claimed, scanned, err := r.q.msgs.ClaimNext(ctx, r.db, shards, now, r.cfg.BatchSize, cur)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -99,14 +103,29 @@ type failure struct {
 	dead *time.Time
 }
 
-// settle deletes the acknowledged rows and records the failures in one round trip.
+// settle deletes the acknowledged rows and records the failures in one round
+// trip. Its transaction commits without waiting for the WAL flush
+// (synchronous_commit off, for this transaction only): a settle lost in a crash
+// only means its rows are published again, which at-least-once allows, and the
+// relay's commits stop queueing behind (and slowing) the producers' flushes.
 func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []uuid.UUID, failed []failure) error {
+	if len(done) == 0 && len(failed) == 0 {
+		return nil
+	}
 	fs := make([]outbox.Failure, len(failed))
 	for i, f := range failed {
 		fs[i] = outbox.Failure{ID: f.id, Err: f.err, NextAttemptAt: f.next, DeadAt: f.dead}
 	}
-	return q.msgs.Settle(ctx, db, done, fs)
+	b := &pgx.Batch{}
+	b.Queue(asyncCommit) // a batch is one implicit transaction: this applies to its commit
+	q.msgs.QueueSettle(b, done, fs)
+	if err := db.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	return nil
 }
+
+const asyncCommit = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // notMigrated reports whether err says the schema or its tables are missing.
 func notMigrated(err error) bool {
