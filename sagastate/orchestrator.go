@@ -356,9 +356,6 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.crash("before-save"); err != nil {
-		return nil, err
-	}
 	changes := make(map[uuid.UUID]*change, len(ids))
 	last := make(map[uuid.UUID]int, len(ids)) // the input a saga's hook calls go with
 	var order []*change
@@ -367,6 +364,9 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 		cur := sagas[si.id]
 		if c != nil {
 			cur = &c.res.state
+		}
+		if err := o.crash("before-save"); err != nil { // once per input, as if each were alone
+			return nil, err
 		}
 		in := si.in
 		in.now = now
@@ -397,8 +397,10 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order); err != nil {
 		return nil, err
 	}
-	if err := o.crash("after-save"); err != nil {
-		return nil, err
+	for range order {
+		if err := o.crash("after-save"); err != nil {
+			return nil, err
+		}
 	}
 	for _, c := range order {
 		s := &c.res.state

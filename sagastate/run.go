@@ -64,8 +64,8 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 			dead(d)
 		}
 	}
-	c, err := consumer.New(o.pool, cc, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-		return o.handleMessage(ctx, tx, msg, notes)
+	c, err := consumer.NewBatch(o.pool, cc, func(ctx context.Context, tx pgx.Tx, msgs []consumer.Message) error {
+		return o.handleReplies(ctx, tx, msgs, notes)
 	})
 	if err != nil {
 		return fmt.Errorf("sagastate: reply consumer: %w", err)
@@ -119,22 +119,40 @@ func (p *pendingNotes) take(id uuid.UUID) func() {
 	return fn
 }
 
-// handleMessage is the reply consumer's handler; it runs inside the inbox transaction.
-func (o *Orchestrator) handleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message, notes *pendingNotes) error {
-	r, err := wire.ParseReply(msg.Headers, msg.Value)
+// handleReplies is the reply consumer's handler; it runs inside the inbox transaction.
+// The replies of one shared transaction are applied together: their sagas are locked
+// and read in one round trip and written in one more (applyMany). If anything fails,
+// the consumer hands the replies over again one at a time, and the error is the one
+// reply's: a reply that cannot be applied is dead-lettered, a database error (deadlock,
+// lost connection) is retried by the consumer and never becomes a step's outcome.
+func (o *Orchestrator) handleReplies(ctx context.Context, tx pgx.Tx, msgs []consumer.Message, notes *pendingNotes) error {
+	inputs := make([]sagaInput, 0, len(msgs))
+	for _, msg := range msgs {
+		r, err := wire.ParseReply(msg.Headers, msg.Value)
+		if err != nil {
+			if len(msgs) > 1 {
+				return fmt.Errorf("sagastate: malformed reply at offset %d: %w", msg.Offset, err)
+			}
+			o.log.Warn("sagastate: malformed reply", "topic", msg.Topic, "offset", msg.Offset, "err", err)
+			return consumer.Permanent(err)
+		}
+		inputs = append(inputs, sagaInput{r.SagaID, input{kind: inReply, reply: r}})
+	}
+	n, err := o.applyMany(ctx, tx, inputs)
 	if err != nil {
-		o.log.Warn("sagastate: malformed reply", "topic", msg.Topic, "offset", msg.Offset, "err", err)
-		return consumer.Permanent(err)
+		if len(msgs) == 1 && (errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) || errors.Is(err, ErrUnknownSagaType)) {
+			// Retrying cannot help: the reply is dead-lettered with this reason, to be
+			// replayed once the cause (say a missing definition) is fixed.
+			r := inputs[0].in.reply
+			o.log.Warn("sagastate: reply cannot be applied", "saga", r.SagaID, "step", r.Step, "err", err)
+			return consumer.Permanent(err)
+		}
+		return err
 	}
-	n, err := o.apply(ctx, tx, r.SagaID, input{kind: inReply, reply: r})
-	notes.put(msg.ID, n)
-	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) || errors.Is(err, ErrUnknownSagaType) {
-		// Retrying cannot help: the reply is dead-lettered with this reason, to be replayed
-		// once the cause (say a missing definition) is fixed.
-		o.log.Warn("sagastate: reply cannot be applied", "saga", r.SagaID, "step", r.Step, "err", err)
-		return consumer.Permanent(err)
+	for i, msg := range msgs {
+		notes.put(msg.ID, n[i])
 	}
-	return err
+	return nil
 }
 
 func (o *Orchestrator) sweepLoop(ctx context.Context) error {

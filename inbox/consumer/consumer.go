@@ -89,6 +89,7 @@ type Consumer struct {
 	pool    *pgxpool.Pool
 	cfg     Config
 	handler Handler
+	batch   BatchHandler // nil unless made by NewBatch
 	store   *inbox.Store
 	sweeper *inbox.Sweeper // nil when Retention < 0
 	running atomic.Bool
@@ -127,6 +128,26 @@ func New(pool *pgxpool.Pool, cfg Config, h Handler) (*Consumer, error) {
 			return nil, fmt.Errorf("consumer: %w: %w", ErrInvalidConfig, err)
 		}
 	}
+	return c, nil
+}
+
+// BatchHandler handles the new records of one shared transaction (BatchSize) at once,
+// in the order a Handler would see them, so it can read and write for all of them in a
+// few statements. Its writes commit with the records' inbox rows, or not at all. When it
+// fails, the records are tried again one at a time (each as a batch of one), so a
+// failure counts against the record that causes it, as for a Handler.
+type BatchHandler func(ctx context.Context, tx pgx.Tx, msgs []Message) error
+
+// NewBatch is New for a BatchHandler.
+func NewBatch(pool *pgxpool.Pool, cfg Config, h BatchHandler) (*Consumer, error) {
+	if h == nil {
+		return nil, fmt.Errorf("consumer: %w: handler is nil", ErrInvalidConfig)
+	}
+	c, err := New(pool, cfg, func(ctx context.Context, tx pgx.Tx, m Message) error { return h(ctx, tx, []Message{m}) })
+	if err != nil {
+		return nil, err
+	}
+	c.batch = h
 	return c, nil
 }
 

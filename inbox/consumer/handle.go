@@ -172,6 +172,19 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 			return err
 		}
 		first = make([]bool, len(msgs))
+		if r.c.batch != nil {
+			var news []Message
+			for k, i := range order {
+				if first[i] = fresh[k]; first[i] {
+					news = append(news, msgs[i])
+				}
+			}
+			if err := r.callBatch(tx, news); err != nil {
+				failed = -1 // not one record's fault: each is tried on its own next
+				return &handlerError{err}
+			}
+			return nil
+		}
 		for k, i := range order {
 			if first[i] = fresh[k]; !first[i] {
 				continue
@@ -304,6 +317,28 @@ func (r *run) safeHandler(ctx context.Context, tx pgx.Tx, m Message) (err error)
 		}
 	}()
 	return r.c.handler(ctx, tx, m)
+}
+
+// callBatch runs the batch handler on the new records of a shared transaction. A panic
+// is returned as an error: the records are then tried one by one, where a panic is the
+// record's own.
+func (r *run) callBatch(tx pgx.Tx, msgs []Message) (err error) {
+	if len(msgs) == 0 {
+		return nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("batch handler panicked: %v", p)
+		}
+	}()
+	start := time.Now()
+	err = r.c.batch(r.ctx, tx, msgs)
+	if hook := r.c.cfg.Hooks.HandlerDone; hook != nil {
+		for _, m := range msgs {
+			hook(m, time.Since(start), err)
+		}
+	}
+	return err
 }
 
 // handlerError tells handler failures (counted against MaxAttempts) from database
