@@ -2,7 +2,7 @@
 // enqueued, published by a relay and consumed through the inbox (with a short dedup
 // window, so the retention sweep deletes too), while the size, live and dead rows and
 // autovacuum runs of outbox_messages and inbox_messages are sampled every 5s. It shows
-// that the autovacuum settings of migration 00006 keep size and dead rows bounded.
+// that the autovacuum settings of migration 00007 keep size and dead rows bounded.
 //
 // It is a test behind an environment variable, not part of make test:
 //
@@ -10,5 +10,5 @@
 //
 // SAGABOX_VACUUM_SOAK_BASELINE=1 first resets the tables' settings to PostgreSQL's
 // defaults, for the comparison. On the throwaway cluster autovacuum_naptime is set to
-// SAGABOX_VACUUM_SOAK_NAPTIME (default 10s), as migration 00006 recommends.
+// SAGABOX_VACUUM_SOAK_NAPTIME (default 10s), as migration 00007 recommends.
 package vacuumsoak

@@ -53,7 +53,7 @@ func TestSustainedTableSizes(t *testing.T) {
 			_, _ = db.Pool.Exec(context.Background(), `SELECT pg_reload_conf()`)
 		})
 	}
-	mode := "migration 00006 settings"
+	mode := "migration 00007 settings"
 	if os.Getenv("SAGABOX_VACUUM_SOAK_BASELINE") != "" {
 		mode = "PostgreSQL defaults (baseline)"
 		exec(`ALTER TABLE sagabox.outbox_messages RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
