@@ -39,7 +39,7 @@ type Config struct {
 	// PollInterval if that is lower). Defaults to 5ms.
 	ProbeInterval time.Duration
 	// Listen makes the relay LISTEN for the NOTIFY trigger's wake-ups instead of
-	// probing. The trigger is disabled by migration 00007: enable it as well,
+	// probing. The trigger is disabled by migration 00006: enable it as well,
 	//	ALTER TABLE sagabox.outbox_messages ENABLE TRIGGER outbox_messages_notify;
 	// A notifying commit takes PostgreSQL's global notify lock, so producers
 	// commit one at a time (doc.go, Wake-ups, has the figures). Defaults to false.

@@ -133,7 +133,7 @@
 // they stay held.
 //
 // LISTEN/NOTIFY remains for those who want it (Config.Listen, and the trigger
-// enabled again: migration 00007 disables it). A notifying commit takes
+// enabled again: migration 00006 disables it). A notifying commit takes
 // PostgreSQL's global notify lock, so producers commit one at a time, and with
 // durable commits (fsync on) the lock is held across the WAL flush.
 //
