@@ -35,7 +35,8 @@ var (
 )
 
 // Publisher sends messages to the broker. It is the relay's only port to Kafka;
-// package kafkapub implements it with segmentio/kafka-go.
+// package kafkapub implements it with segmentio/kafka-go. relaytest.RunPublisherTests
+// checks an implementation against this contract.
 //
 // Publish returns nil once the broker acknowledged every message (for Kafka:
 // acks=all). If some messages were acknowledged and others not, it returns a
