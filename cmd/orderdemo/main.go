@@ -53,12 +53,15 @@ type config struct {
 	verbose      bool
 	svgDir       string
 	fastGroups   bool
+	runRelay     bool   // the driver runs the outbox relay itself
+	runOrch      bool   // the driver runs the orchestrator itself
+	relayBinary  string // --processes: the outbox-relay program
 
 	stdout, stderr io.Writer
 	log            *slog.Logger
 }
 
-var roles = append([]string{"all", "driver"}, demo.Roles...)
+var roles = append([]string{"all", "driver", "orchestrator"}, demo.Roles...)
 
 // parseFlags reads the command line; after --help or --version it returns flag.ErrHelp.
 func parseFlags(args []string, stdout, stderr io.Writer, getenv func(string) string) (*config, error) {
@@ -74,8 +77,11 @@ func parseFlags(args []string, stdout, stderr io.Writer, getenv func(string) str
 	fs.IntVar(&c.declineEvery, "decline-every", 5, "every Kth order is above 1000 and gets declined, so its saga compensates (every Kth transfer goes to a frozen account and is reversed); 0 for none")
 	fs.IntVar(&c.concurrency, "concurrency", 8, "sagas (or transfers) in flight at once")
 	fs.BoolVar(&c.json, "json", false, "print a machine-readable summary on stdout (progress goes to stderr)")
-	fs.StringVar(&c.role, "role", "all", "what this process runs: all; driver (relay, orchestrator and the orders, no participants); or one participant: "+strings.Join(demo.Roles, ", "))
-	fs.BoolVar(&c.processes, "processes", false, "run the four participants as separate child processes (--role ...) of this one")
+	fs.StringVar(&c.role, "role", "all", "what this process runs: all; driver (the orders, with the relay and the orchestrator unless --relay=false / --orchestrator=false); orchestrator (the saga orchestrator alone: reply consumer and sweeper); or one participant: "+strings.Join(demo.Roles, ", "))
+	fs.BoolVar(&c.processes, "processes", false, "run the four participants, the orchestrator (--role orchestrator) and the relay (the outbox-relay program, see --relay-binary) as child processes; this one only drives the orders")
+	fs.BoolVar(&c.runRelay, "relay", true, "the driver runs the outbox relay in its own process; false when outbox-relay runs apart")
+	fs.BoolVar(&c.runOrch, "orchestrator", true, "the driver runs the orchestrator in its own process; false when orderdemo --role orchestrator runs apart (as many as you like)")
+	fs.StringVar(&c.relayBinary, "relay-binary", "", "with --processes: the outbox-relay program to run as the relay. Defaults to outbox-relay next to this program, then on $PATH; without one the relay runs in this process")
 	fs.BoolVar(&c.duplicate, "duplicate-delivery", false, "publish every message twice, to show that effects still happen exactly once")
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up when the sagas have not all finished after this long")
 	fs.BoolVar(&c.timelines, "timelines", true, "print the timeline of one completed and one compensated saga")
@@ -129,6 +135,9 @@ func parseFlags(args []string, stdout, stderr io.Writer, getenv func(string) str
 	}
 	if c.role != "all" && c.role != "driver" && (c.databaseURL == "" || len(c.brokers) == 0) {
 		errs = append(errs, fmt.Errorf("--role %s needs --database-url and --brokers: separate processes must share one database and one broker", c.role))
+	}
+	if (!c.runRelay || !c.runOrch) && c.role != "driver" {
+		errs = append(errs, errors.New("--relay=false and --orchestrator=false are for --role driver (--processes sets them itself)"))
 	}
 	if c.processes && c.role != "all" {
 		errs = append(errs, errors.New("--processes starts the participants itself; use it without --role"))

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -169,8 +171,13 @@ func TestOrderFlow(t *testing.T) {
 		}
 		db, brokers := env(t)
 		decode(t, orderdemo(t, append(infraArgs(db, brokers), "--orders", "6", "--decline-every", "3", "--json")...))
-		// A second run on the same database, participants as child processes, human output.
-		r := orderdemo(t, append(infraArgs(db, brokers), "--orders", "6", "--decline-every", "3", "--processes")...)
+		// A second run on the same database, as a team would deploy it: participants, the
+		// orchestrator and the real outbox-relay as child processes; human output.
+		relayBin := filepath.Join(t.TempDir(), "outbox-relay")
+		if out, err := exec.Command("go", "build", "-o", relayBin, "github.com/sagabox/sagabox/cmd/outbox-relay").CombinedOutput(); err != nil {
+			t.Fatalf("build outbox-relay: %v\n%s", err, out)
+		}
+		r := orderdemo(t, append(infraArgs(db, brokers), "--orders", "6", "--decline-every", "3", "--processes", "--relay-binary", relayBin)...)
 		if r.code != 0 {
 			t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
@@ -180,10 +187,19 @@ func TestOrderFlow(t *testing.T) {
 				t.Fatalf("output lacks %q:\n%s", want, r.stdout)
 			}
 		}
-		for _, role := range []string{"orders", "inventory", "payments", "shipping"} {
-			if !strings.Contains(r.stderr, role+" participant running as pid") {
+		for _, role := range []string{"orders participant", "inventory participant", "payments participant", "shipping participant", "orchestrator"} {
+			if !strings.Contains(r.stderr, role+" running as pid") {
 				t.Fatalf("no %s process:\n%s", role, r.stderr)
 			}
+		}
+		if !strings.Contains(r.stdout, "relay ("+relayBin+")") {
+			t.Fatalf("the relay did not run as outbox-relay:\n%s", r.stdout)
+		}
+		// Stock was seeded once: the second run did not put it back under the first
+		// run's reservations.
+		if got := count(t, db, `SELECT (SELECT sum("available") FROM "demo_inventory"."stock")
+			+ (SELECT sum("qty") FROM "demo_inventory"."reservations" WHERE "status" = 'reserved')`); got != 30000 {
+			t.Fatalf("available + reserved = %d after two runs, want the 30000 seeded", got)
 		}
 		if n := count(t, db, `SELECT count(*) FROM "sagabox"."saga_instances" WHERE "status" = 'completed'`); n != 8 {
 			t.Fatalf("%d completed sagas over two runs, want 8", n)
@@ -267,6 +283,7 @@ func TestErrors(t *testing.T) {
 		{"UnknownRole", []string{"--role", "cashier"}, 2, `--role is "cashier"`},
 		{"RoleWithoutServers", []string{"--role", "inventory"}, 2, "--role inventory needs --database-url and --brokers"},
 		{"ProcessesWithRole", []string{"--processes", "--role", "driver"}, 2, "use it without --role"},
+		{"NoRelayWithoutDriver", []string{"--relay=false"}, 2, "--relay=false and --orchestrator=false are for --role driver"},
 		{"StrayArgument", []string{"fifty"}, 2, `unexpected argument "fifty"`},
 		{"UnreachableDatabase", []string{"--database-url", "postgres://u:secret@" + closed + "/x", "--brokers", closed}, 1, "cannot reach postgres://u:xxxxx@"},
 	} {

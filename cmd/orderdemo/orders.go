@@ -50,17 +50,22 @@ type services struct {
 	closePub func()
 }
 
-// startWithRelay starts the outbox relay under a context of its own; the other
-// parts join it with run, and stop ends them all.
-func startWithRelay(ctx context.Context, c *config, in *infra) (*services, context.Context, error) {
+// newServices returns the set of long-lived parts, run under a context of their
+// own; stop ends them all.
+func newServices(ctx context.Context) (*services, context.Context) {
+	runCtx, cancel := context.WithCancel(ctx)
+	return &services{fail: cancel, closePub: func() {}}, runCtx
+}
+
+// runRelay starts the outbox relay in this process.
+func (s *services) runRelay(ctx context.Context, c *config, in *infra) error {
 	rl, closePub, err := in.newRelay(c)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	s := &services{fail: cancel, closePub: closePub}
-	s.run(runCtx, "relay", rl.Run)
-	return s, runCtx, nil
+	s.closePub = closePub
+	s.run(ctx, "relay", rl.Run)
+	return nil
 }
 
 func (s *services) run(ctx context.Context, name string, fn func(context.Context) error) {
@@ -141,6 +146,8 @@ func runOrders(ctx context.Context, c *config) error {
 	fmt.Fprintf(out, "sagabox order demo: %d orders, %s, %d in flight%s\n", c.orders, declineText(c.declineEvery), c.concurrency, dupText(c.duplicate))
 	fmt.Fprintf(out, "  on %s\n", in.describe)
 
+	// Seeded once: a driver restarted on the same database must not put stock back
+	// under the reservations of sagas that are still running.
 	stock := map[string]int{}
 	for _, s := range skus {
 		stock[s] = 10000
@@ -150,28 +157,39 @@ func runOrders(ctx context.Context, c *config) error {
 	}
 
 	f := &finals{ch: map[uuid.UUID]chan struct{}{}}
-	orch, err := sagastate.New(in.pool, sagastate.Config{
-		Sagas: []sagastate.Definition{demo.OrderSaga(topics)}, Brokers: in.brokers, ReplyTopic: replyTopic,
-		GroupID: "demo-orchestrator", Schema: c.schema, SweepInterval: 100 * time.Millisecond,
-		Listeners: []sagastate.Listener{f.listen}, FeedInterval: 20 * time.Millisecond,
-		Consumer: in.consumerConfig(c), Logger: c.log,
-	})
+	orch, err := sagastate.New(in.pool, orchestratorConfig(c, in, f.listen))
 	if err != nil {
 		return err
 	}
-	svcs, runCtx, err := startWithRelay(ctx, c, in)
-	if err != nil {
-		return err
-	}
-	svcs.run(runCtx, "orchestrator", orch.Run)
-	switch {
-	case c.processes:
-		stop, err := startChildren(c, in)
+	svcs, runCtx := newServices(ctx)
+	runRelay, runOrch := c.runRelay, c.runOrch
+	if c.processes {
+		relayBin := ""
+		if relayBin, err = findRelay(c); err != nil {
+			fmt.Fprintf(out, "  relay: %v; it runs in this process\n", err)
+		}
+		stop, err := startChildren(c, in, relayBin)
 		if err != nil {
 			return svcs.stop(ctx, err)
 		}
 		defer stop()
-		fmt.Fprintf(out, "  participants: %s as separate processes\n", strings.Join(demo.Roles, ", "))
+		runRelay, runOrch = relayBin == "", false
+		parts := append([]string{"orchestrator"}, demo.Roles...)
+		if relayBin != "" {
+			parts = append(parts, "relay ("+relayBin+")")
+		}
+		fmt.Fprintf(out, "  %s as separate processes; this one drives the orders\n", strings.Join(parts, ", "))
+	}
+	if runRelay {
+		if err := svcs.runRelay(runCtx, c, in); err != nil {
+			return svcs.stop(ctx, err)
+		}
+	}
+	if runOrch {
+		svcs.run(runCtx, "orchestrator", orch.Run)
+	}
+	switch {
+	case c.processes:
 	case c.role == "all":
 		for _, role := range demo.Roles {
 			p, err := in.svc.Participant(in.pool, role, topics, participants.Config{
@@ -184,15 +202,27 @@ func runOrders(ctx context.Context, c *config) error {
 		}
 	default:
 		fmt.Fprintf(out, "  participants: not started here (run orderdemo --role <%s> against the same database and brokers)\n", strings.Join(demo.Roles, "|"))
+		if !runOrch {
+			fmt.Fprintln(out, "  orchestrator: not started here (run orderdemo --role orchestrator)")
+		}
+		if !runRelay {
+			fmt.Fprintln(out, "  relay: not started here (run outbox-relay)")
+		}
+	}
+	// Without the orchestrator in this process its event feed does not run: the
+	// driver learns that sagas finished by polling them.
+	poll := 500 * time.Millisecond
+	if !runOrch {
+		poll = 50 * time.Millisecond
 	}
 
 	start := time.Now()
-	results, driveErr := drive(runCtx, c, orch, in, f, start)
+	results, driveErr := drive(runCtx, c, orch, in, f, start, poll)
 	elapsed := time.Since(start)
 	if err := svcs.stop(ctx, driveErr); err != nil {
 		return err
 	}
-	if err := report(ctx, c, in, orch, results, elapsed, stock); err != nil {
+	if err := report(ctx, c, in, orch, results, elapsed); err != nil {
 		return err
 	}
 	if in.stopDB != nil {
@@ -204,7 +234,7 @@ func runOrders(ctx context.Context, c *config) error {
 var errUnfinished = errors.New("sagas unfinished")
 
 // drive starts the orders with c.concurrency in flight and waits for each saga to end.
-func drive(ctx context.Context, c *config, orch *sagastate.Orchestrator, in *infra, f *finals, start time.Time) ([]sagaResult, error) {
+func drive(ctx context.Context, c *config, orch *sagastate.Orchestrator, in *infra, f *finals, start time.Time, poll time.Duration) ([]sagaResult, error) {
 	results := make([]sagaResult, c.orders)
 	var finished, compensated, failed atomic.Int64
 	deadline := start.Add(c.timeout)
@@ -225,7 +255,7 @@ func drive(ctx context.Context, c *config, orch *sagastate.Orchestrator, in *inf
 				done := f.register(o.ID)
 				err := startSaga(ctx, orch, in, o, deadline)
 				if err == nil {
-					r.Status, err = await(ctx, orch, o.ID, done, deadline)
+					r.Status, err = await(ctx, orch, o.ID, done, deadline, poll)
 				}
 				results[i] = r
 				if err != nil {
@@ -307,8 +337,8 @@ func startSaga(ctx context.Context, orch *sagastate.Orchestrator, in *infra, o d
 // await waits for saga id to finish: on the event feed's signal, or by polling in case
 // the feed missed it, until deadline. Database errors are waited out: the saga's state
 // is in PostgreSQL, and a restart of it delays the answer but does not change it.
-func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done chan struct{}, deadline time.Time) (string, error) {
-	poll := time.NewTicker(500 * time.Millisecond)
+func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done chan struct{}, deadline time.Time, every time.Duration) (string, error) {
+	poll := time.NewTicker(every)
 	defer poll.Stop()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
@@ -343,8 +373,9 @@ func await(ctx context.Context, orch *sagastate.Orchestrator, id uuid.UUID, done
 	}
 }
 
-// startChildren runs each participant as a child process of this binary with --role.
-func startChildren(c *config, in *infra) (stop func(), err error) {
+// startChildren runs the orchestrator and each participant as a child process of this
+// binary with --role, and relayBin (the outbox-relay program), when not empty.
+func startChildren(c *config, in *infra, relayBin string) (stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this program to start the participants: %w", err)
@@ -365,7 +396,18 @@ func startChildren(c *config, in *infra) (stop func(), err error) {
 			}
 		}
 	}
-	for _, role := range demo.Roles {
+	start := func(name string, cmd *exec.Cmd) error {
+		cmd.Stdout, cmd.Stderr = c.stderr, c.stderr
+		// A child never outlives the demo, even when the demo is killed.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return fmt.Errorf("start the %s process: %w", name, err)
+		}
+		cmds = append(cmds, cmd)
+		return nil
+	}
+	for _, role := range append([]string{"orchestrator"}, demo.Roles...) {
 		args := []string{"--role", role, "--database-url", in.dbURL, "--brokers", strings.Join(in.brokers, ","), "--schema", c.schema}
 		if in.embedded {
 			args = append(args, "--fast-groups")
@@ -373,34 +415,74 @@ func startChildren(c *config, in *infra) (stop func(), err error) {
 		if c.verbose {
 			args = append(args, "--verbose")
 		}
-		cmd := exec.Command(exe, args...)
-		cmd.Stdout, cmd.Stderr = c.stderr, c.stderr
-		// A child never outlives the demo, even when the demo is killed.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			stop()
-			return nil, fmt.Errorf("start the %s participant process: %w", role, err)
+		if err := start(role, exec.Command(exe, args...)); err != nil {
+			return nil, err
 		}
-		cmds = append(cmds, cmd)
+	}
+	if relayBin != "" {
+		relay := exec.Command(relayBin)
+		relay.Env = append(os.Environ(), "DATABASE_URL="+in.dbURL, "KAFKA_BROKERS="+strings.Join(in.brokers, ","),
+			"SAGABOX_SCHEMA="+c.schema, "RELAY_POLL_INTERVAL=100ms", "LOG_LEVEL="+map[bool]string{true: "info", false: "warn"}[c.verbose])
+		if err := start("outbox-relay", relay); err != nil {
+			return nil, err
+		}
 	}
 	return stop, nil
 }
 
-// runRole runs one participant until ctx ends (SIGTERM/SIGINT).
+// findRelay returns the outbox-relay program: --relay-binary, else outbox-relay next
+// to this program, else on $PATH.
+func findRelay(c *config) (string, error) {
+	if c.relayBinary != "" {
+		return exec.LookPath(c.relayBinary)
+	}
+	if exe, err := os.Executable(); err == nil {
+		if p, err := exec.LookPath(filepath.Join(filepath.Dir(exe), "outbox-relay")); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("outbox-relay")
+	if err != nil {
+		return "", errors.New("no outbox-relay program next to orderdemo or on $PATH (make build puts both in bin/; or pass --relay-binary)")
+	}
+	return p, nil
+}
+
+// orchestratorConfig is the demo orchestrator's configuration, in the driver or in a
+// process of its own.
+func orchestratorConfig(c *config, in *infra, listeners ...sagastate.Listener) sagastate.Config {
+	return sagastate.Config{
+		Sagas: []sagastate.Definition{demo.OrderSaga(demo.Topics{})}, Brokers: in.brokers, ReplyTopic: replyTopic,
+		GroupID: "demo-orchestrator", Schema: c.schema, SweepInterval: 100 * time.Millisecond,
+		Listeners: listeners, FeedInterval: 20 * time.Millisecond,
+		Consumer: in.consumerConfig(c), Logger: c.log,
+	}
+}
+
+// runRole runs one participant, or the orchestrator, until ctx ends (SIGTERM/SIGINT).
 func runRole(ctx context.Context, c *config) error {
 	in, err := startInfra(ctx, c, false, nil)
 	if err != nil {
 		return err
 	}
 	defer in.close()
-	p, err := in.svc.Participant(in.pool, c.role, demo.Topics{}, participants.Config{
-		Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
-	})
+	var r interface{ Run(context.Context) error }
+	if c.role == "orchestrator" {
+		r, err = sagastate.New(in.pool, orchestratorConfig(c, in))
+	} else {
+		r, err = in.svc.Participant(in.pool, c.role, demo.Topics{}, participants.Config{
+			Brokers: in.brokers, Schema: c.schema, Consumer: in.consumerConfig(c), Logger: c.log,
+		})
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stderr, "orderdemo: %s participant running as pid %d\n", c.role, os.Getpid())
-	return p.Run(ctx)
+	what := c.role + " participant"
+	if c.role == "orchestrator" {
+		what = "orchestrator"
+	}
+	fmt.Fprintf(c.stderr, "orderdemo: %s running as pid %d\n", what, os.Getpid())
+	return r.Run(ctx)
 }
 
 // writeSVG draws saga id's timeline into dir.

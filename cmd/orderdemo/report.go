@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -54,7 +55,7 @@ func percentiles(ms []float64) latency {
 	return latency{P50: rank(0.50), P99: rank(0.99), Max: s[len(s)-1]}
 }
 
-func report(ctx context.Context, c *config, in *infra, orch *sagastate.Orchestrator, results []sagaResult, elapsed time.Duration, stock map[string]int) error {
+func report(ctx context.Context, c *config, in *infra, orch *sagastate.Orchestrator, results []sagaResult, elapsed time.Duration) error {
 	sum := summary{Flow: "order", Count: c.orders, DeclineEvery: c.declineEvery, Concurrency: c.concurrency,
 		DuplicateDelivery: c.duplicate, Totals: map[string]int{}}
 	outcomes := map[uuid.UUID]string{}
@@ -103,7 +104,14 @@ func report(ctx context.Context, c *config, in *infra, orch *sagastate.Orchestra
 	if sum.SagaRetries, err = demo.CountRetries(ctx, in.pool, c.schema, ids); err != nil {
 		return err
 	}
-	rep, err := in.svc.CheckOrders(ctx, in.pool, stock, outcomes)
+	// Every finished order saga in the database, this run's and earlier ones' (a driver
+	// restarted after a crash), is checked; stock conservation covers running ones too.
+	all, err := demo.FinishedOrders(ctx, in.pool, c.schema)
+	if err != nil {
+		return err
+	}
+	maps.Copy(all, outcomes)
+	rep, err := in.svc.CheckOrders(ctx, in.pool, all)
 	if err != nil {
 		return err
 	}

@@ -82,9 +82,9 @@ func runTransfers(ctx context.Context, c *config) error {
 	if err != nil {
 		return err
 	}
-	svcs, runCtx, err := startWithRelay(ctx, c, in)
-	if err != nil {
-		return err
+	svcs, runCtx := newServices(ctx)
+	if err := svcs.runRelay(runCtx, c, in); err != nil {
+		return svcs.stop(ctx, err)
 	}
 	for i, cons := range consumers {
 		svcs.run(runCtx, []string{"debit", "credit", "audit"}[i]+" service", cons.Run)

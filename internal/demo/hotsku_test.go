@@ -107,7 +107,7 @@ func TestHotSKUSagasNeverRetryOnDeadlock(t *testing.T) {
 		t.Fatalf("%d steps failed with a deadlock or serialization failure, %d retryable replies in all (%d saga-level retries): a transient database error reached the saga",
 			r.Deadlocks, retryable, r.Attempts)
 	}
-	rep, err := svc.CheckOrders(ctx, db.Pool, stock, outcomes)
+	rep, err := svc.CheckOrders(ctx, db.Pool, outcomes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 )
 
 // Invariant is one business rule and whether it held.
@@ -49,31 +50,37 @@ func (r *Report) add(name string, broken []string, okDetail string) {
 	*r = append(*r, Invariant{Name: name, Detail: strings.Join(broken, "; ") + more})
 }
 
-// CheckOrders verifies the order saga's invariants once every saga of a run has
-// ended. initialStock is the available stock per sku when the run began; outcomes
-// maps each order (saga) id of the run to its saga's final status ("completed",
-// "compensated", ...). Only the run's orders are counted, so earlier runs against
-// the same database do not disturb the check.
-func (s *Services) CheckOrders(ctx context.Context, db Querier, initialStock map[string]int, outcomes map[uuid.UUID]string) (Report, error) {
+// CheckOrders verifies the order saga's invariants over the whole database. Stock
+// conservation holds at every instant, sagas running or not: for every sku, what is on
+// the shelf plus what live reservations hold is what was seeded. The other checks
+// cover the sagas in outcomes (saga id → final status: "completed", "compensated",
+// ...); pass every finished order saga of the database (FinishedOrders) to check
+// them all.
+func (s *Services) CheckOrders(ctx context.Context, db Querier, outcomes map[uuid.UUID]string) (Report, error) {
 	var rep Report
-
-	// Stock conserved: what is on the shelf plus what is held by live reservations
-	// is what was seeded — nothing created, nothing lost.
-	ids := make([]uuid.UUID, 0, len(outcomes))
-	for id := range outcomes {
-		ids = append(ids, id)
+	rows, err := db.Query(ctx, s.q["stockBalance"])
+	if err != nil {
+		return nil, fmt.Errorf("demo: check stock: %w", err)
 	}
 	var broken []string
-	for sku, initial := range initialStock {
-		var available, reserved int
-		if err := db.QueryRow(ctx, s.q["stockBalance"], sku, ids).Scan(&available, &reserved); err != nil {
-			return nil, fmt.Errorf("demo: check stock of %s: %w", sku, err)
+	skus := 0
+	for rows.Next() {
+		var sku string
+		var available, reserved, seeded int
+		if err := rows.Scan(&sku, &available, &reserved, &seeded); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("demo: check stock: %w", err)
 		}
-		if available+reserved != initial {
-			broken = append(broken, fmt.Sprintf("%s: %d available + %d reserved = %d, seeded %d", sku, available, reserved, available+reserved, initial))
+		skus++
+		if available+reserved != seeded {
+			broken = append(broken, fmt.Sprintf("%s: %d available + %d reserved = %d, seeded %d", sku, available, reserved, available+reserved, seeded))
 		}
 	}
-	rep.add("stock conserved", broken, fmt.Sprintf("%d sku(s): available + reserved = seeded", len(initialStock)))
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("demo: check stock: %w", err)
+	}
+	rep.add("stock conserved", broken, fmt.Sprintf("%d sku(s): available + reserved = seeded, over every order in the database", skus))
 
 	var completed, compensated []uuid.UUID
 	for id, st := range outcomes {
@@ -85,7 +92,7 @@ func (s *Services) CheckOrders(ctx context.Context, db Querier, initialStock map
 		}
 	}
 
-	broken, err := s.ids(ctx, db, "capturedForCancelled", compensated)
+	broken, err = s.ids(ctx, db, "capturedForCancelled", compensated)
 	if err != nil {
 		return nil, err
 	}
@@ -190,9 +197,9 @@ func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int
 
 func init() {
 	for k, v := range map[string]string{
-		"stockBalance": `SELECT s."available",
-			COALESCE((SELECT sum(r."qty") FROM {reservations} r WHERE r."sku" = s."sku" AND r."status" = 'reserved' AND r."order_id" = ANY($2)), 0)
-			FROM {stock} s WHERE s."sku" = $1`,
+		"stockBalance": `SELECT s."sku", s."available",
+			COALESCE((SELECT sum(r."qty") FROM {reservations} r WHERE r."sku" = s."sku" AND r."status" = 'reserved'), 0), s."seeded"
+			FROM {stock} s ORDER BY s."sku"`,
 		"capturedForCancelled": `SELECT p."order_id", 'payment of ' || p."amount" || ' still captured'
 			FROM {payments} p LEFT JOIN {orders} o ON o."id" = p."order_id"
 			WHERE p."status" = 'captured' AND (o."status" = 'cancelled' OR p."order_id" = ANY($1))`,
@@ -239,4 +246,21 @@ func init() {
 	} {
 		queries[k] = v
 	}
+}
+
+// FinishedOrders returns every order saga of the database that has ended, with its
+// status, from the orchestrator's saga_instances in schema (sagabox's).
+func FinishedOrders(ctx context.Context, db Querier, schema string) (map[uuid.UUID]string, error) {
+	rows, err := db.Query(ctx, `SELECT "id", "status" FROM `+pgx.Identifier{schema, "saga_instances"}.Sanitize()+`
+		WHERE "type" = $1 AND "status" IN ('completed', 'compensated', 'failed')`, SagaType)
+	if err != nil {
+		return nil, fmt.Errorf("demo: finished orders: %w", err)
+	}
+	out := map[uuid.UUID]string{}
+	var id uuid.UUID
+	var status string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &status}, func() error { out[id] = status; return nil }); err != nil {
+		return nil, fmt.Errorf("demo: finished orders: %w", err)
+	}
+	return out, nil
 }

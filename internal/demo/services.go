@@ -189,7 +189,9 @@ func (s *Services) Setup(ctx context.Context, db Beginner) error {
 	return nil
 }
 
-// SeedStock sets the available count of each sku.
+// SeedStock puts the given count of each sku on the shelf, once: a sku already in
+// stock is left as it is, so a restarted driver does not add stock under the
+// reservations of sagas still running.
 func (s *Services) SeedStock(ctx context.Context, db Querier, stock map[string]int) error {
 	for sku, n := range stock {
 		if _, err := db.Exec(ctx, s.q["seedStock"], sku, n); err != nil {
@@ -363,8 +365,8 @@ func (s *Services) CancelShipping(ctx context.Context, tx pgx.Tx, cmd wire.Comma
 // queries use {table} placeholders that NewServices replaces with sanitized,
 // schema-qualified names; no user input is ever spliced in.
 var queries = map[string]string{
-	"seedStock": `INSERT INTO {stock} ("sku", "available") VALUES ($1, $2)
-		ON CONFLICT ("sku") DO UPDATE SET "available" = EXCLUDED."available"`,
+	"seedStock": `INSERT INTO {stock} ("sku", "available", "seeded") VALUES ($1, $2, $2)
+		ON CONFLICT ("sku") DO NOTHING`,
 	// ON CONFLICT DO NOTHING: the barrier already stops duplicates; this is the second belt.
 	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
 		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,

@@ -95,7 +95,7 @@ func TestOrderServices(t *testing.T) {
 		b.mustCall(t, demo.CmdCancelShipping, demo.CmdRefundPayment, demo.CmdReleaseInventory, demo.CmdCancelOrder,
 			demo.CmdReleaseInventory, demo.CmdCancelOrder)(declined)
 
-		rep, err := b.svc.CheckOrders(ctx, b.pool, stock, map[uuid.UUID]string{ok.ID: "completed", declined.ID: "compensated"})
+		rep, err := b.svc.CheckOrders(ctx, b.pool, map[uuid.UUID]string{ok.ID: "completed", declined.ID: "compensated"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +140,7 @@ func TestOrderServices(t *testing.T) {
 		if _, err := b.pool.Exec(ctx, `UPDATE "demo_inventory"."stock" SET "available" = "available" + 1`); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := b.svc.CheckOrders(ctx, b.pool, stock, map[uuid.UUID]string{ok.ID: "completed", lost.ID: "compensated"})
+		rep, err := b.svc.CheckOrders(ctx, b.pool, map[uuid.UUID]string{ok.ID: "completed", lost.ID: "compensated"})
 		if err != nil {
 			t.Fatal(err)
 		}
