@@ -92,7 +92,7 @@ func (c *Config) validate() error {
 		errs = append(errs, err)
 	}
 	if c.Prefix != "" && !strings.HasPrefix(c.Prefix, "/") {
-		errs = append(errs, fmt.Errorf("Prefix %q must start with / (e.g. /console)", c.Prefix))
+		errs = append(errs, fmt.Errorf("console: the path prefix %q must start with / (e.g. /console)", c.Prefix))
 	}
 	if (c.BasicAuthUser == "") != (c.BasicAuthPassword == "") {
 		errs = append(errs, errors.New("BasicAuthUser and BasicAuthPassword go together: set both or neither"))

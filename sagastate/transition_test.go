@@ -646,9 +646,7 @@ func TestInputPanicFailsTheStepAndKeepsTheProcess(t *testing.T) {
 	t.Parallel()
 	d := Define[testPayload]("p", Step("a", "t").Do("x").Undo("y"), Step("b", "t").Do("x").Undo("y"))
 	d.Input("b", func(p testPayload, r Results) (any, error) {
-		var m map[string]int
-		m["boom"] = p.Amount // nil map: panics
-		return m, nil
+		panic(fmt.Sprintf("boom %d", p.Amount))
 	})
 	h := newHarness(t, d)
 	h.ok("a")
