@@ -113,3 +113,34 @@ func TestWorkersBeyondThePoolRejected(t *testing.T) {
 		t.Fatalf("Workers 1 on a pool of 2: %v", err)
 	}
 }
+
+// TestClaimBlockedByALockGivesUp: a claim stuck behind a lock (say, an operator's
+// LOCK TABLE or a migration) must give up within PublishTimeout rather than hold
+// its loop, and the lease handover that waits for it, for as long as the lock lasts.
+func TestClaimBlockedByALockGivesUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	r := steppedRelay(t, e)
+	enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", 1)})
+	lock, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `LOCK TABLE "sagabox"."outbox_messages" IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := relay.Cycle(ctx, r); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a claim behind an exclusive lock succeeded")
+		}
+	case <-time.After(30 * time.Second): // PublishTimeout is 1s
+		_ = lock.Rollback(ctx)
+		<-done
+		t.Fatal("the claim waited 30s for the lock; want it to give up after PublishTimeout")
+	}
+}

@@ -72,6 +72,10 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 	if len(shards) == Shards {
 		shards = nil
 	}
+	// A claim that takes longer leaves no lease time to publish its rows (each batch
+	// needs PublishTimeout of it), and would hold up the release of its shards.
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
 	claimed, scanned, err := r.q.msgs.ClaimNext(ctx, r.db, shards, now, r.cfg.BatchSize, cur)
 	if err != nil {
 		return nil, 0, err
