@@ -419,10 +419,7 @@ func newestOfPartition(raw []kafka.Message, i int) bool {
 // reports false if the run ended before that succeeded.
 func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error) bool {
 	cfg := &r.c.cfg
-	d := inbox.DeadLetter{
-		Consumer: cfg.Name, MessageID: m.ID, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
-		Key: m.Key, Value: m.Value, Headers: m.Headers, Attempts: attempts, Reason: reason.Error(),
-	}
+	d := deadLetterOf(cfg.Name, m, attempts, reason)
 	for failures := 1; ; failures++ {
 		err := r.inTx(func(tx pgx.Tx) error {
 			if m.ID != uuid.Nil {
@@ -451,5 +448,13 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		if !r.sleep(r.c.localBackoff(failures)) {
 			return false
 		}
+	}
+}
+
+// deadLetterOf is the dead letter consumer stores for m.
+func deadLetterOf(consumer string, m Message, attempts int, reason error) inbox.DeadLetter {
+	return inbox.DeadLetter{
+		Consumer: consumer, MessageID: m.ID, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
+		Key: m.Key, Value: m.Value, Headers: m.Headers, Attempts: attempts, Reason: reason.Error(),
 	}
 }
