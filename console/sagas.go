@@ -167,6 +167,13 @@ func (c *console) sagaList(w http.ResponseWriter, r *http.Request) {
 				statuses = append(statuses, string(s))
 			}
 		}
+		if stuck > 0 {
+			// Only unfinished sagas can be stuck; skipping the finished statuses keeps the
+			// scan off the (large) completed and compensated ranges.
+			statuses = slices.DeleteFunc(statuses, func(s string) bool {
+				return s == string(sagastate.SagaCompleted) || s == string(sagastate.SagaCompensated)
+			})
+		}
 		now := time.Now()
 		from, until := time.Time{}, time.Time{}
 		fromArg, untilArg := any("-infinity"), any("infinity")
@@ -294,7 +301,7 @@ func (c *console) statusCounts(r *http.Request, checked []string, sagaType strin
 		names[i] = string(s)
 	}
 	counts := map[string]int64{}
-	rows, err := c.pool.Query(ctx, c.q.boundedCount, pgx.QueryExecModeExec, names, sagaType, countLimit)
+	rows, err := c.pool.Query(ctx, c.q.boundedCount, pgx.QueryExecModeExec, sagaType, countLimit)
 	if err != nil {
 		return nil, fmt.Errorf("count sagas: %w", err)
 	}
