@@ -48,26 +48,28 @@ func (c *console) actions() []action {
 	byOperator := func(reason, operator string) string { return reason + " (by " + operator + ")" }
 	return []action{{
 		path: "/sagas/{id}/retry", title: "Retry saga",
-		effect: "Resumes the compensation that gave up: the stuck step's compensation is sent again with a fresh retry allowance. " +
+		effect: "Pushes the saga's compensation on: a failed saga resumes compensating; a compensating or timed-out one sends its " +
+			"stuck compensation again now instead of after its backoff. Either way the compensation gets a fresh retry allowance. " +
 			"Fix what made it fail first.",
 		targets: sagaTarget, back: sagaBack,
 		do: func(ctx context.Context, r *http.Request, t []string, reason, operator string) (string, string, error) {
 			id := uuid.MustParse(t[0])
-			if err := c.retrySaga(ctx, id, byOperator(reason, operator)); err != nil {
+			if err := c.orch.Retry(ctx, id, byOperator(reason, operator)); err != nil {
 				return "", "", err
 			}
 			return "compensation resumed", sagaBack(r), nil
 		},
 	}, {
 		path: "/sagas/{id}/abort", title: "Abort saga",
-		effect: "Gives the saga up: it stays failed, marked aborted, and nothing more is sent for it. " +
-			"Whatever its compensation did not undo must be settled by hand.",
+		effect: "A running saga stops going forward and compensates the steps it did (once the commands in flight are answered or " +
+			"time out). A compensating, timed-out or failed saga gives up: it is marked failed and aborted, its pending compensation " +
+			"is not sent again, and whatever it had not undone must be settled by hand.",
 		targets: sagaTarget, back: sagaBack,
 		do: func(ctx context.Context, r *http.Request, t []string, reason, operator string) (string, string, error) {
 			if err := c.orch.Abort(ctx, uuid.MustParse(t[0]), byOperator(reason, operator)); err != nil {
 				return "", "", err
 			}
-			return "saga aborted", sagaBack(r), nil
+			return "abort recorded", sagaBack(r), nil
 		},
 	}, {
 		path: "/outbox/retry", title: "Retry outbox dead letters",
@@ -112,13 +114,6 @@ func (c *console) actions() []action {
 			return fmt.Sprintf("%d dead letters replayed", len(t)), c.cfg.Prefix + "/inbox", nil
 		},
 	}}
-}
-
-// retrySaga resumes a failed saga's compensation. sagastate's Retry logs "operator retry"
-// without a reason, so the reason is logged by the console (see Config.Logger).
-func (c *console) retrySaga(ctx context.Context, id uuid.UUID, reason string) error {
-	_ = reason
-	return c.orch.Retry(ctx, id)
 }
 
 // formIDs reads the selected ids ("id", repeated) of a list action.

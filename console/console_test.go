@@ -203,8 +203,8 @@ func TestRetryAndAbortChangeTheSaga(t *testing.T) {
 	if st := s.Step("reserve"); st.Status != sagastate.StepCompensating || st.Attempt != 2 {
 		t.Fatalf("after retry reserve is %s attempt %d, want compensating attempt 2", st.Status, st.Attempt)
 	}
-	if !hasEvent(s, sagastate.EventSagaCompensating, "operator retry") {
-		t.Errorf("event log has no operator retry: %+v", s.Events)
+	if !hasEvent(s, sagastate.EventSagaCompensating, "operator retry: warehouse back online (by console@") {
+		t.Errorf("event log lacks the retry with its reason and operator: %+v", s.Events)
 	}
 
 	aborted := f.failed2
@@ -223,6 +223,53 @@ func TestRetryAndAbortChangeTheSaga(t *testing.T) {
 	}
 	if got := strings.Join(texts(t, ctx, "#events tbody tr"), "\n"); !strings.Contains(got, "ticket OPS-7") {
 		t.Errorf("the page's event log lacks the reason:\n%s", got)
+	}
+}
+
+func TestAbortRunningAndTimedOutSagas(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	srv := f.serve(t, console.Config{})
+	ctx := browser(t)
+
+	running := f.ids[sagastate.SagaRunning]
+	run(t, ctx, chromedp.Navigate(srv.URL+"/sagas/"+running.String()), chromedp.WaitVisible(chromedp.CSS("#actions")))
+	if n := count(t, ctx, "#retry"); n != 0 {
+		t.Error("a running saga offers retry")
+	}
+	act(t, ctx, "#abort", "customer cancelled by phone")
+	s := f.get(t, running)
+	if s.Status != sagastate.SagaCompensating && s.Status != sagastate.SagaCompensated {
+		t.Fatalf("after abort the running saga is %s, want compensating", s.Status)
+	}
+	if !hasEvent(s, sagastate.EventSagaCompensating, "customer cancelled by phone (by console@") {
+		t.Errorf("event log lacks the abort reason: %+v", s.Events)
+	}
+
+	timedOut := f.ids[sagastate.SagaTimeout]
+	run(t, ctx, chromedp.Navigate(srv.URL+"/sagas/"+timedOut.String()), chromedp.WaitVisible(chromedp.CSS("#actions")))
+	act(t, ctx, "#abort", "warehouse system retired")
+	s = f.get(t, timedOut)
+	if s.Status != sagastate.SagaFailed || s.AbortedAt.IsZero() {
+		t.Fatalf("after abort the timed-out saga is %s, aborted at %v; want failed and aborted", s.Status, s.AbortedAt)
+	}
+	if !hasEvent(s, sagastate.EventSagaFailed, "warehouse system retired") {
+		t.Errorf("event log lacks the abort reason: %+v", s.Events)
+	}
+	// A finished saga offers nothing, and the server refuses with the orchestrator's reason.
+	done := f.ids[sagastate.SagaCompleted]
+	run(t, ctx, chromedp.Navigate(srv.URL+"/sagas/"+done.String()), chromedp.WaitVisible(chromedp.CSS("#timeline")))
+	if n := count(t, ctx, "#actions"); n != 0 {
+		t.Error("a completed saga offers actions")
+	}
+	run(t, ctx, chromedp.Navigate(srv.URL+"/sagas/"+done.String()+"/abort"), chromedp.WaitVisible(chromedp.CSS("#confirm")),
+		chromedp.SendKeys(chromedp.CSS("#reason"), "just because"))
+	navigating(t, ctx, chromedp.Click(chromedp.CSS("#do")))
+	if got := strings.Join(texts(t, ctx, "#error"), ""); !strings.Contains(got, "completed") {
+		t.Errorf("aborting a completed saga says %q", got)
+	}
+	if s := f.get(t, done); s.Status != sagastate.SagaCompleted || !s.AbortedAt.IsZero() {
+		t.Errorf("the completed saga changed: %s", s.Status)
 	}
 }
 

@@ -41,10 +41,12 @@ type openTx struct {
 type outboxData struct {
 	Backlog outbox.Backlog
 	Oldest  string
-	Topics  []topicRow
-	Held    []heldRow
-	OpenTx  *openTx
-	Dead    []outboxDead
+	// HeldBack is the age of the oldest pending row an open transaction holds back.
+	HeldBack string
+	Topics   []topicRow
+	Held     []heldRow
+	OpenTx   *openTx
+	Dead     []outboxDead
 }
 
 func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
@@ -55,44 +57,31 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	d.Oldest = fmtDur(d.Backlog.OldestPendingAge)
-	rows, err := c.pool.Query(ctx, c.q.outboxTopics)
+	d.Oldest, d.HeldBack = fmtDur(d.Backlog.OldestPendingAge), fmtDur(d.Backlog.HeldBack)
+	topics, err := outbox.TopicBacklogs(ctx, c.pool, c.cfg.Schema)
 	if err != nil {
-		c.fail(w, r, http.StatusInternalServerError, fmt.Errorf("outbox backlog per topic: %w", err))
+		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	var t topicRow
-	var age float64
-	if _, err := pgx.ForEachRow(rows, []any{&t.Topic, &t.Pending, &t.RetryDue, &t.TxOpen, &t.Dead, &age}, func() error {
-		t.OldestAge = "–"
+	for _, t := range topics {
+		row := topicRow{Topic: t.Topic, Pending: t.Pending, RetryDue: t.RetryLater, TxOpen: t.TxOpen, Dead: t.Dead, OldestAge: "–"}
 		if t.Pending > 0 {
-			t.OldestAge = fmtDur(time.Duration(age * float64(time.Second)))
+			row.OldestAge = fmtDur(t.OldestPendingAge)
 		}
-		d.Topics = append(d.Topics, t)
-		return nil
-	}); err != nil {
-		c.fail(w, r, http.StatusInternalServerError, fmt.Errorf("outbox backlog per topic: %w", err))
-		return
+		d.Topics = append(d.Topics, row)
 	}
-	rows, err = c.pool.Query(ctx, c.q.outboxHeld, listLimit)
+	held, err := outbox.ListHeld(ctx, c.pool, c.cfg.Schema, listLimit)
 	if err != nil {
-		c.fail(w, r, http.StatusInternalServerError, fmt.Errorf("outbox held rows: %w", err))
+		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	var h heldRow
-	var attempts int
-	var created time.Time
-	var next pgtype.Timestamptz
-	if _, err := pgx.ForEachRow(rows, []any{&h.ID, &h.Topic, &h.Key, &attempts, &h.Error, &created, &next, &h.Why}, func() error {
-		h.Attempts, h.Created, h.NextAttempt = strconv.Itoa(attempts), fmtTime(created), "–"
-		if next.Valid {
-			h.NextAttempt = fmtTime(next.Time)
+	for _, h := range held {
+		row := heldRow{ID: h.ID.String(), Topic: h.Topic, Key: h.Key, Attempts: strconv.Itoa(h.Attempts), Error: h.LastError,
+			Created: fmtTime(h.CreatedAt), NextAttempt: "–", Why: h.Why}
+		if !h.NextAttemptAt.IsZero() {
+			row.NextAttempt = fmtTime(h.NextAttemptAt)
 		}
-		d.Held = append(d.Held, h)
-		return nil
-	}); err != nil {
-		c.fail(w, r, http.StatusInternalServerError, fmt.Errorf("outbox held rows: %w", err))
-		return
+		d.Held = append(d.Held, row)
 	}
 	var tx openTx
 	var txAge float64

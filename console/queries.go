@@ -13,7 +13,6 @@ type queries struct {
 	listOlder, listNewer, listByID string
 	boundedCount, statusEstimate   string
 	types                          string
-	outboxTopics, outboxHeld       string
 	oldestTx                       string
 	inboxConsumers                 string
 	relays, leases                 string
@@ -59,7 +58,7 @@ func boundedCountSQL(inst string) string {
 
 func newQueries(schema string) queries {
 	id := func(table string) string { return pgx.Identifier{schema, table}.Sanitize() }
-	inst, msgs, dead := id("saga_instances"), id("outbox_messages"), id("inbox_dead_letters")
+	inst, dead := id("saga_instances"), id("inbox_dead_letters")
 	return queries{
 		listOlder: fmt.Sprintf(listSQL, inst, "<", "DESC"),
 		listNewer: fmt.Sprintf(listSQL, inst, ">", "ASC"),
@@ -77,25 +76,6 @@ WHERE ps.schemaname = $1 AND ps.tablename = 'saga_instances' AND ps.attname = 's
     UNION ALL
     SELECT (SELECT "type" FROM ` + inst + ` WHERE "type" > t."type" ORDER BY "type" LIMIT 1) FROM t WHERE t."type" IS NOT NULL)
 SELECT "type" FROM t WHERE "type" IS NOT NULL LIMIT 200`,
-		outboxTopics: `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT "topic",
-    count(*) FILTER (WHERE "dead_at" IS NULL),
-    count(*) FILTER (WHERE "dead_at" IS NULL AND "next_attempt_at" > now()),
-    count(*) FILTER (WHERE "dead_at" IS NULL AND "txid" >= (SELECT xmin FROM snap)),
-    count(*) FILTER (WHERE "dead_at" IS NOT NULL),
-    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
-FROM ` + msgs + ` GROUP BY "topic" ORDER BY "topic"`,
-		// Pending rows the relay cannot publish yet, and why (the same conditions as its claim).
-		outboxHeld: `WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT m."id", m."topic", m."key", m."attempts", COALESCE(m."last_error", ''), m."created_at", m."next_attempt_at",
-    CASE WHEN m."next_attempt_at" > now() THEN 'retry due'
-         WHEN m."txid" >= (SELECT xmin FROM snap) THEN 'older transaction open'
-         ELSE 'behind a retrying row of its key' END
-FROM ` + msgs + ` AS m
-WHERE m."dead_at" IS NULL AND (m."next_attempt_at" > now() OR m."txid" >= (SELECT xmin FROM snap)
-   OR (m."key" <> '' AND EXISTS (SELECT 1 FROM ` + msgs + ` AS w WHERE w."key" = m."key" AND w."dead_at" IS NULL
-       AND w."next_attempt_at" > now() AND w."seq" < m."seq")))
-ORDER BY m."seq" LIMIT $1`,
 		// The oldest open transaction: while it runs, rows committed after it started wait.
 		oldestTx: `SELECT pid, COALESCE(usename, ''), COALESCE(application_name, ''), state, EXTRACT(EPOCH FROM now() - xact_start)::float8, left(query, 200)
 FROM pg_stat_activity WHERE xact_start IS NOT NULL AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()

@@ -28,7 +28,7 @@ var allStatuses = []sagastate.SagaStatus{
 }
 
 // countLimit bounds the status counts: above it the list shows the planner's estimate.
-const countLimit = 10000
+const countLimit = 1000
 
 type statusCount struct {
 	Status  string
@@ -366,12 +366,7 @@ type detailData struct {
 	Timeline                  template.HTML
 	RefreshMS                 int64
 	CanRetry, CanAbort        bool
-	AbortNote                 string
 }
-
-// abortUnfinished reports whether sagastate's Abort takes sagas that are still running,
-// compensating or timed out; until it does, the console offers abort on failed sagas only.
-var abortUnfinished = false
 
 func (c *console) sagaDetail(w http.ResponseWriter, r *http.Request) {
 	id, err := uuid.Parse(r.PathValue("id"))
@@ -420,21 +415,12 @@ func (c *console) detail(s *sagastate.Instance) detailData {
 	if err := timeline.FromSaga(s).SVG(&svg); err == nil {
 		d.Timeline = template.HTML(svg.String()) // drawn by internal/timeline, which escapes every label
 	}
-	notAborted := s.AbortedAt.IsZero()
-	if !s.Status.Final() || (s.Status == sagastate.SagaFailed && notAborted) {
+	failedOpen := s.Status == sagastate.SagaFailed && s.AbortedAt.IsZero() // waits for an operator
+	if !s.Status.Final() {
 		d.RefreshMS = c.cfg.RefreshInterval.Milliseconds()
 	}
-	if s.Status == sagastate.SagaFailed && notAborted {
-		d.RefreshMS = 0 // waits for an operator; nothing changes on its own
-		d.CanRetry, d.CanAbort = true, true
-	}
-	switch s.Status {
-	case sagastate.SagaRunning, sagastate.SagaTimeout, sagastate.SagaCompensating:
-		d.CanAbort = abortUnfinished
-		if !abortUnfinished {
-			d.AbortNote = "Abort of an unfinished saga needs a newer sagastate; once it fails, retry or abort it here."
-		}
-	}
+	d.CanAbort = !s.Status.Final() || failedOpen
+	d.CanRetry = failedOpen || s.Status == sagastate.SagaCompensating || s.Status == sagastate.SagaTimeout
 	return d
 }
 

@@ -107,3 +107,35 @@ WHERE "dead_at" IS NOT NULL AND "id" = ANY($1::uuid[]);
 UPDATE "sagabox"."outbox_messages"
 SET "dead_at" = NULL, "attempts" = 0, "next_attempt_at" = NULL
 WHERE "dead_at" IS NOT NULL;
+
+-- name: topic_backlog
+-- Operators (the console): per topic, pending rows, those waiting for a retry due later,
+-- those of transactions newer than the oldest open one (the relay may not publish them
+-- yet), dead letters, and the age of the oldest pending row (seconds).
+SELECT "topic",
+    count(*) FILTER (WHERE "dead_at" IS NULL),
+    count(*) FILTER (WHERE "dead_at" IS NULL AND "next_attempt_at" > now()),
+    count(*) FILTER (WHERE "dead_at" IS NULL AND "txid" >= pg_snapshot_xmin(pg_current_snapshot())),
+    count(*) FILTER (WHERE "dead_at" IS NOT NULL),
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
+FROM "sagabox"."outbox_messages"
+GROUP BY "topic"
+ORDER BY "topic";
+
+-- name: list_held
+-- Operators (the console): pending rows the relay cannot publish now, in seq order, at
+-- most $1, with the reason (the conditions of claim): a retry due later, a transaction
+-- newer than the oldest open one, or an earlier row of the same key waiting for a retry.
+SELECT m."id", m."topic", m."key", m."attempts", COALESCE(m."last_error", ''), m."created_at", m."next_attempt_at",
+    CASE WHEN m."next_attempt_at" > now() THEN 'retry due later'
+         WHEN m."txid" >= pg_snapshot_xmin(pg_current_snapshot()) THEN 'older transaction open'
+         ELSE 'behind a retrying row of its key' END
+FROM "sagabox"."outbox_messages" AS m
+WHERE m."dead_at" IS NULL
+  AND (m."next_attempt_at" > now()
+       OR m."txid" >= pg_snapshot_xmin(pg_current_snapshot())
+       OR (m."key" <> '' AND EXISTS (
+           SELECT 1 FROM "sagabox"."outbox_messages" AS w
+           WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > now() AND w."seq" < m."seq")))
+ORDER BY m."seq"
+LIMIT $1;
