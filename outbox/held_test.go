@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -28,6 +29,22 @@ func TestHeldRowsAndTopicBacklog(t *testing.T) {
 	}
 	if _, err := db.Pool.Exec(ctx, `UPDATE "sagabox"."outbox_messages" SET "dead_at" = now(), "last_error" = 'too large' WHERE "id" = $1`, msgs[3].ID); err != nil {
 		t.Fatal(err)
+	}
+	// The snapshot's xmin is cluster-wide: wait until transactions of other tests that were
+	// open when these rows committed have ended, so only this test's own rows hold back.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var visible bool
+		if err := db.Pool.QueryRow(ctx, `SELECT max("txid") < pg_snapshot_xmin(pg_current_snapshot()) FROM "sagabox"."outbox_messages"`).Scan(&visible); err != nil {
+			t.Fatal(err)
+		}
+		if visible {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("some transaction of the cluster stayed open for 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	// A transaction that began before another one's commit and is still open holds back
 	// the row that other one wrote.
