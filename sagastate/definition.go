@@ -1,12 +1,15 @@
 package sagastate
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"runtime/debug"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Defaults for a step's plan when its declaration leaves them out.
@@ -292,6 +295,15 @@ func (s *Saga[P]) Input(step string, fn func(p P, r Results) (any, error)) *Saga
 		return json.Marshal(out)
 	}
 	return s
+}
+
+// Start begins a saga of this type with id and payload inside tx, the caller's
+// transaction, on o, which must have a definition of this type in Config.Sagas: the
+// typed form of Orchestrator.Start, so a payload of the wrong type does not compile.
+//
+//	err := orderSaga.Start(ctx, tx, orch, order.ID, order)
+func (s *Saga[P]) Start(ctx context.Context, tx DB, o *Orchestrator, id uuid.UUID, payload P) error {
+	return o.Start(ctx, tx, s.p.name, id, payload)
 }
 
 // Name returns the saga type.

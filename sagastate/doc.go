@@ -14,6 +14,10 @@
 //		),
 //	)
 //
+// A definition starts its own sagas with a payload of its type, in the caller's
+// transaction: Order.Start(ctx, tx, orch, id, order). (Orchestrator.Start is the untyped
+// form, by type name, for generic tooling.)
+//
 // Guarantees. Start writes the saga, its first commands (into the outbox) and its log in
 // the caller's transaction: a rollback leaves nothing. Every later change — a reply, a
 // timeout or scheduled retry found by the sweeper, an operator's Retry or Abort — is one

@@ -206,7 +206,8 @@ func TestSagaEndToEnd(t *testing.T) {
 		const trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 		id := uuid.New()
 		ctx := sagastate.WithTraceContext(context.Background(), map[string]string{"traceparent": trace})
-		if err := pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, "linear", id, script{}) }); err != nil {
+		// The typed start: linear is a Saga[script], so only a script compiles here.
+		if err := pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error { return linear.Start(ctx, tx, o, id, script{}) }); err != nil {
 			t.Fatal(err)
 		}
 		s := f.env.Await(t, id, wait)

@@ -217,7 +217,9 @@ func (o *Orchestrator) clock() time.Time {
 	return o.cfg.Now().UTC().Truncate(time.Microsecond)
 }
 
-// Start begins saga sagaType with id and payload inside tx, the caller's transaction: the
+// Start begins saga sagaType with id and payload inside tx, the caller's transaction. Prefer
+// the typed Saga[P].Start, which takes a P; this untyped form is for generic tooling
+// (tests, tracing wrappers, operator commands) that knows the type only by name. The
 // instance, its steps, the saga_started event and the first commands (into the outbox)
 // commit together with the caller's business change, or not at all.
 //

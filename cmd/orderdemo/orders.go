@@ -316,7 +316,7 @@ func startSaga(ctx context.Context, orch *sagastate.Orchestrator, in *infra, o d
 	pause := 100 * time.Millisecond
 	for {
 		err := pgx.BeginFunc(ctx, in.pool, func(tx pgx.Tx) error {
-			return orch.Start(ctx, tx, demo.SagaType, o.ID, o)
+			return orderSaga.Start(ctx, tx, orch, o.ID, o)
 		})
 		switch {
 		case err == nil || errors.Is(err, sagastate.ErrDuplicate):
@@ -450,9 +450,13 @@ func findRelay(c *config) (string, error) {
 
 // orchestratorConfig is the demo orchestrator's configuration, in the driver or in a
 // process of its own.
+// orderSaga is the demo's saga, on the default topics; the driver starts orders with
+// its typed Start.
+var orderSaga = demo.OrderSaga(demo.Topics{})
+
 func orchestratorConfig(c *config, in *infra, listeners ...sagastate.Listener) sagastate.Config {
 	return sagastate.Config{
-		Sagas: []sagastate.Definition{demo.OrderSaga(demo.Topics{})}, Brokers: in.brokers, ReplyTopic: replyTopic,
+		Sagas: []sagastate.Definition{orderSaga}, Brokers: in.brokers, ReplyTopic: replyTopic,
 		GroupID: "demo-orchestrator", Schema: c.schema, SweepInterval: 100 * time.Millisecond,
 		Listeners: listeners, FeedInterval: 20 * time.Millisecond,
 		Consumer: in.consumerConfig(c), Logger: c.log,
