@@ -3,7 +3,10 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,5 +145,38 @@ func TestClaimBlockedByALockGivesUp(t *testing.T) {
 		_ = lock.Rollback(ctx)
 		<-done
 		t.Fatal("the claim waited 30s for the lock; want it to give up after PublishTimeout")
+	}
+}
+
+// TestLongTransactionHoldingBackIsNamed: an open transaction holds back every row
+// committed after it began. The relay reports how long through Hooks.HeldBack
+// and logs which backend it is (pid, start, query) past HoldWarnAfter.
+func TestLongTransactionHoldingBackIsNamed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	holder, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	var pid int32
+	if err := holder.QueryRow(ctx, `SELECT pg_backend_pid(), pg_current_xact_id()::text /* the holder */`).Scan(&pid, new(string)); err != nil {
+		t.Fatal(err)
+	}
+	var logs testenv.SyncBuffer
+	var held atomic.Int64
+	cfg := fastConfig()
+	cfg.HoldWarnAfter = time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	cfg.Hooks.HeldBack = func(d time.Duration) { held.Store(int64(d)) }
+	startRelay(t, e.db.Pool, e.pub, cfg)
+	kafkatest.Poll(t, 20*time.Second, func() bool {
+		return held.Load() > 0 && strings.Contains(logs.String(), fmt.Sprintf("pid=%d", pid))
+	}, func() string {
+		return fmt.Sprintf("holder pid %d logged and reported (held %v); logs:\n%s", pid, time.Duration(held.Load()), logs.String())
+	})
+	if !strings.Contains(logs.String(), "holds back publishing") {
+		t.Fatalf("log does not say what the transaction does:\n%s", logs.String())
 	}
 }

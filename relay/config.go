@@ -72,6 +72,10 @@ type Config struct {
 	// lease stays valid for PublishTimeout, so a relay never publishes on a lease
 	// that may have expired. Defaults to 5s.
 	PublishTimeout time.Duration
+	// HoldWarnAfter is the age at which the oldest running transaction on the
+	// server, which holds back publishing (see Hooks.HeldBack), is logged with its
+	// pid, start and query, once a minute while it lasts. Defaults to 30s.
+	HoldWarnAfter time.Duration
 	// Now is the clock for retry scheduling and dead-letter times (not for leases,
 	// which use the database clock). Defaults to time.Now.
 	Now func() time.Time
@@ -115,6 +119,7 @@ func (c *Config) applyDefaults() {
 	def(&c.LeaseTTL, 10*time.Second)
 	def(&c.HeartbeatInterval, 2*time.Second)
 	def(&c.PublishTimeout, 5*time.Second)
+	def(&c.HoldWarnAfter, 30*time.Second)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -147,6 +152,7 @@ func (c *Config) validate() error {
 		{"PollInterval", c.PollInterval}, {"ProbeInterval", c.ProbeInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
 		{"ErrorBackoffMin", c.ErrorBackoffMin}, {"ErrorBackoffMax", c.ErrorBackoffMax}, {"LeaseTTL", c.LeaseTTL},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"PublishTimeout", c.PublishTimeout},
+		{"HoldWarnAfter", c.HoldWarnAfter},
 	} {
 		if d.v < 0 {
 			bad("%s is %v; it must be positive (or 0 for the default)", d.name, d.v)

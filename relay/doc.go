@@ -29,7 +29,9 @@
 //     inserted first also took its xid first (TestCommitOrder), else commit order.
 //
 // The xmin is cluster-wide: a long transaction anywhere on the server, in any
-// database, holds publishing back until it ends. Keep transactions short.
+// database, holds publishing back until it ends. Keep transactions short. The
+// relay reports the oldest one's age after every heartbeat (Hooks.HeldBack) and
+// logs its pid, start and query once it is older than Config.HoldWarnAfter.
 //
 // # Several relays
 //

@@ -21,6 +21,12 @@ type Hooks struct {
 	// Lag is called after every heartbeat with the age of the oldest unpublished,
 	// not dead-lettered row (0 when there is none).
 	Lag func(age time.Duration)
+	// HeldBack is called after every heartbeat with the age of the oldest
+	// transaction running on the server that holds a transaction id (0 when none):
+	// a row committed now is not published before that transaction ends, however
+	// old it is (see doc.go, "Commit order"). The relay logs which backend it is
+	// once it is older than Config.HoldWarnAfter.
+	HeldBack func(age time.Duration)
 	// Shards is called after every heartbeat with the number of shards this relay owns.
 	Shards func(owned int)
 	// Publish is called before a batch goes to the Publisher; done, if not nil, is
@@ -70,5 +76,11 @@ func (h *Hooks) lag(d time.Duration) {
 func (h *Hooks) shards(n int) {
 	if h.Shards != nil {
 		h.Shards(n)
+	}
+}
+
+func (h *Hooks) heldBack(d time.Duration) {
+	if h.HeldBack != nil {
+		h.HeldBack(d)
 	}
 }

@@ -153,6 +153,7 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 		}
 		if ctx.Err() == nil {
 			r.reportLag(ctx)
+			r.reportHeldBack(ctx)
 		}
 		select {
 		case <-ctx.Done():

@@ -21,17 +21,18 @@ import (
 // Relay publishes committed outbox rows of the shards it leases. Create it with New
 // and start it with Run.
 type Relay struct {
-	db      *pgxpool.Pool
-	pub     Publisher
-	cfg     Config
-	q       queries
-	log     *slog.Logger
-	leases  leaseSet
-	cycleMu sync.RWMutex    // read-held by each loop while its batch is in flight
-	wakeC   []chan struct{} // one per publish loop
-	idle    atomic.Int32    // publish loops whose last cycle claimed nothing
-	running atomic.Bool
-	lastOK  atomic.Int64 // unix nanos of the last successful heartbeat
+	db         *pgxpool.Pool
+	pub        Publisher
+	cfg        Config
+	q          queries
+	log        *slog.Logger
+	leases     leaseSet
+	cycleMu    sync.RWMutex    // read-held by each loop while its batch is in flight
+	wakeC      []chan struct{} // one per publish loop
+	idle       atomic.Int32    // publish loops whose last cycle claimed nothing
+	running    atomic.Bool
+	lastOK     atomic.Int64 // unix nanos of the last successful heartbeat
+	holdLogged time.Time    // last warning of reportHeldBack; lease loop only
 }
 
 // New returns a Relay publishing db's outbox through pub. It applies cfg's defaults

@@ -177,3 +177,42 @@ func Preflight(ctx context.Context, db *pgxpool.Pool, schema string) error {
 	}
 	return nil
 }
+
+// oldestXactSQL finds the oldest transaction on the server that holds an xid: the
+// one pg_snapshot_xmin stops at, so no row committed after it began is ready
+// until it ends. Any database's; its query text shows only with pg_read_all_stats.
+const oldestXactSQL = `SELECT "pid", COALESCE("datname", ''), COALESCE("usename", ''), "xact_start",
+    GREATEST(EXTRACT(EPOCH FROM now() - "xact_start"), 0)::float8, COALESCE("state", ''), left(COALESCE("query", ''), 200)
+FROM pg_stat_activity
+WHERE "backend_xid" IS NOT NULL AND "xact_start" IS NOT NULL AND "pid" <> pg_backend_pid()
+ORDER BY age("backend_xid") DESC
+LIMIT 1`
+
+// holdLogEvery spaces the warnings about one transaction holding back publishing.
+const holdLogEvery = time.Minute
+
+// reportHeldBack reports the age of the oldest running transaction (Hooks.HeldBack)
+// and names it in the log once it is older than HoldWarnAfter.
+func (r *Relay) reportHeldBack(ctx context.Context) {
+	var pid int32
+	var db, user, state, query string
+	var start time.Time
+	var age float64
+	err := r.db.QueryRow(ctx, oldestXactSQL).Scan(&pid, &db, &user, &start, &age, &state, &query)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		r.cfg.Hooks.heldBack(0)
+		return
+	case err != nil:
+		r.log.Debug("relay: looking for the oldest transaction failed", "err", err) // the heartbeat reports database trouble
+		return
+	}
+	d := time.Duration(age * float64(time.Second))
+	r.cfg.Hooks.heldBack(d)
+	if d < r.cfg.HoldWarnAfter || time.Since(r.holdLogged) < holdLogEvery {
+		return
+	}
+	r.holdLogged = time.Now()
+	r.log.Warn("relay: an open transaction holds back publishing: rows committed after it began wait until it ends",
+		"pid", pid, "database", db, "user", user, "xact_start", start, "age", d.Round(time.Second), "state", state, "query", query)
+}

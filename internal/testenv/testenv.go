@@ -230,3 +230,22 @@ func (k *Kafka) CreateTopic(t testing.TB, topic string, partitions int) {
 		t.Fatalf("testenv: create topic %s: %v", topic, err)
 	}
 }
+
+// SyncBuffer collects output (a test's logs) written from several goroutines.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
