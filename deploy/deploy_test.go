@@ -261,5 +261,7 @@ func TestDashboardAndAlertsUseOnlyExportedMetrics(t *testing.T) {
 		}
 		missing = slices.DeleteFunc(slices.Clone(want), func(n string) bool { return have[n] })
 		return len(missing) == 0
-	}, func() string { return "metrics used by deploy/ but exported by no component: " + strings.Join(missing, ", ") })
+	}, func() string {
+		return "metrics used by deploy/ but exported by no component: " + strings.Join(missing, ", ")
+	})
 }
