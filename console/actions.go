@@ -29,11 +29,13 @@ type action struct {
 	// do performs the action and returns the confirmation shown after it and where to go.
 	do   func(ctx context.Context, r *http.Request, targets []string, reason, operator string) (done, back string, err error)
 	back func(r *http.Request) string // where Cancel leads
+	// about describes the targets' current state on the confirmation page. Optional.
+	about func(ctx context.Context, targets []string) string
 }
 
 type confirmData struct {
-	Title, Effect, Action, Back, Reason string
-	Targets                             []string
+	Title, Effect, Action, Back, Reason, About string
+	Targets                                    []string
 }
 
 func (c *console) actions() []action {
@@ -51,7 +53,7 @@ func (c *console) actions() []action {
 		effect: "Pushes the saga's compensation on: a failed saga resumes compensating; a compensating or timed-out one sends its " +
 			"stuck compensation again now instead of after its backoff. Either way the compensation gets a fresh retry allowance. " +
 			"Fix what made it fail first.",
-		targets: sagaTarget, back: sagaBack,
+		targets: sagaTarget, back: sagaBack, about: c.aboutSaga,
 		do: func(ctx context.Context, r *http.Request, t []string, reason, operator string) (string, string, error) {
 			id := uuid.MustParse(t[0])
 			if err := c.orch.Retry(ctx, id, byOperator(reason, operator)); err != nil {
@@ -64,7 +66,7 @@ func (c *console) actions() []action {
 		effect: "A running saga stops going forward and compensates the steps it did (once the commands in flight are answered or " +
 			"time out). A compensating, timed-out or failed saga gives up: it is marked failed and aborted, its pending compensation " +
 			"is not sent again, and whatever it had not undone must be settled by hand.",
-		targets: sagaTarget, back: sagaBack,
+		targets: sagaTarget, back: sagaBack, about: c.aboutSaga,
 		do: func(ctx context.Context, r *http.Request, t []string, reason, operator string) (string, string, error) {
 			if err := c.orch.Abort(ctx, uuid.MustParse(t[0]), byOperator(reason, operator)); err != nil {
 				return "", "", err
@@ -116,6 +118,22 @@ func (c *console) actions() []action {
 	}}
 }
 
+// aboutSaga says what the saga is and where it stands, so the operator confirms knowing it.
+func (c *console) aboutSaga(ctx context.Context, t []string) string {
+	s, err := c.orch.Get(ctx, uuid.MustParse(t[0]))
+	if err != nil {
+		return err.Error()
+	}
+	about := fmt.Sprintf("%s saga, %s since %s UTC", s.Type, s.Status, fmtTime(s.UpdatedAt))
+	if !s.AbortedAt.IsZero() {
+		about += ", aborted"
+	}
+	if s.LastError != "" {
+		about += ": " + s.LastError
+	}
+	return about
+}
+
 // formIDs reads the selected ids ("id", repeated) of a list action.
 func formIDs(r *http.Request, check func(string) error) ([]string, error) {
 	if err := r.ParseForm(); err != nil {
@@ -148,7 +166,11 @@ func (c *console) confirm(a action) http.HandlerFunc {
 			c.fail(w, r, http.StatusBadRequest, err)
 			return
 		}
-		c.render(w, r, "confirm", a.title, confirmData{Title: a.title, Effect: a.effect, Action: c.cfg.Prefix + r.URL.Path, Back: a.back(r), Targets: t})
+		d := confirmData{Title: a.title, Effect: a.effect, Action: c.cfg.Prefix + r.URL.Path, Back: a.back(r), Targets: t}
+		if a.about != nil {
+			d.About = a.about(r.Context(), t)
+		}
+		c.render(w, r, "confirm", a.title, d)
 	}
 }
 

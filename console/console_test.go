@@ -184,6 +184,9 @@ func TestRetryAndAbortChangeTheSaga(t *testing.T) {
 	// The confirmation page refuses an empty reason (the browser's required check is
 	// bypassed by submitting the form directly).
 	navigating(t, ctx, chromedp.Click(chromedp.CSS("#retry")))
+	if got := strings.Join(texts(t, ctx, "#about"), ""); !strings.Contains(got, "shop saga, failed since") || !strings.Contains(got, "warehouse offline") {
+		t.Errorf("the confirmation page describes the saga as %q", got)
+	}
 	run(t, ctx, chromedp.WaitVisible(chromedp.CSS("#confirm")), chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 		_, err := chromedp.Evaluate[bool](`document.getElementById("reason").removeAttribute("required"), true`)(ctx, tg)
 		return err
