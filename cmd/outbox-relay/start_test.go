@@ -54,11 +54,8 @@ func TestPermanentDatabaseFaultsExitWithOneLine(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			var stderr bytes.Buffer
-			code := run(ctx, []string{"--kafka-brokers=127.0.0.1:1"}, func(k string) string {
-				if k == "DATABASE_URL" {
-					return c.url
-				}
-				return ""
+			code := run(ctx, nil, func(k string) string {
+				return map[string]string{"DATABASE_URL": c.url, "KAFKA_BROKERS": "127.0.0.1:1"}[k]
 			}, io.Discard, &stderr)
 			if ctx.Err() != nil {
 				t.Fatalf("still retrying after a minute; stderr:\n%s", stderr.String())
@@ -94,13 +91,9 @@ func serveAsync(t *testing.T, databaseURL, brokers string) (get func(path string
 	ctx, cancel := context.WithCancel(context.Background())
 	exit := make(chan int, 1)
 	go func() {
-		exit <- run(ctx, []string{"--metrics-addr=" + addr, "--kafka-brokers=" + brokers, "--log-level=error"},
-			func(k string) string {
-				if k == "DATABASE_URL" {
-					return databaseURL
-				}
-				return ""
-			}, io.Discard, io.Discard)
+		exit <- run(ctx, []string{"--metrics-addr=" + addr, "--log-level=error"}, func(k string) string {
+			return map[string]string{"DATABASE_URL": databaseURL, "KAFKA_BROKERS": brokers}[k]
+		}, io.Discard, io.Discard)
 	}()
 	var stopped *int
 	stop = func() int {
