@@ -436,7 +436,7 @@ func TestBarrier(t *testing.T) {
 			t.Fatalf("a panicking forward step must be refused, not returned: %v", err)
 		}
 		r := e.lastReply(t, saga)
-		if r.Outcome != wire.OutcomeFailure || !strings.Contains(r.Reason, "handler panicked: assignment to entry in nil map") {
+		if r.Outcome != wire.OutcomeFailure || !strings.Contains(r.Reason, "handler panicked: boom") {
 			t.Fatalf("reply %s %q, want a failure naming the panic", r.Outcome, r.Reason)
 		}
 		if b := e.balance(t, saga); b != 100 {

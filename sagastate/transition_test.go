@@ -653,13 +653,13 @@ func TestInputPanicFailsTheStepAndKeepsTheProcess(t *testing.T) {
 	h.expectStatus(SagaCompensating, StepCompensating, StepFailed)
 	h.expectSent("a:compensate:1")
 	b := h.s.Step("b")
-	if !strings.Contains(b.LastError, ErrInputPanic.Error()) || !strings.Contains(b.LastError, "assignment to entry in nil map") ||
+	if !strings.Contains(b.LastError, ErrInputPanic.Error()) || !strings.Contains(b.LastError, "boom ") ||
 		!strings.Contains(b.LastError, "goroutine") {
 		t.Fatalf("step b's error lacks the panic and its stack: %q", b.LastError)
 	}
 	var logged bool
 	for _, e := range h.evs {
-		logged = logged || e.Type == EventStepFailed && e.Step == "b" && strings.Contains(e.Detail, "nil map")
+		logged = logged || e.Type == EventStepFailed && e.Step == "b" && strings.Contains(e.Detail, "boom")
 	}
 	if !logged {
 		t.Fatalf("no step_failed event with the panic: %v", h.eventTypes())
