@@ -67,6 +67,11 @@ func BenchmarkSagaLoad(b *testing.B) {
 		}
 		b.ReportMetric(float64(r.Deadlocks), "deadlock-retries")
 	}
+	for _, r := range append(base, rows...) {
+		if r.Unfinished > 0 {
+			b.Errorf("%s (%d in flight, open %.0f/s): %d of %d flows unfinished; first: %v", r.Name, r.InFlight, r.Rate, r.Unfinished, r.Flows, r.FirstError)
+		}
+	}
 }
 
 // env is one kind of flow, running.
@@ -98,7 +103,7 @@ func measure(b *testing.B, name string, start func(b *testing.B) env) []sagabenc
 		peak = max(peak, r.PerSec)
 		add(r, ids)
 	}
-	rate := peak / 2
+	rate := max(peak/2, 1)
 	add(e.driver.Open(b, name, max(50, int(rate*openSeconds)), rate))
 	return out
 }

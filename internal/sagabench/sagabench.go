@@ -28,6 +28,11 @@ type Result struct {
 	// retryable reply or a timeout); Deadlocks those of them caused by a deadlock or a
 	// serialization failure. Zero for the baseline, which has no saga.
 	SagaRetries, Deadlocks int
+	// Unfinished counts flows that failed to start or did not finish within Timeout;
+	// the other figures are of the finished ones.
+	Unfinished int
+	// FirstError is why the first unfinished flow failed.
+	FirstError error
 }
 
 // StartFunc starts flow id (the ith of its level) and returns once it is committed.
@@ -158,13 +163,21 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64) 
 	tb.Helper()
 	elapsed := time.Since(begin)
 	if len(r.errs) > 0 {
-		tb.Fatalf("%s: %d of %d flows failed; first: %v", res.Name, len(r.errs), len(r.ids), r.errs[0])
+		res.Unfinished, res.FirstError = len(r.errs), r.errs[0]
 	}
-	slices.Sort(r.ttc)
+	var ttc []time.Duration
+	for _, d := range r.ttc {
+		if d > 0 {
+			ttc = append(ttc, d)
+		}
+	}
+	slices.Sort(ttc)
 	res.Flows = len(r.ids)
-	res.PerSec = float64(len(r.ids)) / elapsed.Seconds()
-	res.P50 = r.ttc[len(r.ttc)/2]
-	res.P99 = r.ttc[min(len(r.ttc)-1, len(r.ttc)*99/100)]
+	res.PerSec = float64(len(ttc)) / elapsed.Seconds()
+	if len(ttc) > 0 {
+		res.P50 = ttc[len(ttc)/2]
+		res.P99 = ttc[min(len(ttc)-1, len(ttc)*99/100)]
+	}
 	res.LocalRetries = retries
 	return res, r.ids
 }
@@ -172,8 +185,8 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64) 
 // Print writes results as a table, each closed-loop row's throughput with its ratio
 // to the baseline row of the same InFlight.
 func Print(w io.Writer, baseline, rows []Result) {
-	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s\n",
-		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock")
+	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s\n",
+		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished")
 	for _, r := range append(append([]Result(nil), baseline...), rows...) {
 		load := fmt.Sprintf("%d in flight", r.InFlight)
 		if r.Rate > 0 {
@@ -185,7 +198,7 @@ func Print(w io.Writer, baseline, rows []Result) {
 				ratio = fmt.Sprintf("%.2f", r.PerSec/b.PerSec)
 			}
 		}
-		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d\n", r.Name, load, r.Flows, r.PerSec, ratio,
-			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks)
+		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d\n", r.Name, load, r.Flows, r.PerSec, ratio,
+			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished)
 	}
 }
