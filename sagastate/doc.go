@@ -69,6 +69,10 @@
 // consumer retries its transaction locally (see package consumer), and the sweeper
 // tries the saga again later. Sagas of one transaction are locked in id order.
 //
+// Retention. Run deletes finished sagas (completed, compensated, or failed and aborted)
+// with their steps and events once they are older than Config.Retention (30 days), in
+// small batches; a saga that has not finished is never deleted (DeleteFinished).
+//
 // SQL. Every statement on the saga tables is in sagastate.sql, by name, readable and
 // runnable as it is.
 //

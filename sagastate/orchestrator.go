@@ -47,6 +47,11 @@ type Config struct {
 	SweepInterval time.Duration
 	// SweepBatch is the most sagas one sweeper transaction handles. Defaults to 100.
 	SweepBatch int
+	// Retention is how long finished sagas (completed, compensated, or failed and
+	// aborted) are kept with their steps and events; Run deletes older ones every
+	// minute, in small batches. Sagas that have not finished are never deleted.
+	// Negative keeps everything. Defaults to 30 days.
+	Retention time.Duration
 	// Listeners receive every saga event committed while Run runs, in commit order, in
 	// every orchestrator process. Defaults to none.
 	Listeners []Listener
@@ -74,6 +79,8 @@ const (
 	DefaultReplyTopic = "sagabox.saga.replies"
 	// DefaultGroupID is Config.GroupID's default.
 	DefaultGroupID = "sagabox-orchestrator"
+	// DefaultRetention is Config.Retention's default.
+	DefaultRetention = 30 * 24 * time.Hour
 )
 
 func (c *Config) applyDefaults() {
@@ -91,6 +98,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.SweepBatch == 0 {
 		c.SweepBatch = 100
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
 	}
 	if c.FeedInterval == 0 {
 		c.FeedInterval = 200 * time.Millisecond

@@ -74,7 +74,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	launch := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -87,6 +87,9 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	}
 	launch("reply consumer", c.Run)
 	launch("sweeper", o.sweepLoop)
+	if o.cfg.Retention > 0 {
+		launch("retention", o.retentionLoop)
+	}
 	if len(o.cfg.Listeners) > 0 {
 		launch("event feed", o.feedLoop)
 	}

@@ -97,14 +97,16 @@ FROM (SELECT extract(epoch FROM "finished_at" - "created_at") AS d FROM "sagabox
         AND "status" IN ('completed', 'compensated') AND "finished_at" IS NOT NULL) AS t;
 
 -- name: delete_finished
--- Retention: up to $2 sagas that finished before $1 (their steps and events go with
--- them, ON DELETE CASCADE), oldest first. A finished saga is not written again, so
--- "updated_at" is its finish time and the status index finds them; rows another
--- transaction holds are skipped, and nothing unfinished is touched.
+-- Retention: up to $2 sagas that finished longer than $1 ago ($3 is now), oldest first;
+-- their steps and events go with them (ON DELETE CASCADE). A finished saga is not
+-- written again, so "updated_at" is its finish time and the status index finds them.
+-- Rows another transaction holds are skipped; an unfinished saga (finished_at NULL:
+-- running, compensating, timeout, or failed and waiting for an operator) is never touched.
 DELETE FROM "sagabox"."saga_instances" WHERE "id" IN (
     SELECT "id" FROM "sagabox"."saga_instances"
-    WHERE "status" IN ('completed', 'compensated', 'failed') AND "updated_at" < $1
-      AND "finished_at" IS NOT NULL AND "finished_at" < $1
+    WHERE "status" IN ('completed', 'compensated', 'failed')
+      AND "updated_at" < coalesce($3::timestamptz, clock_timestamp()) - $1::interval
+      AND "finished_at" < coalesce($3::timestamptz, clock_timestamp()) - $1::interval
     ORDER BY "updated_at"
     LIMIT $2
     FOR UPDATE SKIP LOCKED);
