@@ -1,8 +1,8 @@
 // Package vacuumsoak measures the hot tables over a sustained run: N messages are
 // enqueued, published by a relay and consumed through the inbox (with a short dedup
 // window, so the retention sweep deletes too), while the size, live and dead rows and
-// autovacuum runs of outbox_messages and inbox_messages are sampled every 5s. It shows
-// that the autovacuum settings of migration 00007 keep size and dead rows bounded.
+// autovacuum runs of outbox_messages and inbox_messages are sampled every 5s, to show
+// that size and dead rows stay bounded (figures in migration 00007's comments).
 //
 // It is a test behind an environment variable, not part of make test:
 //
