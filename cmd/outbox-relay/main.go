@@ -52,6 +52,7 @@ type options struct {
 	batchSize, workers, maxAttempts                    int
 	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
 	noNotify                                           bool
+	listen                                             bool
 	logLevel, logFormat                                string
 	version                                            bool
 }
@@ -133,7 +134,8 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", 10*time.Second, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
 	duration(&o.heartbeat, "heartbeat", "RELAY_HEARTBEAT", 2*time.Second, "lease renewal and rebalancing interval")
 	duration(&o.publishTimeout, "publish-timeout", "RELAY_PUBLISH_TIMEOUT", 5*time.Second, "bound on one batch's publish; must be below lease-ttl minus heartbeat")
-	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "do not LISTEN for NOTIFY wake-ups; poll only")
+	boolean(&o.listen, "listen", "RELAY_LISTEN", "LISTEN for the NOTIFY trigger's wake-ups instead of probing (enable the trigger too; it serialises producers' commits: see relay's doc)")
+	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "deprecated: the relay probes unless --listen is given")
 	str(&o.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	str(&o.logFormat, "log-format", "LOG_FORMAT", "text", "text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -325,7 +327,7 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	r, err := relay.New(pool, pub, relay.Config{
 		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxAttempts: o.maxAttempts,
 		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
-		PublishTimeout: o.publishTimeout, DisableNotify: o.noNotify, Logger: log, Hooks: metrics.Hooks(),
+		PublishTimeout: o.publishTimeout, Listen: o.listen && !o.noNotify, Logger: log, Hooks: metrics.Hooks(),
 	})
 	if err != nil {
 		return err
