@@ -34,15 +34,17 @@ const (
 
 // handleBatch handles records of one worker. Runs of well-formed records go through
 // one transaction; malformed records are dead-lettered between them, so a record's
-// offset is marked done only after every earlier record of its partition.
-func (r *run) handleBatch(batch []kafka.Message) {
+// offset is marked done only after every earlier record of its partition. It reports
+// whether a shared transaction met a lock conflict.
+func (r *run) handleBatch(batch []kafka.Message) (conflict bool) {
 	msgs := make([]Message, 0, len(batch))
 	raw := make([]kafka.Message, 0, len(batch))
 	flush := func() bool {
 		if len(msgs) == 0 {
 			return true
 		}
-		ok := r.handleRun(msgs, raw)
+		ok, c := r.handleRun(msgs, raw)
+		conflict = conflict || c
 		msgs, raw = msgs[:0], raw[:0]
 		return ok
 	}
@@ -53,10 +55,21 @@ func (r *run) handleBatch(batch []kafka.Message) {
 			continue
 		}
 		if !flush() || !r.deadLetter(m, km, 0, err) {
-			return
+			return conflict
 		}
 	}
 	flush()
+	return conflict
+}
+
+// lockConflict reports whether err is a transient error caused by other
+// transactions' locks, which a smaller transaction is less likely to meet.
+func lockConflict(err error) bool {
+	switch sqlState(err) {
+	case "40P01", "40001", "55P03":
+		return true
+	}
+	return false
 }
 
 func decode(km kafka.Message) (Message, error) {
@@ -117,23 +130,25 @@ func lockOrder(msgs []Message, lockKey func(Message) []byte) []int {
 }
 
 // handleRun handles well-formed records (raw are their Kafka records, in fetch order)
-// and reports false if the run ended before all were handled.
-func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
+// and reports false if the run ended before all were handled; conflict reports
+// whether the shared transaction met a lock conflict.
+func (r *run) handleRun(msgs []Message, raw []kafka.Message) (ok, conflict bool) {
 	failed, failure := -1, error(nil)
 	if len(msgs) > 1 {
 		order := lockOrder(msgs, r.c.cfg.LockKey)
 		for try := 1; ; try++ {
 			first, i, err := r.applyAll(msgs, order)
 			if err == nil {
-				return r.handled(msgs, first, raw)
+				return r.handled(msgs, first, raw), conflict
 			}
 			if r.stopping() {
-				return false
+				return false, conflict
 			}
 			if IsTransient(err) {
+				conflict = conflict || lockConflict(err)
 				r.localRetry(msgs[order[0]], try, len(msgs), err)
 				if !r.sleep(r.c.localBackoff(try)) {
-					return false
+					return false, conflict
 				}
 				if try <= batchRetries {
 					continue
@@ -152,10 +167,10 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) bool {
 			prior = failure
 		}
 		if !r.handleOne(msgs[i], raw[i], prior) {
-			return false
+			return false, conflict
 		}
 	}
-	return true
+	return true, conflict
 }
 
 // applyAll records msgs in the inbox and runs the handler on the new ones, in order,

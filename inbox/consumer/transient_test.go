@@ -149,7 +149,7 @@ func TestHotRowsInLockOrderDoNotDeadlock(t *testing.T) {
 	var recs []kafkatest.Record
 	for i := range n {
 		// Keys are unique (a saga id, say); the payload names the hot row.
-		recs = append(recs, kafkatest.FromOutbox(outbox.Message{Key: uuid.NewString(), Payload: []byte(strconv.Itoa((i * 7) % hot))}, i%e.parts))
+		recs = append(recs, kafkatest.FromOutbox(outbox.Message{Key: uuid.NewString(), Payload: []byte(strconv.Itoa((i*7 + i/e.parts) % hot))}, i%e.parts))
 	}
 	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
 	var deadlocks atomic.Int64
