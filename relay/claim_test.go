@@ -151,8 +151,11 @@ func TestClaimBlockedByALockGivesUp(t *testing.T) {
 // TestLongTransactionHoldingBackIsNamed: an open transaction holds back every row
 // committed after it began. The relay reports how long through Hooks.HeldBack
 // and logs which backend it is (pid, start, query) past HoldWarnAfter.
+//
+// Not parallel: its open transaction holds back every row of the test cluster
+// (the xmin is cluster-wide), so parallel tests waited for it and failed, and
+// their own open transactions could be the one named.
 func TestLongTransactionHoldingBackIsNamed(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	e := setup(t, 1)
 	holder, err := e.db.Pool.Begin(ctx)
