@@ -175,8 +175,10 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) (ok, conflict bool)
 
 // applyAll records msgs in the inbox and runs the handler on the new ones, in order,
 // in one transaction. first[i] reports whether msgs[i] was new; on a handler error,
-// failed is the index of the record whose handler failed.
+// failed is the index of the record whose handler failed; -1 when no handler did
+// (a commit refused by a deferred constraint is no one record's fault).
 func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, err error) {
+	failed = -1
 	err = r.inTx(func(tx pgx.Tx) error {
 		ids := make([]uuid.UUID, len(order))
 		for k, i := range order {
@@ -195,8 +197,7 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 				}
 			}
 			if err := r.callBatch(tx, news); err != nil {
-				failed = -1 // not one record's fault: each is tried on its own next
-				return &handlerError{err}
+				return &handlerError{err} // not one record's fault: each is tried on its own next
 			}
 			return nil
 		}
