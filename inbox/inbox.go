@@ -18,6 +18,9 @@ import (
 )
 
 // DefaultSchema is the schema holding the inbox tables unless told otherwise.
+//
+// Deprecated: use migrations.DefaultSchema, the one default every package shares; this is
+// the same constant.
 const DefaultSchema = migrations.DefaultSchema
 
 // Errors returned by this package.
@@ -61,7 +64,7 @@ type Store struct {
 // NewStore returns a Store for schema ("" means DefaultSchema).
 func NewStore(schema string) (*Store, error) {
 	if schema == "" {
-		schema = DefaultSchema
+		schema = migrations.DefaultSchema
 	}
 	if err := migrations.ValidateSchema(schema); err != nil {
 		return nil, fmt.Errorf("inbox: %w: %w", ErrInvalidConfig, err)
@@ -97,7 +100,7 @@ const deadColumns = `"id", "consumer", "message_id", "topic", "partition", "offs
 // Schema returns the schema the store works on.
 func (s *Store) Schema() string { return s.schema }
 
-var defaultStore, _ = NewStore(DefaultSchema)
+var defaultStore, _ = NewStore(migrations.DefaultSchema)
 
 // Record records that consumer received message id, within tx, in the default schema.
 // See Store.Record.

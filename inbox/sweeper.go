@@ -47,7 +47,7 @@ type SweeperConfig struct {
 
 func (c *SweeperConfig) applyDefaults() {
 	if c.Schema == "" {
-		c.Schema = DefaultSchema
+		c.Schema = migrations.DefaultSchema
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention

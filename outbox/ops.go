@@ -9,6 +9,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sagabox/sagabox/migrations"
 )
 
 // Querier is the part of a pgx pool, connection or transaction that the operator
@@ -135,7 +137,7 @@ func LockDead(ctx context.Context, db Querier, schema string, ids []uuid.UUID) (
 
 func schemaOrDefault(schema string) string {
 	if schema == "" {
-		return DefaultSchema
+		return migrations.DefaultSchema
 	}
 	return schema
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sagabox/sagabox/migrations"
 )
 
 // HeaderMessageID is the Kafka header that carries the outbox message id. The relay
@@ -18,7 +20,10 @@ import (
 const HeaderMessageID = "message-id"
 
 // DefaultSchema is the schema holding the outbox table unless Config says otherwise.
-const DefaultSchema = "sagabox"
+//
+// Deprecated: use migrations.DefaultSchema, the one default every package shares; this is
+// the same constant.
+const DefaultSchema = migrations.DefaultSchema
 
 // DefaultMaxMessageBytes is the record size limit unless Config says otherwise:
 // Kafka's default message.max.bytes is about 1 MiB, and a larger record could never
@@ -94,7 +99,10 @@ type Writer struct {
 // New returns a Writer with cfg' defaults applied, or an error if opts are invalid.
 func New(opts Config) (*Writer, error) {
 	if opts.Schema == "" {
-		opts.Schema = DefaultSchema
+		opts.Schema = migrations.DefaultSchema
+	}
+	if err := migrations.ValidateSchema(opts.Schema); err != nil {
+		return nil, fmt.Errorf("outbox: Schema: %w", err)
 	}
 	if opts.MaxMessageBytes == 0 {
 		opts.MaxMessageBytes = DefaultMaxMessageBytes

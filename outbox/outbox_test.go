@@ -159,3 +159,17 @@ func manyHeaders(n int) map[string]string {
 	}
 	return h
 }
+
+// outbox.New used to accept any schema name while inbox, sagastate and participants
+// rejected the same one: every package now validates with migrations.ValidateSchema.
+func TestNewRejectsTheSchemaNamesOtherPackagesReject(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"Bad", "has-dash", "1starts_with_digit"} {
+		if _, err := outbox.New(outbox.Config{Schema: bad}); err == nil || !strings.Contains(err.Error(), "invalid schema name") {
+			t.Errorf("New(Schema %q) = %v; want the shared invalid schema name error", bad, err)
+		}
+	}
+	if _, err := outbox.New(outbox.Config{Schema: "tenant_7"}); err != nil {
+		t.Fatalf("New(Schema tenant_7): %v", err)
+	}
+}

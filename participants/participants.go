@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,9 @@ var (
 	// ErrUnknownCommand means a command names no registered handler; the record is
 	// dead-lettered (register the handler, then replay it).
 	ErrUnknownCommand = errors.New("unknown command")
+	// ErrAlreadyRunning means Run was called while the same Participant was already
+	// running (the one name every package with a Run uses).
+	ErrAlreadyRunning = consumer.ErrAlreadyRunning
 	// ErrFailure matches every error made by Fail: a business refusal.
 	ErrFailure = errors.New("business failure")
 )
@@ -67,7 +71,8 @@ type Config struct {
 	Schema string
 	// Consumer tunes the consumer loop (concurrency, batching, retries, timeouts, TLS/SASL
 	// dialer). Its Brokers, GroupID, Topics, Name, Schema and Logger are taken from the
-	// fields above. Defaults to the consumer package's defaults.
+	// fields above when empty; a different value is rejected by New (the same rule as
+	// sagastate.Config.Consumer). Defaults to the consumer package's defaults.
 	Consumer consumer.Config
 	// BarrierRetention is how long barrier rows are kept: Run deletes rows older than
 	// that every minute, except those of sagas that the orchestrator, when it keeps its
@@ -108,12 +113,49 @@ func (c *Config) applyDefaults() {
 	if c.BarrierRetention == 0 {
 		c.BarrierRetention = DefaultBarrierRetention
 	}
-	c.Consumer.Brokers = c.Brokers
-	c.Consumer.GroupID = c.GroupID
-	c.Consumer.Topics = c.CommandTopics
-	c.Consumer.Name = c.Name
-	c.Consumer.Schema = c.Schema
-	c.Consumer.Logger = c.Logger
+}
+
+// consumerConfig is Consumer with its empty Brokers, GroupID, Topics, Name, Schema and
+// Logger taken from the fields above. A field set to a different value is an error, not
+// overwritten: the same rule as sagastate.Config.Consumer.
+func (c *Config) consumerConfig() (consumer.Config, error) {
+	cc := c.Consumer
+	var errs []error
+	contradicts := func(field string, inner, outer any) {
+		//lint:ignore ST1005 the message starts with the field's name
+		errs = append(errs, fmt.Errorf("Consumer.%s %v contradicts %v; leave Consumer.%s empty", field, inner, outer, field))
+	}
+	// CommandTopics is the outer name of Consumer.Topics.
+	switch {
+	case len(cc.Brokers) == 0:
+		cc.Brokers = c.Brokers
+	case !slices.Equal(cc.Brokers, c.Brokers):
+		contradicts("Brokers", cc.Brokers, fmt.Sprintf("Brokers %v", c.Brokers))
+	}
+	switch {
+	case len(cc.Topics) == 0:
+		cc.Topics = c.CommandTopics
+	case !slices.Equal(cc.Topics, c.CommandTopics):
+		contradicts("Topics", cc.Topics, fmt.Sprintf("CommandTopics %v", c.CommandTopics))
+	}
+	for _, f := range []struct {
+		name  string
+		inner *string
+		outer string
+	}{
+		{"GroupID", &cc.GroupID, c.GroupID}, {"Name", &cc.Name, c.Name}, {"Schema", &cc.Schema, c.Schema},
+	} {
+		switch {
+		case *f.inner == "":
+			*f.inner = f.outer
+		case *f.inner != f.outer:
+			contradicts(f.name, fmt.Sprintf("%q", *f.inner), fmt.Sprintf("%s %q", f.name, f.outer))
+		}
+	}
+	if cc.Logger == nil {
+		cc.Logger = c.Logger
+	}
+	return cc, errors.Join(errs...)
 }
 
 // DefaultBarrierRetention is how long barrier rows are kept unless Config says otherwise.
@@ -151,8 +193,12 @@ func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
 	if len(cfg.Brokers) == 0 && cfg.GroupID == "" && len(cfg.CommandTopics) == 0 {
 		return p, nil
 	}
+	cc, err := cfg.consumerConfig()
+	if err != nil {
+		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
+	}
 	// Built now, not at Run, so a bad consumer setting fails at startup.
-	if p.consumer, err = consumer.New(pool, cfg.Consumer, p.HandleMessage); err != nil {
+	if p.consumer, err = consumer.New(pool, cc, p.HandleMessage); err != nil {
 		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
 	}
 	return p, nil

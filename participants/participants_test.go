@@ -656,3 +656,40 @@ func TestBarrierSweepKeepsForwardRowsOfFailedSagas(t *testing.T) {
 		t.Fatal("the completed saga was refunded")
 	}
 }
+
+// participants.New used to overwrite Consumer.Brokers (and GroupID, Topics, Name, Schema)
+// with the outer fields without a word; like sagastate it now fills what is empty and
+// rejects what contradicts.
+func TestConsumerConfigContradictingOuterFieldsIsRejected(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	base := func() participants.Config {
+		return participants.Config{Brokers: []string{"127.0.0.1:1"}, GroupID: "payments", CommandTopics: []string{"payments.commands"}}
+	}
+	for name, tc := range map[string]struct {
+		change func(*participants.Config)
+		want   string
+	}{
+		"Brokers": {func(c *participants.Config) { c.Consumer.Brokers = []string{"elsewhere:9092"} }, "Consumer.Brokers"},
+		"GroupID": {func(c *participants.Config) { c.Consumer.GroupID = "other" }, "Consumer.GroupID"},
+		"Topics":  {func(c *participants.Config) { c.Consumer.Topics = []string{"other.commands"} }, "Consumer.Topics"},
+		"Name":    {func(c *participants.Config) { c.Consumer.Name = "other" }, "Consumer.Name"},
+		"Schema":  {func(c *participants.Config) { c.Consumer.Schema = "other" }, "Consumer.Schema"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := base()
+			tc.change(&cfg)
+			_, err := participants.New(db.Pool, cfg)
+			if !errors.Is(err, participants.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New with a contradicting %s: err = %v; want ErrInvalidConfig naming %s", tc.want, err, tc.want)
+			}
+		})
+	}
+	t.Run("SameValuesAccepted", func(t *testing.T) {
+		cfg := base()
+		cfg.Consumer.Brokers, cfg.Consumer.GroupID, cfg.Consumer.Topics = cfg.Brokers, cfg.GroupID, cfg.CommandTopics
+		if _, err := participants.New(db.Pool, cfg); err != nil {
+			t.Fatalf("New with agreeing Consumer fields: %v", err)
+		}
+	})
+}

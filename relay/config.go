@@ -10,7 +10,25 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/migrations"
+)
+
+// The defaults of Config, exported so that binaries and callers name them instead of
+// repeating the figures (cmd/outbox-relay's flags start from them).
+const (
+	BatchSizeDefault         = 500
+	WorkersDefault           = 2
+	MaxAttemptsDefault       = 10
+	PollIntervalDefault      = time.Second
+	ProbeIntervalDefault     = 5 * time.Millisecond
+	RetryBackoffMinDefault   = time.Second
+	RetryBackoffMaxDefault   = 5 * time.Minute
+	ErrorBackoffMinDefault   = 100 * time.Millisecond
+	ErrorBackoffMaxDefault   = 10 * time.Second
+	LeaseTTLDefault          = 10 * time.Second
+	HeartbeatIntervalDefault = 2 * time.Second
+	PublishTimeoutDefault    = 5 * time.Second
+	HoldWarnAfterDefault     = 30 * time.Second
 )
 
 // Config configures a Relay. The zero value is usable: every field has a default.
@@ -87,7 +105,7 @@ type Config struct {
 
 func (c *Config) applyDefaults() {
 	if c.Schema == "" {
-		c.Schema = outbox.DefaultSchema
+		c.Schema = migrations.DefaultSchema
 	}
 	if c.ID == "" {
 		host, _ := os.Hostname()
@@ -99,27 +117,27 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	if c.BatchSize == 0 {
-		c.BatchSize = 500
+		c.BatchSize = BatchSizeDefault
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 10
+		c.MaxAttempts = MaxAttemptsDefault
 	}
 	if c.Workers == 0 {
-		c.Workers = 2
+		c.Workers = WorkersDefault
 	}
-	def(&c.PollInterval, time.Second)
-	def(&c.ProbeInterval, 5*time.Millisecond)
+	def(&c.PollInterval, PollIntervalDefault)
+	def(&c.ProbeInterval, ProbeIntervalDefault)
 	if c.DisableNotify {
 		c.Listen = false
 	}
-	def(&c.RetryBackoffMin, time.Second)
-	def(&c.RetryBackoffMax, 5*time.Minute)
-	def(&c.ErrorBackoffMin, 100*time.Millisecond)
-	def(&c.ErrorBackoffMax, 10*time.Second)
-	def(&c.LeaseTTL, 10*time.Second)
-	def(&c.HeartbeatInterval, 2*time.Second)
-	def(&c.PublishTimeout, 5*time.Second)
-	def(&c.HoldWarnAfter, 30*time.Second)
+	def(&c.RetryBackoffMin, RetryBackoffMinDefault)
+	def(&c.RetryBackoffMax, RetryBackoffMaxDefault)
+	def(&c.ErrorBackoffMin, ErrorBackoffMinDefault)
+	def(&c.ErrorBackoffMax, ErrorBackoffMaxDefault)
+	def(&c.LeaseTTL, LeaseTTLDefault)
+	def(&c.HeartbeatInterval, HeartbeatIntervalDefault)
+	def(&c.PublishTimeout, PublishTimeoutDefault)
+	def(&c.HoldWarnAfter, HoldWarnAfterDefault)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -133,7 +151,9 @@ func (c *Config) validate() error {
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
 	}
-	if len(c.Schema) > 56 {
+	if err := migrations.ValidateSchema(c.Schema); err != nil {
+		bad("Schema: %v", err)
+	} else if len(c.Schema) > 56 {
 		bad("Schema %q is longer than 56 bytes (the NOTIFY channel adds 7)", c.Schema)
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {

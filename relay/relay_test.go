@@ -50,6 +50,15 @@ func TestConfig(t *testing.T) {
 		}
 	})
 
+	// The relay checked only the length of Schema; it now applies the rule every package shares.
+	t.Run("SchemaNameValidatedLikeEveryPackage", func(t *testing.T) {
+		t.Parallel()
+		_, err := relay.New(db.Pool, pub, relay.Config{Schema: "Has-Dash"})
+		if !errors.Is(err, relay.ErrInvalidConfig) || !strings.Contains(err.Error(), "invalid schema name") {
+			t.Fatalf("err = %v, want ErrInvalidConfig with the shared invalid schema name error", err)
+		}
+	})
+
 	t.Run("PublishTimeoutMustFitTheLease", func(t *testing.T) {
 		t.Parallel()
 		_, err := relay.New(db.Pool, pub, relay.Config{LeaseTTL: 4 * time.Second, HeartbeatInterval: time.Second, PublishTimeout: 3 * time.Second})

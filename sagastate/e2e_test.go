@@ -445,11 +445,12 @@ func TestStartRejectsBadInput(t *testing.T) {
 	}
 	bad := sagastate.Config{Sagas: []sagastate.Definition{linear, linear}, ReplyTopic: "bad topic!", SweepBatch: -1}
 	bad.Consumer.GroupID = "other"
+	bad.Consumer.Brokers = []string{"elsewhere:9092"} // contradicts the empty Brokers
 	_, err = sagastate.New(db.Pool, bad)
 	if !errors.Is(err, sagastate.ErrInvalidConfig) {
 		t.Fatalf("bad config: %v", err)
 	}
-	for _, want := range []string{"twice", "ReplyTopic", "SweepBatch", "Consumer.GroupID"} {
+	for _, want := range []string{"twice", "ReplyTopic", "SweepBatch", "Consumer.GroupID", "Consumer.Brokers"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("config error does not mention %s: %v", want, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,8 +60,9 @@ type Config struct {
 	// set. Defaults to 200ms.
 	FeedInterval time.Duration
 	// Consumer tunes the reply consumer (concurrency, batching, timeouts). Its Brokers,
-	// GroupID, Topics, Name, Schema and Logger are taken from this Config when empty.
-	// Defaults to the consumer package's defaults.
+	// GroupID, Topics, Schema and Logger are taken from this Config when empty; a
+	// different Brokers, GroupID, Topics or Schema is rejected by New (the same rule as
+	// participants.Config.Consumer). Defaults to the consumer package's defaults.
 	Consumer consumer.Config
 	// Now is the clock transitions compute with (deadlines, retry times, timestamps);
 	// tests inject one to reach deadlines without sleeping. Defaults to the database's
@@ -148,6 +150,9 @@ func (c *Config) validate() error {
 	// the deployment shares; contradicting settings would strand replies.
 	if len(c.Consumer.Topics) > 0 && (len(c.Consumer.Topics) != 1 || c.Consumer.Topics[0] != c.ReplyTopic) {
 		add("Consumer.Topics is %v but replies go to ReplyTopic %q; leave Consumer.Topics empty", c.Consumer.Topics, c.ReplyTopic)
+	}
+	if len(c.Consumer.Brokers) > 0 && !slices.Equal(c.Consumer.Brokers, c.Brokers) {
+		add("Consumer.Brokers %v contradicts Brokers %v; leave Consumer.Brokers empty", c.Consumer.Brokers, c.Brokers)
 	}
 	if c.Consumer.GroupID != "" && c.Consumer.GroupID != c.GroupID {
 		add("Consumer.GroupID %q contradicts GroupID %q; leave Consumer.GroupID empty", c.Consumer.GroupID, c.GroupID)

@@ -22,7 +22,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	o.mu.Lock()
 	if o.running {
 		o.mu.Unlock()
-		return fmt.Errorf("sagastate: %w", ErrRunning)
+		return fmt.Errorf("sagastate: %w", ErrAlreadyRunning)
 	}
 	o.running = true
 	o.mu.Unlock()

@@ -33,8 +33,13 @@ var (
 	// ErrNotFailed means Retry or Abort does not apply to the saga's status: either is
 	// refused for a finished saga, and Retry for a running one.
 	ErrNotFailed = errors.New("saga is not failed")
-	// ErrRunning means Run was called on an Orchestrator that is already running.
-	ErrRunning = errors.New("orchestrator already running")
+	// ErrAlreadyRunning means Run was called on an Orchestrator that is already running
+	// (the one name every package with a Run uses).
+	ErrAlreadyRunning = errors.New("orchestrator already running")
+	// ErrRunning is the former name of ErrAlreadyRunning.
+	//
+	// Deprecated: use ErrAlreadyRunning; this is the same error.
+	ErrRunning = ErrAlreadyRunning
 	// ErrInputPanic means a step's Input function panicked; the step failed for good.
 	ErrInputPanic = errors.New("input function panicked")
 	// ErrNoResult means Results.Decode was asked for a step without a result.

@@ -71,7 +71,11 @@ func parseFlags(args []string, stdout, stderr io.Writer, getenv func(string) str
 	var brokers string
 	fs.StringVar(&c.databaseURL, "database-url", getenv("DATABASE_URL"), "PostgreSQL URL. Defaults to $DATABASE_URL; when both are empty a throwaway PostgreSQL is started")
 	fs.StringVar(&brokers, "brokers", getenv("KAFKA_BROKERS"), "comma-separated Kafka brokers. Defaults to $KAFKA_BROKERS; when both are empty an in-process broker (kfake) is started")
-	fs.StringVar(&c.schema, "schema", migrations.DefaultSchema, "schema of sagabox's tables (the services' business tables have schemas of their own)")
+	schema := getenv("SAGABOX_SCHEMA")
+	if schema == "" {
+		schema = migrations.DefaultSchema
+	}
+	fs.StringVar(&c.schema, "schema", schema, "schema of sagabox's tables (the services' business tables have schemas of their own). Defaults to $SAGABOX_SCHEMA, else "+migrations.DefaultSchema)
 	fs.StringVar(&c.flow, "flow", "order", "which demo: order (orchestrated saga) or transfer (choreography)")
 	fs.IntVar(&c.orders, "orders", 50, "how many orders (or transfers) to run")
 	fs.IntVar(&c.declineEvery, "decline-every", 5, "every Kth order is above 1000 and gets declined, so its saga compensates (every Kth transfer goes to a frozen account and is reversed); 0 for none")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -316,4 +317,29 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("exit %d, %q", r.code, r.stderr)
 		}
 	})
+}
+
+// orderdemo used to ignore SAGABOX_SCHEMA, which outbox-relay honours.
+func TestSchemaComesFromSagaboxSchemaVariable(t *testing.T) {
+	t.Parallel()
+	env := func(k string) string {
+		if k == "SAGABOX_SCHEMA" {
+			return "from_env"
+		}
+		return ""
+	}
+	c, err := parseFlags(nil, io.Discard, io.Discard, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.schema != "from_env" {
+		t.Fatalf("SAGABOX_SCHEMA=from_env: schema %q", c.schema)
+	}
+	c, err = parseFlags([]string{"--schema", "other"}, io.Discard, io.Discard, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.schema != "other" {
+		t.Fatalf("--schema other: schema %q", c.schema)
+	}
 }

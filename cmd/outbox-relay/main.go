@@ -26,6 +26,8 @@ import (
 
 	"github.com/sagabox/sagabox/health"
 	"github.com/sagabox/sagabox/internal/buildinfo"
+	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
 	"github.com/sagabox/sagabox/relay/kafkapub"
 	"github.com/sagabox/sagabox/relay/relayprom"
@@ -54,7 +56,7 @@ type options struct {
 	noNotify                                           bool
 	listen                                             bool
 	logLevel, logFormat                                string
-	version                                            bool
+	version, deprecatedBrokersFlag                     bool
 }
 
 // flagSet declares every flag with its environment variable; a set variable
@@ -111,14 +113,19 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 		fs.DurationVar(p, name, def, usage+" ($"+env+")")
 	}
 	secret(&o.databaseURL, "database-url", "DATABASE_URL", "PostgreSQL URL of the database holding the outbox (required)")
-	str(&o.brokers, "kafka-brokers", "KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port (required)")
-	str(&o.schema, "schema", "SAGABOX_SCHEMA", "sagabox", "schema holding the outbox tables")
+	str(&o.brokers, "brokers", "KAFKA_BROKERS", "", "comma-separated Kafka bootstrap brokers, host:port (required)")
+	// The old name keeps working for a while; run warns when it is used.
+	fs.Func("kafka-brokers", "deprecated: the old name of --brokers", func(v string) error {
+		o.brokers, o.deprecatedBrokersFlag = v, true
+		return nil
+	})
+	str(&o.schema, "schema", "SAGABOX_SCHEMA", migrations.DefaultSchema, "schema holding the outbox tables")
 	str(&o.metricsAddr, "metrics-addr", "METRICS_ADDR", "", "address serving /healthz, /readyz and /metrics, e.g. :9090; empty disables it")
 	str(&o.relayID, "relay-id", "RELAY_ID", "", "unique name of this relay in the lease table (default <host>-<pid>-<random>)")
 	boolean(&o.createTopics, "create-topics", "KAFKA_CREATE_TOPICS", "create missing topics instead of failing their messages")
 	integer(&o.topicPartitions, "topic-partitions", "KAFKA_TOPIC_PARTITIONS", -1, "partitions of created topics; -1 = broker default")
 	integer(&o.replicationFactor, "replication-factor", "KAFKA_REPLICATION_FACTOR", -1, "replication factor of created topics; -1 = broker default")
-	integer(&o.maxMessageBytes, "max-message-bytes", "KAFKA_MAX_MESSAGE_BYTES", 1<<20, "refuse larger messages before sending; match the broker's message.max.bytes")
+	integer(&o.maxMessageBytes, "max-message-bytes", "KAFKA_MAX_MESSAGE_BYTES", outbox.DefaultMaxMessageBytes, "refuse larger messages before sending; match the broker's message.max.bytes")
 	boolean(&o.tls, "kafka-tls", "KAFKA_TLS", "connect to Kafka over TLS")
 	str(&o.tlsCA, "kafka-tls-ca", "KAFKA_TLS_CA_FILE", "", "PEM file of CA certificates to trust (default: system roots)")
 	str(&o.tlsCert, "kafka-tls-cert", "KAFKA_TLS_CERT_FILE", "", "PEM client certificate for mutual TLS")
@@ -127,13 +134,13 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
 	str(&o.saslMechanism, "kafka-sasl-mechanism", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty = none")
 	str(&o.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL user name")
 	secret(&o.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password (prefer the environment variable)")
-	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", 500, "rows claimed, published and settled per batch")
-	integer(&o.workers, "workers", "RELAY_WORKERS", 2, "parallel publish loops; each serves its own shards, so per-key order holds")
-	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", 10, "failed publishes of a message before it is dead-lettered")
-	duration(&o.pollInterval, "poll-interval", "RELAY_POLL_INTERVAL", time.Second, "polling interval, the fallback for LISTEN/NOTIFY")
-	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", 10*time.Second, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
-	duration(&o.heartbeat, "heartbeat", "RELAY_HEARTBEAT", 2*time.Second, "lease renewal and rebalancing interval")
-	duration(&o.publishTimeout, "publish-timeout", "RELAY_PUBLISH_TIMEOUT", 5*time.Second, "bound on one batch's publish; must be below lease-ttl minus heartbeat")
+	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", relay.BatchSizeDefault, "rows claimed, published and settled per batch")
+	integer(&o.workers, "workers", "RELAY_WORKERS", relay.WorkersDefault, "parallel publish loops; each serves its own shards, so per-key order holds")
+	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", relay.MaxAttemptsDefault, "failed publishes of a message before it is dead-lettered")
+	duration(&o.pollInterval, "poll-interval", "RELAY_POLL_INTERVAL", relay.PollIntervalDefault, "polling interval, the fallback for LISTEN/NOTIFY")
+	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", relay.LeaseTTLDefault, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
+	duration(&o.heartbeat, "heartbeat", "RELAY_HEARTBEAT", relay.HeartbeatIntervalDefault, "lease renewal and rebalancing interval")
+	duration(&o.publishTimeout, "publish-timeout", "RELAY_PUBLISH_TIMEOUT", relay.PublishTimeoutDefault, "bound on one batch's publish; must be below lease-ttl minus heartbeat")
 	boolean(&o.listen, "listen", "RELAY_LISTEN", "LISTEN for the NOTIFY trigger's wake-ups instead of probing (enable the trigger too; it serialises producers' commits: see relay's doc)")
 	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "deprecated: the relay probes unless --listen is given")
 	str(&o.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
@@ -169,6 +176,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if o.version {
 		fmt.Fprintln(stdout, buildinfo.Line("outbox-relay"))
 		return 0
+	}
+	if o.deprecatedBrokersFlag {
+		fmt.Fprintln(stderr, "outbox-relay: warning: --kafka-brokers is deprecated and will be removed; use --brokers (same meaning, also $KAFKA_BROKERS)")
 	}
 	for _, apply := range secrets {
 		apply()
@@ -232,7 +242,7 @@ func (o *options) publisherConfig() (kafkapub.Config, error) {
 		}
 	}
 	if len(cfg.Brokers) == 0 {
-		errs = append(errs, errors.New("no Kafka brokers: set --kafka-brokers or KAFKA_BROKERS (host:port,...)"))
+		errs = append(errs, errors.New("no Kafka brokers: set --brokers or KAFKA_BROKERS (host:port,...)"))
 	}
 	if o.tls || o.tlsCA != "" || o.tlsCert != "" || o.tlsInsecure {
 		tc, err := o.tlsConfig()

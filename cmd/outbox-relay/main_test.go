@@ -46,7 +46,7 @@ func TestHelpDocumentsEveryFlagAndVariable(t *testing.T) {
 	}
 	help := out.String()
 	for _, want := range []string{
-		"-database-url", "$DATABASE_URL", "-kafka-brokers", "$KAFKA_BROKERS", "-metrics-addr", "$METRICS_ADDR",
+		"-database-url", "$DATABASE_URL", "-brokers", "$KAFKA_BROKERS", "-metrics-addr", "$METRICS_ADDR",
 		"-create-topics", "-schema", "-kafka-tls", "-kafka-tls-ca", "-kafka-tls-cert", "-kafka-tls-key",
 		"-kafka-sasl-mechanism", "-kafka-sasl-username", "$KAFKA_SASL_PASSWORD", "-lease-ttl", "-batch-size", "SIGTERM",
 	} {
@@ -68,9 +68,9 @@ func TestBadConfigurationIsExplained(t *testing.T) {
 		want []string
 	}{
 		{"NothingSet", nil, nil, []string{"DATABASE_URL", "KAFKA_BROKERS"}},
-		{"BadEnvValue", []string{"--database-url=postgres://x", "--kafka-brokers=k:9092"}, map[string]string{"RELAY_BATCH_SIZE": "many"}, []string{"$RELAY_BATCH_SIZE", "not an integer"}},
-		{"UnknownSASL", []string{"--database-url=postgres://x", "--kafka-brokers=k:9092", "--kafka-sasl-mechanism=GSSAPI", "--kafka-sasl-username=u"}, map[string]string{"KAFKA_SASL_PASSWORD": "p"}, []string{"GSSAPI", "SCRAM-SHA-512"}},
-		{"HalfAClientCert", []string{"--database-url=postgres://x", "--kafka-brokers=k:9092", "--kafka-tls-cert=c.pem"}, nil, []string{"go together"}},
+		{"BadEnvValue", []string{"--database-url=postgres://x", "--brokers=k:9092"}, map[string]string{"RELAY_BATCH_SIZE": "many"}, []string{"$RELAY_BATCH_SIZE", "not an integer"}},
+		{"UnknownSASL", []string{"--database-url=postgres://x", "--brokers=k:9092", "--kafka-sasl-mechanism=GSSAPI", "--kafka-sasl-username=u"}, map[string]string{"KAFKA_SASL_PASSWORD": "p"}, []string{"GSSAPI", "SCRAM-SHA-512"}},
+		{"HalfAClientCert", []string{"--database-url=postgres://x", "--brokers=k:9092", "--kafka-tls-cert=c.pem"}, nil, []string{"go together"}},
 		{"StrayArgument", []string{"extra"}, nil, []string{"unexpected argument"}},
 	}
 	for _, c := range cases {
@@ -219,4 +219,23 @@ func httpGet(addr, path string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// --kafka-brokers was the relay's own name; every binary now says --brokers. The old
+// name still sets the brokers, with a warning.
+func TestDeprecatedKafkaBrokersFlagWarnsAndStillWorks(t *testing.T) {
+	t.Parallel()
+	var stderr bytes.Buffer
+	// The half client certificate stops run before it connects anywhere.
+	code := run(context.Background(), []string{"--database-url=postgres://x", "--kafka-brokers=k:9092", "--kafka-tls-cert=c.pem"},
+		func(string) string { return "" }, io.Discard, &stderr)
+	if code != 2 {
+		t.Fatalf("exit code %d, want 2; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "--kafka-brokers is deprecated") || !strings.Contains(stderr.String(), "use --brokers") {
+		t.Errorf("no deprecation warning:\n%s", stderr.String())
+	}
+	if strings.Contains(stderr.String(), "no Kafka brokers") {
+		t.Errorf("--kafka-brokers did not set the brokers:\n%s", stderr.String())
+	}
 }

@@ -120,7 +120,7 @@ func (a *app) usage() {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Every command takes --database-url (or DATABASE_URL), --schema, --json and --help.")
+	fmt.Fprintln(w, "Every command takes --database-url (or DATABASE_URL), --schema (or SAGABOX_SCHEMA), --json and --help.")
 	fmt.Fprintln(w, "sagactl --version prints the version.")
 }
 
@@ -180,8 +180,12 @@ func (a *app) runCommand(ctx context.Context, c *command, args []string) error {
 	fs := flag.NewFlagSet("sagactl "+c.name, flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
 	if !c.noDB {
-		fs.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL. Defaults to $DATABASE_URL.")
-		fs.StringVar(&o.schema, "schema", migrations.DefaultSchema, "schema holding sagabox's tables")
+		fs.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL. Defaults to $DATABASE_URL; prefer the variable, a password in a flag shows in ps")
+		schema := a.getenv("SAGABOX_SCHEMA")
+		if schema == "" {
+			schema = migrations.DefaultSchema
+		}
+		fs.StringVar(&o.schema, "schema", schema, "schema holding sagabox's tables ($SAGABOX_SCHEMA)")
 		fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the database to answer")
 	}
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")

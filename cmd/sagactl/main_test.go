@@ -37,14 +37,14 @@ type result struct {
 // sagactl runs the command in-process with DATABASE_URL set to dbURL ("" unsets it).
 func sagactl(t *testing.T, dbURL string, args ...string) result {
 	t.Helper()
+	return sagactlEnv(t, map[string]string{"DATABASE_URL": dbURL}, args...)
+}
+
+// sagactlEnv runs the command in-process with exactly the environment env.
+func sagactlEnv(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	getenv := func(k string) string {
-		if k == "DATABASE_URL" {
-			return dbURL
-		}
-		return ""
-	}
-	code := run(context.Background(), args, &out, &errOut, getenv)
+	code := run(context.Background(), args, &out, &errOut, func(k string) string { return env[k] })
 	return result{code: code, stdout: out.String(), stderr: errOut.String()}
 }
 
@@ -208,5 +208,23 @@ func TestVersionPrintsTheBuild(t *testing.T) {
 		if !strings.HasPrefix(r.stdout, "sagactl ") || !strings.Contains(r.stdout, "go1.") {
 			t.Fatalf("sagactl %s printed %q", arg, r.stdout)
 		}
+	}
+}
+
+// sagactl used to ignore SAGABOX_SCHEMA, which outbox-relay honours: pointed at the same
+// environment, the two looked at different schemas.
+func TestSchemaComesFromSagaboxSchemaVariable(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewEmptyDB(t)
+	env := map[string]string{"DATABASE_URL": db.URL, "SAGABOX_SCHEMA": "from_env"}
+	mustOK(t, sagactlEnv(t, env, "migrate", "up"))
+	r := mustOK(t, sagactlEnv(t, env, "migrate", "status", "--json"))
+	if !strings.Contains(r.stdout, `"schema": "from_env"`) {
+		t.Fatalf("migrate status with SAGABOX_SCHEMA=from_env printed:\n%s", r.stdout)
+	}
+	// The flag wins over the variable.
+	r = mustOK(t, sagactlEnv(t, env, "migrate", "status", "--json", "--schema", "other"))
+	if !strings.Contains(r.stdout, `"schema": "other"`) {
+		t.Fatalf("--schema other printed:\n%s", r.stdout)
 	}
 }

@@ -28,8 +28,13 @@ var (
 	// ErrMalformed means a record has no valid message-id header; it is dead-lettered
 	// because it can neither be deduplicated nor fixed by retrying.
 	ErrMalformed = errors.New("malformed record")
-	// ErrRunning means Run was called while the same Consumer was already running.
-	ErrRunning = errors.New("consumer already running")
+	// ErrAlreadyRunning means Run was called while the same Consumer was already running
+	// (the one name every package with a Run uses).
+	ErrAlreadyRunning = errors.New("consumer already running")
+	// ErrRunning is the former name of ErrAlreadyRunning.
+	//
+	// Deprecated: use ErrAlreadyRunning; this is the same error.
+	ErrRunning = ErrAlreadyRunning
 	// ErrHandlerPanic is the reason recorded for a record whose handler panicked; the
 	// panic value and the stack follow it. Such a record is dead-lettered at once.
 	ErrHandlerPanic = errors.New("handler panicked")
@@ -173,7 +178,7 @@ type run struct {
 // at all; it may be called again after it returned.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
-		return fmt.Errorf("consumer %q: %w", c.cfg.Name, ErrRunning)
+		return fmt.Errorf("consumer %q: %w", c.cfg.Name, ErrAlreadyRunning)
 	}
 	defer c.running.Store(false)
 

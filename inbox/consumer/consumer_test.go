@@ -483,8 +483,8 @@ func TestRunTwiceAtOnce(t *testing.T) {
 	kafkatest.WaitCommitted(t, e.k.Brokers, e.group, e.topic, 1, waitFor) // now it surely runs
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := c.Run(canceled); !errors.Is(err, consumer.ErrRunning) {
-		t.Fatalf("second Run = %v, want ErrRunning", err)
+	if err := c.Run(canceled); !errors.Is(err, consumer.ErrAlreadyRunning) {
+		t.Fatalf("second Run = %v, want ErrAlreadyRunning", err)
 	}
 	stop()
 	// After a clean stop it runs again.
