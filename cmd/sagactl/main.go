@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,7 +18,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/term"
 
 	"github.com/sagabox/sagabox/internal/buildinfo"
 	"github.com/sagabox/sagabox/migrations"
@@ -31,11 +34,16 @@ var (
 	errNoDatabase = errors.New("no database: pass --database-url or set DATABASE_URL (e.g. postgres://user:pass@localhost:5432/db)")
 	// errUnreachable means the database did not answer.
 	errUnreachable = errors.New("database unreachable")
+	// errRefused means the database answered and refused the connection (password, role,
+	// database name): retrying does not help.
+	errRefused = errors.New("database refused the connection")
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	a := &app{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv,
+		stdin: os.Stdin, interactive: term.IsTerminal(int(os.Stdin.Fd()))}
+	code := a.run(ctx, os.Args[1:])
 	stop()
 	os.Exit(code)
 }
@@ -44,6 +52,10 @@ func main() {
 type app struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// stdin answers confirmation questions when interactive (a terminal); otherwise
+	// destructive commands need --yes.
+	stdin       io.Reader
+	interactive bool
 }
 
 // command is one subcommand; sub-subcommands (migrate up) are commands of their own
@@ -83,6 +95,8 @@ type opts struct {
 	reason     string
 	// outbox retry
 	all bool
+	// destructive commands (migrate down, outbox retry --all): see destructive and confirm
+	yes, dryRun bool
 	// console, inbox list/replay (console.go, inbox.go)
 	ops opsOpts
 }
@@ -91,8 +105,13 @@ var commands []*command
 
 func register(c *command) { commands = append(commands, c) }
 
+// run runs sagactl without a terminal: destructive commands need --yes.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	a := &app{stdout: stdout, stderr: stderr, getenv: getenv}
+	return (&app{stdout: stdout, stderr: stderr, getenv: getenv}).run(ctx, args)
+}
+
+func (a *app) run(ctx context.Context, args []string) int {
+	stderr := a.stderr
 	err := a.dispatch(ctx, args)
 	switch {
 	case err == nil:
@@ -221,6 +240,9 @@ func (a *app) runCommand(ctx context.Context, c *command, args []string) error {
 		return errUsage
 	}
 	if !c.noDB {
+		if o.databaseURL != "" && passwordInURL(o.databaseURL) {
+			fmt.Fprintln(a.stderr, "sagactl: warning: --database-url carries a password, which every user of this machine can read in ps; set DATABASE_URL instead (or PGPASSWORD / ~/.pgpass)")
+		}
 		if o.databaseURL == "" {
 			o.databaseURL = a.getenv("DATABASE_URL")
 		}
@@ -232,6 +254,41 @@ func (a *app) runCommand(ctx context.Context, c *command, args []string) error {
 		}
 	}
 	return c.run(ctx, a, o, pos)
+}
+
+// errNotConfirmed means a destructive command was neither confirmed nor given --yes.
+var errNotConfirmed = errors.New("not confirmed")
+
+// destructive adds --yes and --dry-run to a command that changes or loses state.
+func destructive(fs *flag.FlagSet, o *opts) {
+	fs.BoolVar(&o.yes, "yes", false, "do it without asking (needed when stdin is not a terminal)")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be done and change nothing")
+}
+
+// confirm asks before what (e.g. "roll back migration 3 in schema sagabox"): --yes skips
+// the question, a terminal on stdin is asked, anything else is refused.
+func (a *app) confirm(o *opts, what string) error {
+	if o.yes {
+		return nil
+	}
+	if !a.interactive || a.stdin == nil {
+		return fmt.Errorf("%w: this would %s; pass --yes to do it (or --dry-run to see what it would do)", errNotConfirmed, what)
+	}
+	fmt.Fprintf(a.stderr, "This will %s. Type yes to go on: ", what)
+	answer, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	if strings.TrimSpace(answer) != "yes" {
+		return fmt.Errorf("%w: nothing done", errNotConfirmed)
+	}
+	return nil
+}
+
+// passwordInURL reports whether a database URL or key=value string names a password.
+func passwordInURL(raw string) bool {
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		_, set := u.User.Password()
+		return set || u.Query().Has("password")
+	}
+	return strings.Contains(raw, "password=")
 }
 
 func withSpace(s string) string {
@@ -263,11 +320,30 @@ func connect(ctx context.Context, o *opts) (*pgxpool.Pool, error) {
 func ping(ctx context.Context, o *opts, f func(context.Context) error) error {
 	pctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if err := f(pctx); err != nil {
-		return fmt.Errorf("%w: %s did not answer within %s: %v; check --database-url / DATABASE_URL and that PostgreSQL is running",
-			errUnreachable, redact(o.databaseURL), o.timeout, err)
+	err := f(pctx)
+	if err == nil {
+		return nil
 	}
-	return nil
+	where := redact(o.databaseURL)
+	// PostgreSQL answered and refused: say what it said, not that it was silent.
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "28P01":
+			return fmt.Errorf("%w: %s refused the password (SQLSTATE 28P01: %s); check the password in DATABASE_URL", errRefused, where, pgErr.Message)
+		case strings.HasPrefix(pgErr.Code, "28"):
+			return fmt.Errorf("%w: %s refused the login (SQLSTATE %s: %s); check the user in DATABASE_URL and pg_hba.conf", errRefused, where, pgErr.Code, pgErr.Message)
+		case pgErr.Code == "3D000":
+			return fmt.Errorf("%w: %s (SQLSTATE 3D000); check the database name in DATABASE_URL", errRefused, pgErr.Message)
+		}
+		return fmt.Errorf("%w: %s refused the connection: %v", errRefused, where, err)
+	}
+	if pctx.Err() != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w: %s did not answer within %s (--timeout): %v; check the host and port in DATABASE_URL and that PostgreSQL is running",
+			errUnreachable, where, o.timeout, err)
+	}
+	return fmt.Errorf("%w: cannot connect to %s: %v; check the host and port in DATABASE_URL and that PostgreSQL is running",
+		errUnreachable, where, err)
 }
 
 // checkReachable connects once with pgx so commands that do not use a pool fail fast too.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -124,7 +125,7 @@ func TestMigrate(t *testing.T) {
 		if !strings.Contains(r.stdout, "up to date") {
 			t.Fatalf("second up printed %q, want 'up to date'", r.stdout)
 		}
-		r = mustOK(t, sagactl(t, db.URL, "migrate", "down", "--schema", "ops", "--json"))
+		r = mustOK(t, sagactl(t, db.URL, "migrate", "down", "--schema", "ops", "--json", "--yes"))
 		var down struct {
 			RolledBack []struct{ Version int64 } `json:"rolled_back"`
 		}
@@ -141,6 +142,33 @@ func TestMigrate(t *testing.T) {
 		r = mustOK(t, sagactl(t, "", "migrate", "status", "--schema", "ops", "--database-url", db.URL))
 		if !strings.Contains(r.stdout, "VERSION") || !strings.Contains(r.stdout, "applied, 0 pending") {
 			t.Fatalf("human status:\n%s", r.stdout)
+		}
+	})
+
+	// migrate down used to drop a migration's tables without asking.
+	t.Run("DownNeedsConfirmation", func(t *testing.T) {
+		mustOK(t, sagactl(t, db.URL, "migrate", "up", "--schema", "careful"))
+		r := sagactl(t, db.URL, "migrate", "down", "--schema", "careful")
+		if r.code != 1 || !strings.Contains(r.stderr, "pass --yes") || !strings.Contains(r.stderr, "roll back migration") {
+			t.Fatalf("unconfirmed down: exit %d, stderr %q", r.code, r.stderr)
+		}
+		r = mustOK(t, sagactl(t, db.URL, "migrate", "down", "--schema", "careful", "--dry-run"))
+		if !strings.Contains(r.stdout, "dry run: would roll back migration") {
+			t.Fatalf("--dry-run printed %q", r.stdout)
+		}
+		if a, p := status(t, "careful"); a != n || p != 0 {
+			t.Fatalf("refused and dry-run downs changed the schema: %d applied, %d pending", a, p)
+		}
+	})
+
+	t.Run("PasswordInFlagWarns", func(t *testing.T) {
+		r := mustOK(t, sagactl(t, "", "migrate", "status", "--schema", "ops", "--database-url", withPassword(t, db.URL)))
+		if !strings.Contains(r.stderr, "warning: --database-url carries a password") || !strings.Contains(r.stderr, "set DATABASE_URL instead") {
+			t.Fatalf("no warning for a password in --database-url; stderr %q", r.stderr)
+		}
+		r = mustOK(t, sagactl(t, withPassword(t, db.URL), "migrate", "status", "--schema", "ops"))
+		if strings.Contains(r.stderr, "warning") {
+			t.Fatalf("warned about DATABASE_URL, the recommended way; stderr %q", r.stderr)
 		}
 	})
 
@@ -163,12 +191,12 @@ func TestErrors(t *testing.T) {
 		want string // in stderr
 	}{
 		{"NoDatabase", "", []string{"migrate", "status"}, 1, "pass --database-url or set DATABASE_URL"},
-		{"Unreachable", unreachable, []string{"migrate", "up", "--timeout", "2s"}, 1, "did not answer"},
+		{"Unreachable", unreachable, []string{"migrate", "up", "--timeout", "2s"}, 1, "cannot connect"},
 		{"UnreachableHidesPassword", unreachable, []string{"migrate", "status", "--timeout", "2s"}, 1, "u:xxxxx@"},
-		{"UnreachableOutbox", unreachable, []string{"outbox", "status"}, 1, "did not answer"},
-		{"UnreachableSagaList", unreachable, []string{"saga", "list"}, 1, "did not answer"},
-		{"UnreachableSagaRetry", unreachable, []string{"saga", "retry", "01a21589-d4e1-7cc2-b239-d429966a6e87"}, 1, "did not answer"},
-		{"UnreachableStats", unreachable, []string{"stats", "--json"}, 1, "did not answer"},
+		{"UnreachableOutbox", unreachable, []string{"outbox", "status"}, 1, "cannot connect"},
+		{"UnreachableSagaList", unreachable, []string{"saga", "list"}, 1, "cannot connect"},
+		{"UnreachableSagaRetry", unreachable, []string{"saga", "retry", "01a21589-d4e1-7cc2-b239-d429966a6e87"}, 1, "cannot connect"},
+		{"UnreachableStats", unreachable, []string{"stats", "--json"}, 1, "cannot connect"},
 		{"SagaGroup", "", []string{"saga"}, 2, "choose one of: saga abort, saga list, saga retry, saga show"},
 		{"BadURL", "mysql://nope", []string{"migrate", "status"}, 1, "database URL is not valid"},
 		{"BadSchema", "postgres://localhost/x", []string{"migrate", "up", "--schema", "Drop Table"}, 1, "invalid schema name"},
@@ -227,4 +255,47 @@ func TestSchemaComesFromSagaboxSchemaVariable(t *testing.T) {
 	if !strings.Contains(r.stdout, `"schema": "other"`) {
 		t.Fatalf("--schema other printed:\n%s", r.stdout)
 	}
+}
+
+// A wrong role or database used to read "did not answer within 10s" although PostgreSQL
+// had answered, and refused, within milliseconds: say what it said.
+func TestRefusedLoginSaysWhatHappened(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewEmptyDB(t)
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noRole, noDB := *u, *u
+	noRole.User = url.UserPassword("nobody_here", "secret")
+	noDB.Path = "/no_such_database"
+	for name, tc := range map[string]struct {
+		url  string
+		want string
+	}{
+		"UnknownRole":     {noRole.String(), "refused the login (SQLSTATE 28000"},
+		"UnknownDatabase": {noDB.String(), "(SQLSTATE 3D000); check the database name"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := sagactl(t, tc.url, "migrate", "status")
+			if r.code != 1 || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "did not answer") {
+				t.Fatalf("exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, tc.want)
+			}
+			if strings.Contains(r.stderr, "secret") {
+				t.Fatalf("stderr leaks the password: %q", r.stderr)
+			}
+		})
+	}
+}
+
+// withPassword adds a password to a database URL (the test cluster trusts every login).
+func withPassword(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "pw")
+	return u.String()
 }

@@ -13,7 +13,7 @@ import (
 
 func init() {
 	register(&command{name: "migrate up", summary: "Apply every pending migration (creates the schema if needed).", run: migrateUp})
-	register(&command{name: "migrate down", summary: "Roll back the most recent migration.", run: migrateDown})
+	register(&command{name: "migrate down", summary: "Roll back the most recent migration (asks first; --yes, --dry-run).", run: migrateDown, flags: destructive})
 	register(&command{name: "migrate status", summary: "List the migrations and whether each is applied.", run: migrateStatus})
 }
 
@@ -75,14 +75,25 @@ func down(ctx context.Context, a *app, o *opts, m *migrations.Migrator) error {
 	if err != nil {
 		return err
 	}
-	applied := 0
+	var last *goose.MigrationStatus
 	for _, s := range st {
-		if s.State == goose.StateApplied {
-			applied++
+		if s.State == goose.StateApplied && (last == nil || s.Source.Version > last.Source.Version) {
+			last = s
 		}
 	}
-	if applied == 0 {
+	if last == nil {
 		return fmt.Errorf("migrate down: nothing to roll back in schema %s (no migration is applied); check --schema", o.schema)
+	}
+	what := fmt.Sprintf("roll back migration %d (%s) in schema %s, dropping what it created", last.Source.Version, path.Base(last.Source.Path), o.schema)
+	if o.dryRun {
+		if o.json {
+			return a.printJSON(map[string]any{"schema": o.schema, "dry_run": true, "would_roll_back": migrationJSON{Version: last.Source.Version, Name: path.Base(last.Source.Path)}})
+		}
+		fmt.Fprintf(a.stdout, "dry run: would %s; nothing changed\n", what)
+		return nil
+	}
+	if err := a.confirm(o, what); err != nil {
+		return fmt.Errorf("migrate down: %w", err)
 	}
 	res, err := m.Down(ctx)
 	if err != nil {

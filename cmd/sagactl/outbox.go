@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strconv"
@@ -18,15 +19,16 @@ func init() {
 		name: "outbox status", summary: "Show the outbox backlog (pending rows, oldest age) and its dead letters.",
 		run: outboxStatus,
 		flags: func(fs *flag.FlagSet, o *opts) {
-			fs.IntVar(&o.limit, "limit", 20, "how many dead letters to list")
+			fs.IntVar(&o.limit, "limit", 20, "how many dead letters to list; 0 lists none (counts only)")
 		},
 	})
 	register(&command{
 		name: "outbox retry", args: "[ID...]", npos: -1,
-		summary: "Make dead-lettered messages pending again so the relay publishes them (give ids, or --all).",
+		summary: "Make dead-lettered messages pending again so the relay publishes them (give ids, or --all, which asks first).",
 		run:     outboxRetry,
 		flags: func(fs *flag.FlagSet, o *opts) {
-			fs.BoolVar(&o.all, "all", false, "retry every dead-lettered message")
+			fs.BoolVar(&o.all, "all", false, "retry every dead-lettered message (asks first unless --yes)")
+			destructive(fs, o)
 		},
 	})
 }
@@ -44,6 +46,9 @@ type deadJSON struct {
 }
 
 func outboxStatus(ctx context.Context, a *app, o *opts, _ []string) error {
+	if o.limit < 0 {
+		return fmt.Errorf("outbox status: --limit is %d; give 0 (counts only) or how many dead letters to list", o.limit)
+	}
 	pool, err := connect(ctx, o)
 	if err != nil {
 		return err
@@ -53,9 +58,11 @@ func outboxStatus(ctx context.Context, a *app, o *opts, _ []string) error {
 	if err != nil {
 		return explainMissing(err, o.schema)
 	}
-	dead, err := outbox.ListDead(ctx, pool, o.schema, o.limit)
-	if err != nil {
-		return explainMissing(err, o.schema)
+	var dead []outbox.DeadMessage
+	if o.limit > 0 { // ListDead reads 0 as its own default
+		if dead, err = outbox.ListDead(ctx, pool, o.schema, o.limit); err != nil {
+			return explainMissing(err, o.schema)
+		}
 	}
 	if o.json {
 		out := make([]deadJSON, 0, len(dead))
@@ -75,6 +82,9 @@ func outboxStatus(ctx context.Context, a *app, o *opts, _ []string) error {
 		strconv.FormatInt(st.Pending, 10), strconv.FormatInt(st.Waiting, 10), fmtDur(st.OldestPendingAge), strconv.FormatInt(st.Dead, 10),
 	}})
 	if len(dead) == 0 {
+		if st.Dead > 0 {
+			fmt.Fprintf(a.stdout, "(%d dead letter(s), none listed with --limit 0)\n", st.Dead)
+		}
 		return nil
 	}
 	fmt.Fprintln(a.stdout)
@@ -110,8 +120,22 @@ func outboxRetry(ctx context.Context, a *app, o *opts, pos []string) error {
 		return err
 	}
 	defer pool.Close()
+	if o.all && !o.dryRun {
+		st, err := outbox.Stats(ctx, pool, o.schema)
+		if err != nil {
+			return explainMissing(err, o.schema)
+		}
+		if st.Dead == 0 {
+			return a.retried(o, 0)
+		}
+		if err := a.confirm(o, fmt.Sprintf("make all %d dead letter(s) of schema %s pending again, so the relay publishes them", st.Dead, o.schema)); err != nil {
+			return fmt.Errorf("outbox retry: %w", err)
+		}
+	}
 	var n int64
-	// All or nothing: an id that is not a dead letter aborts the whole retry.
+	// All or nothing: an id that is not a dead letter aborts the whole retry; a dry run
+	// does the same work and rolls it back, so it counts exactly what would be retried.
+	errDryRun := errors.New("dry run")
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if len(ids) > 0 {
 			if err := checkDead(ctx, tx, o.schema, ids); err != nil {
@@ -119,14 +143,28 @@ func outboxRetry(ctx context.Context, a *app, o *opts, pos []string) error {
 			}
 		}
 		var err error
-		n, err = outbox.RetryDead(ctx, tx, o.schema, ids...)
+		if n, err = outbox.RetryDead(ctx, tx, o.schema, ids...); err == nil && o.dryRun {
+			err = errDryRun
+		}
 		return err
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errDryRun) {
 		return explainMissing(err, o.schema)
 	}
+	return a.retried(o, n)
+}
+
+// retried reports how many dead letters were (or, with --dry-run, would be) retried.
+func (a *app) retried(o *opts, n int64) error {
 	if o.json {
+		if o.dryRun {
+			return a.printJSON(map[string]any{"schema": o.schema, "dry_run": true, "would_retry": n})
+		}
 		return a.printJSON(map[string]any{"schema": o.schema, "retried": n})
+	}
+	if o.dryRun {
+		fmt.Fprintf(a.stdout, "dry run: would make %d dead letter(s) pending again; nothing changed\n", n)
+		return nil
 	}
 	fmt.Fprintf(a.stdout, "%d dead letter(s) made pending again; the relay will publish them\n", n)
 	return nil

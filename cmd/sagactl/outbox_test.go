@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
@@ -91,7 +92,7 @@ func TestOutbox(t *testing.T) {
 		if s := readOutboxStatus(t, db); s.Pending != 3 || s.Dead != 2 {
 			t.Fatalf("after retrying one: %+v", s)
 		}
-		r = mustOK(t, sagactl(t, db.URL, "outbox", "retry", "--all", "--json"))
+		r = mustOK(t, sagactl(t, db.URL, "outbox", "retry", "--all", "--json", "--yes"))
 		var out struct{ Retried int64 }
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Retried != 2 {
 			t.Fatalf("retry --all: %v %s", err, r.stdout)
@@ -125,6 +126,63 @@ func TestOutbox(t *testing.T) {
 		// All or nothing: the valid id in a refused call stays dead.
 		if s := readOutboxStatus(t, db); s.Dead != 1 {
 			t.Fatalf("a refused retry changed rows: %+v", s)
+		}
+	})
+
+	// --limit 0 used to list 100 dead letters (ListDead's default for 0).
+	t.Run("StatusLimitZeroListsNone", func(t *testing.T) {
+		t.Parallel()
+		db := testenv.NewDB(t)
+		ids := enqueue(t, db, 2)
+		kill(t, db, ids...)
+		r := mustOK(t, sagactl(t, db.URL, "outbox", "status", "--limit", "0", "--json"))
+		var s outboxStatusJSON
+		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Dead != 2 || len(s.DeadLetters) != 0 {
+			t.Fatalf("--limit 0: %v %+v; want 2 dead, none listed", err, s)
+		}
+		r = mustOK(t, sagactl(t, db.URL, "outbox", "status", "--limit", "0"))
+		if strings.Contains(r.stdout, ids[0].String()) || !strings.Contains(r.stdout, "none listed with --limit 0") {
+			t.Fatalf("--limit 0 printed:\n%s", r.stdout)
+		}
+		if r := sagactl(t, db.URL, "outbox", "status", "--limit", "-1"); r.code != 1 || !strings.Contains(r.stderr, "--limit is -1") {
+			t.Fatalf("--limit -1: exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+
+	// retry --all used to act at once; it now needs --yes (or a yes on a terminal) and
+	// offers --dry-run.
+	t.Run("RetryAllNeedsConfirmation", func(t *testing.T) {
+		t.Parallel()
+		db := testenv.NewDB(t)
+		ids := enqueue(t, db, 3)
+		kill(t, db, ids...)
+		r := sagactl(t, db.URL, "outbox", "retry", "--all")
+		if r.code != 1 || !strings.Contains(r.stderr, "pass --yes") || !strings.Contains(r.stderr, "all 3 dead letter(s)") {
+			t.Fatalf("unconfirmed retry --all: exit %d, stderr %q", r.code, r.stderr)
+		}
+		r = mustOK(t, sagactl(t, db.URL, "outbox", "retry", "--all", "--dry-run"))
+		if !strings.Contains(r.stdout, "would make 3 dead letter(s) pending again") {
+			t.Fatalf("--dry-run printed %q", r.stdout)
+		}
+		if s := readOutboxStatus(t, db); s.Dead != 3 {
+			t.Fatalf("refused and dry-run retries changed rows: %+v", s)
+		}
+		// On a terminal the question is asked; anything but "yes" does nothing.
+		for _, tc := range []struct {
+			answer   string
+			wantDead int64
+		}{{"no\n", 3}, {"yes\n", 0}} {
+			answer, wantDead := tc.answer, tc.wantDead
+			var out, errOut bytes.Buffer
+			a := &app{stdout: &out, stderr: &errOut, getenv: func(k string) string { return map[string]string{"DATABASE_URL": db.URL}[k] },
+				stdin: strings.NewReader(answer), interactive: true}
+			a.run(context.Background(), []string{"outbox", "retry", "--all"})
+			if !strings.Contains(errOut.String(), "Type yes to go on") {
+				t.Fatalf("answer %q: no question asked; stderr %q", answer, errOut.String())
+			}
+			if s := readOutboxStatus(t, db); s.Dead != wantDead {
+				t.Fatalf("answer %q: %d dead letters left, want %d", answer, s.Dead, wantDead)
+			}
 		}
 	})
 

@@ -369,15 +369,21 @@ func sagaStats(ctx context.Context, a *app, o *opts, _ []string) error {
 		return explainMissing(err, o.schema)
 	}
 	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	// The rate and the percentiles are over completed and compensated sagas; with none of
+	// those they do not exist yet (0s would read as "instant").
+	finished := st.Counts[sagastate.SagaCompleted] + st.Counts[sagastate.SagaCompensated]
 	if o.json {
 		counts := map[string]int{}
 		for _, s := range allStatuses {
 			counts[string(s)] = st.Counts[s]
 		}
-		return a.printJSON(map[string]any{
-			"type": o.sagaType, "total": st.Total, "counts": counts, "compensation_rate": st.CompensationRate,
-			"time_to_consistency_ms": map[string]float64{"p50": msf(st.TimeToConsistencyP50), "p99": msf(st.TimeToConsistencyP99), "max": msf(st.TimeToConsistencyMax)},
-		})
+		out := map[string]any{"type": o.sagaType, "total": st.Total, "finished": finished, "counts": counts,
+			"compensation_rate": nil, "time_to_consistency_ms": nil}
+		if finished > 0 {
+			out["compensation_rate"] = st.CompensationRate
+			out["time_to_consistency_ms"] = map[string]float64{"p50": msf(st.TimeToConsistencyP50), "p99": msf(st.TimeToConsistencyP99), "max": msf(st.TimeToConsistencyMax)}
+		}
+		return a.printJSON(out)
 	}
 	rows := [][]string{}
 	for _, s := range allStatuses {
@@ -385,7 +391,12 @@ func sagaStats(ctx context.Context, a *app, o *opts, _ []string) error {
 	}
 	rows = append(rows, []string{"total", strconv.Itoa(st.Total)})
 	a.table([]string{"STATUS", "SAGAS"}, rows)
-	fmt.Fprintf(a.stdout, "\ncompensation rate    %.1f%% of finished sagas\n", 100*st.CompensationRate)
+	if finished == 0 {
+		fmt.Fprintln(a.stdout, "\ncompensation rate    none yet (no saga has completed or compensated)")
+		fmt.Fprintln(a.stdout, "time to consistency  none yet")
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "\ncompensation rate    %.1f%% of %d finished sagas\n", 100*st.CompensationRate, finished)
 	fmt.Fprintf(a.stdout, "time to consistency  p50 %s  p99 %s  max %s\n", fmtDur(st.TimeToConsistencyP50), fmtDur(st.TimeToConsistencyP99), fmtDur(st.TimeToConsistencyMax))
 	return nil
 }

@@ -263,8 +263,13 @@ func TestStats(t *testing.T) {
 		t.Fatalf("stats:\n%s", r.stdout)
 	}
 	r = mustOK(t, sagactl(t, s.db.URL, "stats", "--type", "other", "--json"))
-	if !strings.Contains(r.stdout, `"total": 0`) {
+	if !strings.Contains(r.stdout, `"total": 0`) || !strings.Contains(r.stdout, `"time_to_consistency_ms": null`) {
 		t.Fatalf("stats of an unknown type: %s", r.stdout)
+	}
+	// With no finished saga it printed "p50 0s p99 0s", which reads as instant.
+	r = mustOK(t, sagactl(t, s.db.URL, "stats", "--type", "other"))
+	if !strings.Contains(r.stdout, "time to consistency  none yet") || strings.Contains(r.stdout, "p50 0s") {
+		t.Fatalf("stats with no finished saga:\n%s", r.stdout)
 	}
 }
 
