@@ -233,7 +233,7 @@ func (p *Participant) Run(ctx context.Context) error {
 		return fmt.Errorf("participants: %w: Run needs Brokers, GroupID and CommandTopics", ErrInvalidConfig)
 	}
 	if !p.running.CompareAndSwap(false, true) {
-		return fmt.Errorf("participants: %w", consumer.ErrRunning)
+		return fmt.Errorf("participants: %w", ErrAlreadyRunning)
 	}
 	defer p.running.Store(false)
 	var wg sync.WaitGroup
