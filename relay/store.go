@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -146,7 +147,7 @@ func interval(d time.Duration) string { return fmt.Sprintf("%d microseconds", d.
 // waiting cures from one it does not.
 func Preflight(ctx context.Context, db *pgxpool.Pool, schema string) error {
 	if schema == "" {
-		schema = outbox.DefaultSchema
+		schema = migrations.DefaultSchema
 	}
 	tables := []string{
 		pgx.Identifier{schema, "outbox_messages"}.Sanitize(),

@@ -177,6 +177,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stdout, buildinfo.Line("outbox-relay"))
 		return 0
 	}
+	if o.noNotify {
+		fmt.Fprintln(stderr, "outbox-relay: warning: --no-notify (RELAY_NO_NOTIFY) is deprecated: the relay no longer listens unless --listen is given")
+	}
 	if o.deprecatedBrokersFlag {
 		fmt.Fprintln(stderr, "outbox-relay: warning: --kafka-brokers is deprecated and will be removed; use --brokers (same meaning, also $KAFKA_BROKERS)")
 	}
