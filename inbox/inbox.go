@@ -80,9 +80,16 @@ ON CONFLICT ("consumer", "message_id") DO NOTHING RETURNING "message_id"`,
 		// Batched so a large backlog never holds one huge delete's locks and WAL.
 		sweepSQL: `DELETE FROM ` + inbox + ` WHERE ctid IN (
 SELECT ctid FROM ` + inbox + ` WHERE "received_at" < $1 AND ($3 = '' OR "consumer" = $3) LIMIT $2)`,
-		addDeadSQL: `INSERT INTO ` + dead + ` ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "header_names", "header_values")
+		// A record dead-lettered again after its dead letter was resolved (replayed or
+		// deleted, then the record redelivered) reopens that row: the consumer records
+		// the message's inbox row with it, so nothing else would show the message.
+		addDeadSQL: `INSERT INTO ` + dead + ` AS d ("consumer", "message_id", "topic", "partition", "offset", "key", "value", "headers", "attempts", "reason", "header_names", "header_values")
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT ("consumer", "topic", "partition", "offset") DO NOTHING`,
+ON CONFLICT ("consumer", "topic", "partition", "offset") DO UPDATE SET
+    "message_id" = EXCLUDED."message_id", "key" = EXCLUDED."key", "value" = EXCLUDED."value", "headers" = EXCLUDED."headers",
+    "attempts" = EXCLUDED."attempts", "reason" = EXCLUDED."reason", "header_names" = EXCLUDED."header_names",
+    "header_values" = EXCLUDED."header_values", "dead_at" = now(), "resolved_at" = NULL, "resolution" = NULL
+WHERE d."resolved_at" IS NOT NULL`,
 		listDeadSQL: `SELECT ` + deadColumns + `
 FROM ` + dead + ` WHERE "resolved_at" IS NULL AND ($1 = '' OR "consumer" = $1) ORDER BY "id" LIMIT $2`,
 		// Replayed and deleted dead letters stay, resolved, until SweepDeadLetters.
@@ -204,8 +211,9 @@ type DeadLetter struct {
 }
 
 // AddDeadLetter stores d within tx (d.ID and d.DeadAt are ignored). It reports false
-// when a dead letter for the same consumer and source position already exists, e.g.
-// the same poison record delivered again.
+// when an unresolved dead letter for the same consumer and source position already
+// exists, e.g. the same poison record delivered again; a resolved one is reopened
+// with d's contents.
 //
 // Any bytes are stored intact: Key, Value and the headers' exact bytes as bytea (the
 // readable headers column escapes NUL and invalid UTF-8 as \xNN, since jsonb cannot

@@ -355,3 +355,43 @@ func TestResolvedDeadLettersAreSweptAfterTheirRetention(t *testing.T) {
 		t.Fatalf("dead letters left %v; want the unresolved %d, the recently resolved %d and the other consumer's %d", ids, open, recent, others)
 	}
 }
+
+// TestRecordDeadLetteredAgainAfterReplayIsKept: replaying a dead letter resolves it
+// and forgets the message's inbox row; if the original record then comes again (its
+// offset was not committed yet) and fails again, its new dead letter has the same
+// (consumer, topic, partition, offset) as the resolved one. It must be listed again:
+// the consumer records the inbox row with it, so the replayed copy is then skipped
+// as a duplicate, and a dead letter swallowed by the resolved row loses the message.
+func TestRecordDeadLetteredAgainAfterReplayIsKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	s, _ := inbox.NewStore("")
+	d := inbox.DeadLetter{Consumer: "c", MessageID: uuid.New(), Topic: "t", Partition: 1, Offset: 7, Value: []byte("v1"), Attempts: 3, Reason: "first"}
+	if ok, err := s.AddDeadLetter(ctx, db.Pool, d); err != nil || !ok {
+		t.Fatalf("AddDeadLetter = %v, %v", ok, err)
+	}
+	listed, err := s.ListDeadLetters(ctx, db.Pool, "c", 0)
+	if err != nil || len(listed) != 1 {
+		t.Fatalf("listed %d, %v", len(listed), err)
+	}
+	if _, err := s.TakeDeadLetter(ctx, db.Pool, listed[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	d.Reason, d.Attempts = "again", 1
+	if ok, err := s.AddDeadLetter(ctx, db.Pool, d); err != nil || !ok {
+		t.Fatalf("AddDeadLetter after the replay = %v, %v; want it stored", ok, err)
+	}
+	listed, err = s.ListDeadLetters(ctx, db.Pool, "c", 0)
+	if err != nil || len(listed) != 1 || listed[0].Reason != "again" || listed[0].Attempts != 1 {
+		t.Fatalf("listed %+v, %v; want the record's new dead letter (reason again)", listed, err)
+	}
+	// An unresolved one is not overwritten by a redelivery of the same record.
+	d.Reason = "duplicate delivery"
+	if ok, err := s.AddDeadLetter(ctx, db.Pool, d); err != nil || ok {
+		t.Fatalf("AddDeadLetter of a record dead-lettered already = %v, %v; want false", ok, err)
+	}
+	if listed, _ = s.ListDeadLetters(ctx, db.Pool, "c", 0); len(listed) != 1 || listed[0].Reason != "again" {
+		t.Fatalf("listed %+v; want the unresolved dead letter unchanged", listed)
+	}
+}
