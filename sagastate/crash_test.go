@@ -227,7 +227,16 @@ func TestCrashRecoveryKill9(t *testing.T) {
 			outMu.Unlock()
 		}
 	}()
-	r.start(t, sagas)
+	// Sagas start in four waves, each after one more kill, so at least three kills
+	// hit sagas in flight however fast the machine finishes them.
+	const waves = 4
+	for w := range waves {
+		deadline := time.Now().Add(60 * time.Second)
+		for kills.Load() < int64(w) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond) // waiting for the killer goroutine's next kill
+		}
+		r.start(t, sagas/waves)
+	}
 	r.await(t, sagas, 150*time.Second, kills.Load)
 	completed := r.check(t, sagas)
 	if kills.Load() < 3 {
