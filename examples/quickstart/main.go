@@ -28,9 +28,8 @@ import (
 	"github.com/sagabox/sagabox/wire"
 )
 
-type Order struct {
-	Item string `json:"item"`
-}
+// The payload of an order saga.
+type Order struct{ Item string }
 
 // The saga: reserve the stock, then charge the card; a refused charge releases the stock.
 var orderSaga = sagastate.Define[Order]("order",
@@ -51,7 +50,7 @@ func main() {
 func run(ctx context.Context, databaseURL string, brokers []string) error {
 	// The toolkit's tables (schema "sagabox"), the shop's own table and the topics.
 	if err := migrations.Up(ctx, databaseURL, migrations.DefaultSchema); err != nil {
-		return err
+		return fmt.Errorf("migrate (check DATABASE_URL): %w", err)
 	}
 	pool, err := pgxpool.New(ctx, databaseURL)
 	if err != nil {
@@ -144,7 +143,7 @@ func createTopics(ctx context.Context, brokers []string, topics ...string) error
 	}
 	resp, err := (&kafka.Client{Addr: kafka.TCP(brokers...)}).CreateTopics(ctx, req)
 	if err != nil {
-		return fmt.Errorf("create topics on %v: %w", brokers, err)
+		return fmt.Errorf("create topics on %v (check KAFKA_BROKERS): %w", brokers, err)
 	}
 	for t, err := range resp.Errors {
 		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
