@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/sqlfile"
 )
 
 // Every statement on outbox_messages lives in outbox_messages.sql, by name.
@@ -20,32 +22,7 @@ var statementsFile string
 // defaultTable is how outbox_messages.sql names the table.
 const defaultTable = `"sagabox"."outbox_messages"`
 
-var statements = parseStatements(statementsFile)
-
-// parseStatements splits the file at its "-- name: <name>" lines.
-func parseStatements(file string) map[string]string {
-	out := map[string]string{}
-	name := ""
-	var b strings.Builder
-	flush := func() {
-		if name != "" {
-			out[name] = strings.TrimSuffix(strings.TrimSpace(b.String()), ";")
-		}
-		b.Reset()
-	}
-	for line := range strings.Lines(file) {
-		if n, ok := strings.CutPrefix(strings.TrimSpace(line), "-- name: "); ok {
-			flush()
-			name = strings.TrimSpace(n)
-			continue
-		}
-		if name != "" && !strings.HasPrefix(strings.TrimSpace(line), "--") {
-			b.WriteString(line)
-		}
-	}
-	flush()
-	return out
-}
+var statements = sqlfile.Parse(statementsFile)
 
 // Store runs the statements on one schema's outbox_messages: Enqueue's insert, the
 // relay's claim and settle, and the operator functions. It is safe for concurrent

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/sagabox/sagabox/internal/sqlfile"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/wire"
 )
@@ -32,32 +33,7 @@ type DB interface {
 //go:embed sagastate.sql
 var statementsFile string
 
-var statements = parseStatements(statementsFile)
-
-// parseStatements splits the file at its "-- name: <name>" lines, dropping comments.
-func parseStatements(file string) map[string]string {
-	out := map[string]string{}
-	name := ""
-	var b strings.Builder
-	flush := func() {
-		if name != "" {
-			out[name] = strings.TrimSuffix(strings.TrimSpace(b.String()), ";")
-		}
-		b.Reset()
-	}
-	for line := range strings.Lines(file) {
-		if n, ok := strings.CutPrefix(strings.TrimSpace(line), "-- name: "); ok {
-			flush()
-			name = strings.TrimSpace(n)
-			continue
-		}
-		if name != "" && !strings.HasPrefix(strings.TrimSpace(line), "--") {
-			b.WriteString(line)
-		}
-	}
-	flush()
-	return out
-}
+var statements = sqlfile.Parse(statementsFile)
 
 // queries holds sagastate.sql's statements for one schema.
 type queries map[string]string
