@@ -3,44 +3,27 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sagabox/sagabox/internal/testenv"
 )
 
 // Proc is a sagabox binary running as a process of its own, so a fault can SIGKILL it.
 type Proc struct {
 	name   string
 	cmd    *exec.Cmd
-	out    *syncBuffer // stdout and stderr
-	stdout *syncBuffer
+	out    *testenv.SyncBuffer // stdout and stderr
+	stdout *testenv.SyncBuffer
 	done   chan struct{}
 	err    error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startProc starts bin with env added to the test's environment. When t ends the process
@@ -49,7 +32,7 @@ func startProc(t testing.TB, name, bin string, env []string, args ...string) *Pr
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &Proc{name: name, cmd: cmd, out: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan struct{})}
+	p := &Proc{name: name, cmd: cmd, out: &testenv.SyncBuffer{}, stdout: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(p.out, p.stdout), p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
