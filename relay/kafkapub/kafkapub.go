@@ -55,7 +55,10 @@ type Config struct {
 	// Defaults to outbox.DefaultMaxMessageBytes (1 MiB).
 	MaxMessageBytes int
 	// BatchTimeout is how long kafka-go waits to fill a partition batch before
-	// sending it. Defaults to 1ms: the relay hands over whole batches already.
+	// sending it. Defaults to 10µs, next to no wait: the relay hands over whole
+	// batches already, and kafka-go puts the messages of one call for one partition
+	// into one batch however short the timeout. The 1ms it was cost every hop of a
+	// saga a millisecond (publish p50 1.7ms → 0.5ms, BenchmarkHopLatency).
 	BatchTimeout time.Duration
 	// WriteTimeout bounds one produce request. Keep it at least the relay's
 	// PublishTimeout (outbox-relay does): a shorter one makes kafka-go resend a batch
@@ -85,7 +88,7 @@ func (c *Config) applyDefaults() {
 		c.MaxMessageBytes = outbox.DefaultMaxMessageBytes
 	}
 	if c.BatchTimeout == 0 {
-		c.BatchTimeout = time.Millisecond
+		c.BatchTimeout = 10 * time.Microsecond
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = WriteTimeoutDefault

@@ -40,6 +40,9 @@ type Config struct {
 	// NoRelay leaves publishing the outbox to someone else (your own relay). Defaults to
 	// false: a relay runs.
 	NoRelay bool
+	// Relay configures the relay Start runs. Defaults to relay's defaults, except Schema
+	// (the orchestrator's) and PollInterval (100ms).
+	Relay relay.Config
 }
 
 // FastConsumer returns consumer settings that join a group and commit quickly, for tests
@@ -104,7 +107,12 @@ func Start(t testing.TB, pool *pgxpool.Pool, brokers []string, cfg Config) *Env 
 			cancel()
 			t.Fatal(err)
 		}
-		r, err := relay.New(pool, pub, relay.Config{Schema: o.Config().Schema, PollInterval: 100 * time.Millisecond})
+		rc := cfg.Relay
+		rc.Schema = o.Config().Schema
+		if rc.PollInterval == 0 {
+			rc.PollInterval = 100 * time.Millisecond
+		}
+		r, err := relay.New(pool, pub, rc)
 		if err != nil {
 			cancel()
 			t.Fatal(err)
