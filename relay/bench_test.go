@@ -16,6 +16,7 @@ package relay_test
 //	SAGABOX_BENCH_BACKLOG=N     rows of the drain backlogs (default 100000)
 //	SAGABOX_BENCH_PROFILE=DIR   write the relay ×1 drain's CPU profile to DIR/relay-drain.pprof
 //	SAGABOX_BENCH_MEMORY=1      run BenchmarkRelayMemory: RSS draining 1M rows of 1 KiB (about 3 minutes)
+//	SAGABOX_BENCH_WAKE=TEXT     BenchmarkRelayWakeup runs only the relay lines whose name contains TEXT
 
 import (
 	"context"
@@ -292,9 +293,14 @@ func BenchmarkRelayWakeup(b *testing.B) {
 		{name: "baseline: kafka-go produce → read, 1 msg/call", direct: true},
 		{name: "no relay, no trigger (producers' baseline)"},
 		{name: "NOTIFY trigger + LISTEN (Listen)", relay: true, trigger: true, opts: benchRelayOpts{Listen: true}},
-		{name: "probe every 5ms (the default)", relay: true},
-		{name: "probe every 2ms", relay: true, opts: benchRelayOpts{ProbeInterval: 2 * time.Millisecond}},
+		{name: "probe 5ms, busy re-claim 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
+		{name: "probe 5ms, busy re-claim 1ms (default)", relay: true},
+		{name: "probe 5ms, busy re-claim 5ms (before) again", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
+		{name: "probe 5ms, busy re-claim 1ms (default) again", relay: true},
 		{name: "no relay, no trigger (baseline again)"},
+	}
+	if only := os.Getenv("SAGABOX_BENCH_WAKE"); only != "" { // keep the baselines and the relay lines naming it
+		modes = slices.DeleteFunc(modes, func(m wakeMode) bool { return m.relay && !strings.Contains(m.name, only) })
 	}
 	results := make([]wakeResult, len(modes))
 	for i, m := range modes {
@@ -320,6 +326,17 @@ func BenchmarkRelayWakeup(b *testing.B) {
 				r.rate/base.rate, ms(r.pct(r.tx, 0.5))/ms(base.pct(base.tx, 0.5)))
 		}
 		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  where commit → Kafka goes, p50 / p99 (the relay's publish trace):\n")
+	for i, m := range modes {
+		if r := results[i]; len(r.claim) > 0 {
+			fmt.Fprintf(w, "    %-42s commit → publish %6.2f / %6.2fms, publish %5.2f / %6.2fms, ack → read %5.2f / %6.2fms\n", m.name,
+				ms(r.pct(r.claim, 0.5)), ms(r.pct(r.claim, 0.99)), ms(r.pct(r.pub, 0.5)), ms(r.pct(r.pub, 0.99)),
+				ms(r.pct(r.read, 0.5)), ms(r.pct(r.read, 0.99)))
+			for _, st := range r.statements {
+				fmt.Fprintf(w, "      %s\n", st)
+			}
+		}
 	}
 	for i, m := range modes {
 		if m.relay && results[i].readErrs > 0 {
@@ -350,9 +367,13 @@ func enqueueTx(ctx context.Context, conn *pgxpool.Conn, msg outbox.Message) erro
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 type wakeResult struct {
-	lat, tx  []time.Duration // sorted
-	rate     float64
-	readErrs int64
+	lat, tx []time.Duration // sorted
+	// The relay's part of lat (sorted, from its publish trace): commit → publish
+	// call (finding and claiming the row), the publish call, its end → read.
+	claim, pub, read []time.Duration
+	statements       []string // the database's busiest statements (pg_stat_statements)
+	rate             float64
+	readErrs         int64
 }
 
 func (r wakeResult) pct(s []time.Duration, q float64) time.Duration {
@@ -388,8 +409,12 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	db.setTrigger(b, m.trigger)
 	topic := k.createTopic(b, "wake", benchPartitions)
 	var proc *relayProc
+	trace := ""
 	if m.relay {
-		proc = startRelayProc(b, db.url, k.brokers, "bench-wake", m.opts)
+		trace = filepath.Join(b.TempDir(), "trace")
+		opts := m.opts
+		opts.Trace = trace
+		proc = startRelayProc(b, db.url, k.brokers, "bench-wake", opts)
 		waitShares(b, db.pool, 1)
 	}
 	withRelay := m.relay || m.direct // records to time in Kafka
@@ -397,6 +422,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	defer direct.Close()
 	total := rate * seconds
 	committed := make([]atomic.Int64, total) // unix nanos of each commit
+	arrivedAt := make([]int64, total)        // unix nanos of each record's arrival; under mu
 	var res wakeResult
 	var mu sync.Mutex
 	var readErrs atomic.Int64
@@ -425,6 +451,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 						time.Sleep(10 * time.Microsecond) // the producer stores its time after Commit returns
 					}
 					mu.Lock()
+					arrivedAt[id] = arrived.UnixNano()
 					res.lat = append(res.lat, arrived.Sub(time.Unix(0, committed[id].Load())))
 					if len(res.lat) == total {
 						stopRead()
@@ -481,6 +508,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	readers.Wait()
 	if proc != nil {
 		proc.stop(b)
+		res.statements = db.topStatements(3)
 	}
 	if withRelay && len(res.lat) != total {
 		var pending int
@@ -494,5 +522,23 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	slices.Sort(res.lat)
 	slices.Sort(txLat)
 	res.tx, res.readErrs = txLat, readErrs.Load()
+	if trace != "" {
+		start, end, err := readTrace(trace, total)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for id := range total {
+			if start[id] == 0 {
+				continue
+			}
+			c := committed[id].Load()
+			res.claim = append(res.claim, time.Duration(start[id]-c))
+			res.pub = append(res.pub, time.Duration(end[id]-start[id]))
+			res.read = append(res.read, time.Duration(arrivedAt[id]-end[id]))
+		}
+		slices.Sort(res.claim)
+		slices.Sort(res.pub)
+		slices.Sort(res.read)
+	}
 	return res
 }

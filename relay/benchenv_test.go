@@ -33,6 +33,7 @@ import (
 	"github.com/sagabox/sagabox/internal/embedpg"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/migrations"
+	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
 )
 
@@ -295,8 +296,13 @@ type benchRelayOpts struct {
 	BatchSize     int
 	PollInterval  time.Duration
 	ProbeInterval time.Duration
+	BusyInterval  time.Duration
 	Listen        bool
 	CPUProfile    string
+	// Trace names a file the relay writes, at its end, "id start end" for every
+	// message it published: the payload's number before ':' and the publish call's
+	// start and end (unix nanos), for BenchmarkRelayWakeup's breakdown.
+	Trace string
 }
 
 // procStats is what a relay process reports when it stops.
@@ -383,13 +389,74 @@ func runBenchRelay() int {
 		}
 	}()
 	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, BatchSize: o.BatchSize,
-		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, Listen: o.Listen}
+		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, BusyInterval: o.BusyInterval, Listen: o.Listen}
+	var tr publishTrace
+	if o.Trace != "" {
+		cfg.Hooks.Publish = tr.hook
+	}
 	if code := runRelayProcess(ctx, cfg); code != 0 {
 		return code
+	}
+	if o.Trace != "" {
+		if err := tr.write(o.Trace); err != nil {
+			fmt.Fprintln(os.Stderr, "trace:", err)
+			return 1
+		}
 	}
 	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load()})
 	fmt.Println("STATS " + string(st))
 	return 0
+}
+
+// publishTrace records when each message's publish started and ended.
+type publishTrace struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *publishTrace) hook(msgs []outbox.Message) func(error) {
+	start := time.Now().UnixNano()
+	return func(err error) {
+		if err != nil {
+			return
+		}
+		end := time.Now().UnixNano()
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for _, m := range msgs {
+			id, _, _ := strings.Cut(string(m.Payload), ":")
+			t.lines = append(t.lines, fmt.Sprintf("%s %d %d", id, start, end))
+		}
+	}
+}
+
+func (t *publishTrace) write(path string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return os.WriteFile(path, []byte(strings.Join(t.lines, "\n")), 0o644)
+}
+
+// readTrace reads a publishTrace file into per-id publish start and end times
+// (the first publish of each id; 0 where none).
+func readTrace(path string, total int) (start, end []int64, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	start, end = make([]int64, total), make([]int64, total)
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		id, _ := strconv.Atoi(f[0])
+		s, _ := strconv.ParseInt(f[1], 10, 64)
+		e, _ := strconv.ParseInt(f[2], 10, 64)
+		if id >= 0 && id < total && start[id] == 0 {
+			start[id], end[id] = s, e
+		}
+	}
+	return start, end, nil
 }
 
 // selfHWM returns this process's peak resident set size (VmHWM) in bytes.

@@ -21,6 +21,7 @@ const (
 	MaxAttemptsDefault       = 10
 	PollIntervalDefault      = time.Second
 	ProbeIntervalDefault     = 5 * time.Millisecond
+	BusyIntervalDefault      = time.Millisecond
 	RetryBackoffMinDefault   = time.Second
 	RetryBackoffMaxDefault   = 5 * time.Minute
 	ErrorBackoffMinDefault   = 100 * time.Millisecond
@@ -50,12 +51,17 @@ type Config struct {
 	// on, whatever the wake-ups say: the bound on latency for rows the probe cannot
 	// see (doc.go, Wake-ups), and how soon a retry becomes due. Defaults to 1s.
 	PollInterval time.Duration
-	// ProbeInterval is how soon a publish loop claims again after a batch that
-	// did not fill, and how often an idle relay asks the database whether rows
+	// ProbeInterval is how often an idle relay asks the database whether rows
 	// arrived (one index lookup of the rows added since the last answer). After a
 	// second without new rows the probe backs off, doubling up to 100ms (or
 	// PollInterval if that is lower). Defaults to 5ms.
 	ProbeInterval time.Duration
+	// BusyInterval is how soon a publish loop whose cycle published rows claims
+	// again (at once when its last claim was a full batch); a cycle that finds
+	// nothing hands the loop back to the probe. It is the latency a busy relay
+	// adds to a row, bought with one claim per BusyInterval per loop while rows
+	// keep coming (doc.go, Wake-ups). Defaults to 1ms, or ProbeInterval if lower.
+	BusyInterval time.Duration
 	// Listen makes the relay LISTEN for the NOTIFY trigger's wake-ups instead of
 	// probing. The trigger is disabled by migration 00006: enable it as well,
 	//	ALTER TABLE sagabox.outbox_messages ENABLE TRIGGER outbox_messages_notify;
@@ -127,6 +133,7 @@ func (c *Config) applyDefaults() {
 	}
 	def(&c.PollInterval, PollIntervalDefault)
 	def(&c.ProbeInterval, ProbeIntervalDefault)
+	def(&c.BusyInterval, min(BusyIntervalDefault, c.ProbeInterval))
 	if c.DisableNotify {
 		c.Listen = false
 	}
@@ -169,7 +176,7 @@ func (c *Config) validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"PollInterval", c.PollInterval}, {"ProbeInterval", c.ProbeInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
+		{"PollInterval", c.PollInterval}, {"ProbeInterval", c.ProbeInterval}, {"BusyInterval", c.BusyInterval}, {"RetryBackoffMin", c.RetryBackoffMin}, {"RetryBackoffMax", c.RetryBackoffMax},
 		{"ErrorBackoffMin", c.ErrorBackoffMin}, {"ErrorBackoffMax", c.ErrorBackoffMax}, {"LeaseTTL", c.LeaseTTL},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"PublishTimeout", c.PublishTimeout},
 		{"HoldWarnAfter", c.HoldWarnAfter},

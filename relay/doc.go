@@ -123,32 +123,44 @@
 //
 // # Wake-ups
 //
-// By default the relay probes. A loop whose cycle published rows claims again
-// after ProbeInterval (5 ms); a loop that found nothing waits for a wake-up. While
-// any loop waits, the relay asks every ProbeInterval for the highest pending seq
-// above the one it last saw (outbox.Store.Probe: an index range scan over just the
-// rows added since) and wakes the loops when there is one; after a second without
-// new rows the probe backs off, doubling up to 100 ms. Polling every PollInterval
-// (a claim from the oldest row) is the safety net, for retries falling due and for
-// rows the probe cannot see: a row whose transaction took its seq before another's
-// and committed after the relay scanned past it waits for the next row to arrive,
-// or at most PollInterval. Rows a cycle left because an older transaction was
-// still open are looked at again after 10 ms, doubling up to PollInterval while
-// they stay held.
+// By default the relay probes, with a pace that follows the load. A loop whose
+// cycle published rows claims again BusyInterval (1 ms) after that cycle began, so
+// at once after a cycle that took longer (a publish takes a few ms), and at once
+// after a full batch; a loop whose cycle found nothing waits for a wake-up. While
+// any loop waits, the relay asks for the highest pending seq above the one it last
+// saw (outbox.Store.Probe: an index range scan over just the rows added since) and
+// wakes the loops when there is one. The probe looks BusyInterval after it found
+// rows or after the loops were last busy, and doubles its interval per empty probe
+// up to ProbeInterval (5 ms); after a second without new rows it keeps doubling, up
+// to 100 ms. So a busy relay and one that has just gone quiet look again within a
+// millisecond or two, an idle one costs a probe per 100 ms. Polling every
+// PollInterval (a claim from the oldest row) is the safety net, for retries falling
+// due and for rows the probe cannot see: a row whose transaction took its seq
+// before another's and committed after the relay scanned past it waits for the next
+// row to arrive, or at most PollInterval. Rows a cycle left because an older
+// transaction was still open are looked at again after BusyInterval, doubling up
+// to PollInterval while they stay held.
+//
+// What that pace bought (BenchmarkHopLatency, one saga step's hop, load average
+// 5-7 on the 2 shared cores): at 1 saga in flight the relay's part (commit →
+// publish start) went from p50 3.06 ms / p99 10.9 ms (busy re-claim and probe
+// every 5 ms) to 1.97 / 6.35 ms and flows/s from 22 to 29; at 8 in flight from
+// 3.19 / 21.2 ms to 1.96 / 15.1 ms, flows/s 63 → 108.
 //
 // LISTEN/NOTIFY remains for those who want it (Config.Listen, and the trigger
 // enabled again: migration 00006 disables it). A notifying commit takes
 // PostgreSQL's global notify lock, so producers commit one at a time, and with
 // durable commits (fsync on) the lock is held across the WAL flush.
 //
-// Measured side by side (BenchmarkRelayWakeup: 2,000 msgs/s offered from 16
-// producer connections, 1 msg of 1 KiB per transaction, fsync on, broker and relay
-// in processes of their own; 2 cores, load average 3-4, 83% busy):
+// Measured side by side before BusyInterval existed (BenchmarkRelayWakeup: 2,000
+// msgs/s offered from 16 producer connections, 1 msg of 1 KiB per transaction,
+// fsync on, broker and relay in processes of their own; 2 cores, load average 3-4,
+// 83% busy):
 //
 //	                          commit→Kafka p50 / p99   producer tx p50 / p99   producer rate
 //	no relay                          -                  0.82 / 4.5 ms          2000/s
 //	NOTIFY + LISTEN              11.7 / 35.4 ms          9.62 / 35.5 ms         1447/s (0.72×)
-//	probe, 5 ms (default)        16.6 / 54.8 ms          2.87 / 22.3 ms         1999/s (1.00×)
+//	probe, 5 ms                  16.6 / 54.8 ms          2.87 / 22.3 ms         1999/s (1.00×)
 //	probe, 2 ms                  10.7 / 52.7 ms          2.12 / 13.2 ms         2000/s (1.00×)
 //
 // At load average 30-35 (producers reach only 1,224-1,330/s with no relay):

@@ -15,28 +15,27 @@ import (
 // PollInterval.
 func TestHeldPause(t *testing.T) {
 	t.Parallel()
-	const poll = time.Second
+	const lo, poll = 4 * time.Millisecond, time.Second
 	var pause time.Duration
 	var timerOnly []time.Duration
-	for range 9 {
-		pause = relay.NextHeldPause(pause, 3, true, poll)
+	for range 10 {
+		pause = relay.NextHeldPause(pause, 3, true, lo, poll)
 		timerOnly = append(timerOnly, pause)
 	}
-	want := []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond,
-		160 * time.Millisecond, 320 * time.Millisecond, 640 * time.Millisecond, poll, poll}
+	want := []time.Duration{lo, 2 * lo, 4 * lo, 8 * lo, 16 * lo, 32 * lo, 64 * lo, 128 * lo, poll, poll}
 	if !slices.Equal(timerOnly, want) {
 		t.Fatalf("held pauses after pauses = %v, want %v", timerOnly, want)
 	}
 	for range 20 { // notified cycles that each find rows held
-		pause = relay.NextHeldPause(pause, 5, false, poll)
+		pause = relay.NextHeldPause(pause, 5, false, lo, poll)
 	}
-	if pause != 10*time.Millisecond {
-		t.Fatalf("held pause after notified cycles = %v, want 10ms", pause)
+	if pause != lo {
+		t.Fatalf("held pause after notified cycles = %v, want %v", pause, lo)
 	}
-	if got := relay.NextHeldPause(pause, 0, true, poll); got != 0 {
+	if got := relay.NextHeldPause(pause, 0, true, lo, poll); got != 0 {
 		t.Fatalf("held pause with nothing held = %v, want 0 (wait for a wake-up or the poll)", got)
 	}
-	if got := relay.NextHeldPause(0, 1, false, 5*time.Millisecond); got != 5*time.Millisecond {
-		t.Fatalf("held pause with PollInterval 5ms = %v, want 5ms", got)
+	if got := relay.NextHeldPause(0, 1, false, lo, 3*time.Millisecond); got != 3*time.Millisecond {
+		t.Fatalf("held pause with PollInterval 3ms = %v, want 3ms", got)
 	}
 }

@@ -156,29 +156,26 @@ func (r *Relay) wakeWorker(w int) {
 	}
 }
 
-// heldPauseMin is the first wait before looking again at rows held back by an
-// open older transaction.
-const heldPauseMin = 10 * time.Millisecond
-
 // nextHeldPause returns how long a publish loop waits before looking again at the
 // held rows of its last cycle (0: none held, wait for a wake-up or the poll). Held
 // rows become ready without any notification when the older transaction holding
-// them inserted no outbox row, so the loop looks again soon and backs off while
-// they stay held. The pause doubles only over cycles its own timer started
-// (afterPause); a cycle a notification started begins again at heldPauseMin.
-// Doubling it on every cycle, as before, let it reach PollInterval under steady
-// load (nearly every cycle sees some rows of still-open transactions), and then the
-// last rows of a burst, held for a millisecond, waited up to PollInterval after
-// the last notification. An idle relay behind a long transaction still backs off
-// to PollInterval: no spinning.
-func nextHeldPause(prev time.Duration, held int, afterPause bool, poll time.Duration) time.Duration {
+// them inserted no outbox row, and under load they are mostly rows of
+// transactions that commit a millisecond later, so the loop looks again after lo
+// (BusyInterval) and backs off while they stay held. The pause doubles only over
+// cycles its own timer started (afterPause); a cycle a wake-up started begins
+// again at lo. Doubling it on every cycle, as before, let it reach PollInterval
+// under steady load (nearly every cycle sees some rows of still-open
+// transactions), and then the last rows of a burst, held for a millisecond,
+// waited up to PollInterval after the last wake-up. An idle relay behind a long
+// transaction still backs off to PollInterval: no spinning.
+func nextHeldPause(prev time.Duration, held int, afterPause bool, lo, poll time.Duration) time.Duration {
 	switch {
 	case held == 0:
 		return 0
 	case afterPause && prev > 0:
 		return min(2*prev, poll)
 	default:
-		return min(heldPauseMin, poll)
+		return min(lo, poll)
 	}
 }
 
@@ -190,6 +187,7 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 	heldPause := time.Duration(0)
 	heldTimer := false // the last wait was the held pause running out, not a wake-up
 	for ctx.Err() == nil {
+		start := time.Now()
 		claimed, held, err := r.cycle(ctx, w)
 		if err != nil && ctx.Err() == nil {
 			failures++
@@ -202,14 +200,16 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 			continue
 		}
 		failures = 0
-		heldPause = nextHeldPause(heldPause, held, heldTimer, r.cfg.PollInterval)
+		heldPause = nextHeldPause(heldPause, held, heldTimer, r.cfg.BusyInterval, r.cfg.PollInterval)
 		wait := r.cfg.PollInterval
 		if heldPause > 0 {
 			wait = heldPause
 		}
 		idle := claimed == 0
 		if !idle && !r.cfg.Listen {
-			wait = min(wait, r.cfg.ProbeInterval) // busy: more rows are likely on their way
+			// Busy: more rows are likely on their way. A cycle that took BusyInterval
+			// or longer (a publish takes a few ms) let them gather already: claim at once.
+			wait = min(wait, max(r.cfg.BusyInterval-time.Since(start), 0))
 		}
 		if idle {
 			r.idle.Add(1)
@@ -236,14 +236,20 @@ const (
 )
 
 // probeLoop wakes the publish loops when rows were added since its last look,
-// while any loop is idle (a busy loop claims again after ProbeInterval by itself).
+// while any loop is idle (a busy loop claims again after BusyInterval by itself).
+// After rows were found, or while the loops were busy, it looks again after
+// BusyInterval and doubles the interval per empty probe up to ProbeInterval: the
+// next row of a busy stream, or the reply a saga's step is about to commit, is
+// found within a millisecond or two instead of half a ProbeInterval on average,
+// for a few probes more per burst. After probeIdleAfter without new rows the
+// interval keeps doubling, up to probeIntervalMax.
 // The probe reads the index entries after the highest seq it saw before, so it
 // costs one short index range scan; it cannot see a row that becomes visible
 // below that seq (its transaction took its seq early and committed late): such a
 // row waits for the next row added, for a held-rows re-check, or for PollInterval.
 func (r *Relay) probeLoop(ctx context.Context) {
 	maxInterval := min(probeIntervalMax, r.cfg.PollInterval)
-	interval := r.cfg.ProbeInterval
+	interval := r.cfg.BusyInterval
 	var seen int64
 	lastNew := time.Now()
 	t := time.NewTimer(interval)
@@ -260,13 +266,15 @@ func (r *Relay) probeLoop(ctx context.Context) {
 			case err != nil:
 				interval = maxInterval // the loops report database trouble
 			case found:
-				seen, lastNew, interval = next, time.Now(), r.cfg.ProbeInterval
+				seen, lastNew, interval = next, time.Now(), r.cfg.BusyInterval
 				r.wake()
 			case time.Since(lastNew) > probeIdleAfter:
 				interval = min(2*interval, maxInterval)
+			default:
+				interval = min(2*interval, max(r.cfg.ProbeInterval, interval))
 			}
 		} else {
-			lastNew, interval = time.Now(), r.cfg.ProbeInterval
+			lastNew, interval = time.Now(), r.cfg.BusyInterval
 		}
 		t.Reset(interval)
 	}
