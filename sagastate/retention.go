@@ -24,12 +24,12 @@ func (o *Orchestrator) DeleteFinished(ctx context.Context) (int, error) {
 	age := pgtype.Interval{Microseconds: o.cfg.Retention.Microseconds(), Valid: true}
 	total := 0
 	for {
-		tag, err := o.pool.Exec(ctx, o.q.sql("delete_finished"), age, retentionBatch, ts(o.clock()))
-		if err != nil {
+		var n int
+		if err := o.pool.QueryRow(ctx, o.q.sql("delete_finished"), age, retentionBatch, ts(o.clock())).Scan(&n); err != nil {
 			return total, fmt.Errorf("sagastate: delete finished sagas: %w", err)
 		}
-		total += int(tag.RowsAffected())
-		if tag.RowsAffected() < retentionBatch {
+		total += n
+		if n < retentionBatch {
 			return total, nil
 		}
 	}

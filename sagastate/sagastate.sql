@@ -97,19 +97,24 @@ FROM (SELECT extract(epoch FROM "finished_at" - "created_at") AS d FROM "sagabox
         AND "status" IN ('completed', 'compensated') AND "finished_at" IS NOT NULL) AS t;
 
 -- name: delete_finished
--- Retention: up to $2 sagas that finished longer than $1 ago ($3 is now), oldest first;
--- their steps and events go with them (ON DELETE CASCADE). A finished saga is not
--- written again, so "updated_at" is its finish time and the status index finds them.
--- Rows another transaction holds are skipped; an unfinished saga (finished_at NULL:
--- running, compensating, timeout, or failed and waiting for an operator) is never touched.
-DELETE FROM "sagabox"."saga_instances" WHERE "id" IN (
-    SELECT "id" FROM "sagabox"."saga_instances"
-    WHERE "status" IN ('completed', 'compensated', 'failed')
-      AND "updated_at" < coalesce($3::timestamptz, clock_timestamp()) - $1::interval
-      AND "finished_at" < coalesce($3::timestamptz, clock_timestamp()) - $1::interval
-    ORDER BY "updated_at"
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED);
+-- Retention: up to $2 sagas that finished longer than $1 ago ($3 is now), oldest first,
+-- with their steps and events (no foreign keys: they go in this statement). Only a
+-- finished saga has "finished_at" (completed, compensated, or failed and aborted), and
+-- the finished index finds them. Rows another transaction holds are skipped; an
+-- unfinished saga (running, compensating, timeout, or failed and waiting for an
+-- operator) is never touched.
+WITH "gone" AS (
+    DELETE FROM "sagabox"."saga_instances" WHERE "id" IN (
+        SELECT "id" FROM "sagabox"."saga_instances"
+        WHERE "finished_at" < coalesce($3::timestamptz, clock_timestamp()) - $1::interval
+          AND "status" IN ('completed', 'compensated', 'failed')
+        ORDER BY "finished_at"
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING "id"),
+"steps" AS (DELETE FROM "sagabox"."saga_steps" WHERE "saga_id" IN (SELECT "id" FROM "gone")),
+"events" AS (DELETE FROM "sagabox"."saga_events" WHERE "saga_id" IN (SELECT "id" FROM "gone"))
+SELECT count(*) FROM "gone";
 
 -- name: insert_steps
 -- Start: every step of new sagas, with the plan copied from the definition.

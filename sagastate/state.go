@@ -117,8 +117,10 @@ type Instance struct {
 	Payload   json.RawMessage
 	Version   int64
 	LastError string
-	// WakeAt is when the sweeper looks at the saga next (a deadline or a scheduled retry);
-	// zero when it waits only for replies, or has finished.
+	// WakeAt is when the sweeper looks at the saga next: at or before its earliest step
+	// deadline or scheduled retry (a later deadline leaves it where it was, so that most
+	// transitions rewrite no indexed column; the sweeper then moves it on); zero when no
+	// step waits for a deadline or retry, or the saga has finished.
 	WakeAt     time.Time
 	CreatedAt  time.Time
 	UpdatedAt  time.Time

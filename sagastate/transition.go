@@ -83,8 +83,10 @@ func transition(p *plan, s Instance, in input) (result, error) {
 		return result{}, err
 	}
 	if m.out.ignored == "" {
-		m.s.WakeAt = m.wakeAt()
-		m.s.UpdatedAt = m.now
+		m.s.WakeAt = nextWake(s.WakeAt, m.wakeAt(), in.kind)
+		if in.kind != inTick || len(m.out.events) > 0 {
+			m.s.UpdatedAt = m.now // a tick that found nothing due only moved WakeAt on
+		}
 	}
 	m.out.state = m.s
 	return m.out, nil
@@ -468,6 +470,20 @@ func abortedNote(s Instance) string {
 	return ""
 }
 
+// nextWake is the WakeAt to store: the earliest deadline or retry time (exact), or,
+// while that is not earlier than the one stored, the one stored. The stored time is then
+// at or before the saga's next deadline, and a transition in mid-saga changes no indexed
+// column of the instance row (the update stays on its page, HOT, with no new index
+// entries). The sweeper finds the saga at the stored time, and its tick, finding nothing
+// due, stores the exact time.
+func nextWake(stored, exact time.Time, kind inputKind) time.Time {
+	if kind == inTick || exact.IsZero() || stored.IsZero() || exact.Before(stored) {
+		return exact
+	}
+	return stored
+}
+
+// wakeAt is the earliest deadline or scheduled retry of the saga's steps.
 func (m *machine) wakeAt() time.Time {
 	var w time.Time
 	for _, st := range m.s.Steps {

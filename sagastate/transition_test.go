@@ -201,6 +201,39 @@ func TestTransitionFailureCompensatesCompletedStepsInReverse(t *testing.T) {
 	}
 }
 
+// WakeAt stays where it is while the next deadline is later (the instance update then
+// rewrites no indexed column); it moves earlier at once, and the sweeper's tick at the
+// stored time, finding nothing due, moves it to the exact deadline without counting as
+// a change of the saga.
+func TestTransitionWakeAtMovesOnlyEarlierUntilATick(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, threeSteps())
+	h.now = h.now.Add(300 * time.Millisecond)
+	h.ok("a") // b's deadline is t0+1.3s
+	if !h.s.WakeAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("wake at %v after a later deadline, want it kept at %v", h.s.WakeAt, t0.Add(time.Second))
+	}
+	changed := h.s.UpdatedAt
+	h.tick(700 * time.Millisecond) // at the stored time: nothing due
+	h.expectSent()
+	if len(h.last.events) != 0 || !h.s.WakeAt.Equal(t0.Add(1300*time.Millisecond)) || !h.s.UpdatedAt.Equal(changed) {
+		t.Fatalf("tick with nothing due: events %v, wake %v (want %v), updated %v (want %v)",
+			h.last.events, h.s.WakeAt, t0.Add(1300*time.Millisecond), h.s.UpdatedAt, changed)
+	}
+	h.reply("b", wire.OpForward, 1, wire.OutcomeRetryable) // retry of b at +200ms: earlier
+	if st := h.s.Step("b"); !h.s.WakeAt.Equal(st.NextAttemptAt) {
+		t.Fatalf("wake at %v, want the earlier retry %v", h.s.WakeAt, st.NextAttemptAt)
+	}
+	h.tick(time.Second)
+	h.expectSent("b:forward:2")
+	h.ok("b")
+	h.ok("c")
+	h.expectStatus(SagaCompleted, StepCompleted, StepCompleted, StepCompleted)
+	if !h.s.WakeAt.IsZero() {
+		t.Fatalf("finished saga wakes at %v", h.s.WakeAt)
+	}
+}
+
 func TestTransitionRetryableThenSuccess(t *testing.T) {
 	t.Parallel()
 	d := Define[testPayload]("r", Step("a", "t").Do("x").Undo("y").Timeout(time.Second).Retry(noJitter))
