@@ -265,16 +265,18 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 	if err := p.decode(raw); err != nil {
 		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
 	}
-	now, err := o.q.insertNew(ctx, tx, id, sagaType, raw, o.clock())
+	row, err := o.q.insertNew(ctx, tx, id, sagaType, raw, p.firstWake(), o.clock())
 	if err != nil {
 		return err
 	}
-	res, err := transition(p, newInstance(p, id, raw), input{kind: inStart, now: now})
+	s := newInstance(p, id, raw)
+	s.WakeAt = row.WakeAt // kept by the transition unless a deadline comes earlier
+	res, err := transition(p, s, input{kind: inStart, now: row.CreatedAt})
 	if err != nil {
 		return err
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
-	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h)}
+	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h), inserted: &row}
 	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}); err != nil {
 		return err
 	}
@@ -315,6 +317,17 @@ func (o *Orchestrator) typeNames() []string {
 		names = append(names, n)
 	}
 	return names
+}
+
+// firstWake is the shortest step timeout: a new saga's first deadline is no earlier.
+func (p *plan) firstWake() time.Duration {
+	var d time.Duration
+	for i, sp := range p.steps {
+		if i == 0 || sp.Timeout < d {
+			d = sp.Timeout
+		}
+	}
+	return d
 }
 
 func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {

@@ -10,17 +10,20 @@
 -- on one host are compared on another with the same clock.
 
 -- name: insert_instance
--- Start, first statement: the instance row on its own, so a duplicate id stops Start
--- before anything else of the saga is queued. It returns the saga's start time ($5 is
--- now). The rest of the row is written by start_instance once the first transition
--- is computed.
-INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "created_at", "updated_at")
-VALUES ($1, $2, 'running', $3, coalesce($4::timestamptz, clock_timestamp()), coalesce($4::timestamptz, clock_timestamp()))
+-- Start, first statement: the instance row, so a duplicate id stops Start before
+-- anything else of the saga is queued. It returns the saga's start time ($4 is now).
+-- "wake_at" is the start time plus the shortest step timeout $5: at or before the first
+-- stage's deadlines, so the instance row is complete for the usual first transition,
+-- which then writes nothing more to it. Otherwise (the first step's input failed)
+-- start_instance writes the transition's outcome.
+INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "wake_at", "created_at", "updated_at")
+SELECT $1, $2, 'running', $3, t + $5::interval, t, t FROM (SELECT coalesce($4::timestamptz, clock_timestamp()) AS t) AS now
 ON CONFLICT ("id") DO NOTHING
-RETURNING "created_at";
+RETURNING "created_at", "wake_at";
 
 -- name: start_instance
--- Start, second statement: the outcome of the first transition (version stays 1).
+-- Start, second statement, when the first transition's outcome is not what
+-- insert_instance wrote (version stays 1).
 UPDATE "sagabox"."saga_instances"
 SET "status" = $2, "last_error" = $3, "wake_at" = $4, "updated_at" = $5, "finished_at" = $6
 WHERE "id" = $1;

@@ -172,33 +172,37 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 }
 
 // insertNew inserts a new saga's instance row on its own, before anything else of it is
-// written: a duplicate id must stop Start before steps or commands are queued. It
-// returns the saga's start time (clock, or the database's when clock is zero).
-func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, clock time.Time) (time.Time, error) {
-	var at time.Time
-	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock)).Scan(&at)
+// written: a duplicate id must stop Start before steps or commands are queued. The row
+// wakes the sweeper firstWake after the start (see insert_instance). It returns the row
+// as written: its start time (clock, or the database's when clock is zero) and WakeAt.
+func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, firstWake time.Duration, clock time.Time) (Instance, error) {
+	s := Instance{ID: id, Type: sagaType, Status: SagaRunning, Payload: payload}
+	wake := pgtype.Interval{Microseconds: firstWake.Microseconds(), Valid: true}
+	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return at, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
+		return s, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
 	}
 	if err != nil {
-		return at, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
+		return s, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
 	}
-	return at, nil
+	s.UpdatedAt = s.CreatedAt
+	return s, nil
 }
 
 // change is the outcome of one or more transitions of one saga in a transaction: prev
 // as it was read (Version 0 for a saga being started), res accumulated from every
 // transition.
 type change struct {
-	prev    *Instance
-	res     result
-	headers map[string]string // trace context for the commands
+	prev     *Instance
+	res      result
+	headers  map[string]string // trace context for the commands
+	inserted *Instance         // a started saga's row as insert_instance wrote it
 }
 
 // write queues every change's state, steps, log and commands into one pipeline: one
 // round trip and one statement per table whatever the number of sagas.
 func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change) error {
-	var started, updated []*Instance
+	var started, updated []*Instance // started: those whose row must be rewritten
 	var versions []int64
 	var newSteps, changedSteps []ownedStep
 	var events []Event
@@ -206,7 +210,10 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	for _, c := range changes {
 		s := &c.res.state
 		if c.prev.Version == 0 {
-			started = append(started, s)
+			if in := c.inserted; in == nil || s.Status != in.Status || s.LastError != in.LastError || !s.WakeAt.Equal(in.WakeAt) ||
+				!s.UpdatedAt.Equal(in.UpdatedAt) || !s.FinishedAt.IsZero() {
+				started = append(started, s)
+			}
 			for _, st := range s.Steps {
 				newSteps = append(newSteps, ownedStep{s.ID, st})
 			}
