@@ -64,9 +64,14 @@
 //     in one global order, and they cannot deadlock;
 //   - touch hot rows in as few statements as it can, late in the handler.
 //
-// Round trips per command: one for the barrier claim (savepoint and barrier row in one
-// batch), the handler's own, and one for the reply (outbox insert, result and savepoint
-// release in one batch), inside the consumer's transaction.
+// Statements and round trips: Run hands the commands of one consumer transaction
+// (Consumer.BatchSize) to the barrier together (HandleMessages). One statement claims
+// the barrier rows of all of them, sent with the first handler's savepoint; each
+// handler runs behind a savepoint of its own, sent before its first statement (none
+// for a handler that runs no statement); one batch then writes the results, refusals
+// and all the replies (one outbox insert). A batch of N no-op commands costs two
+// round trips inside the consumer's transaction instead of 2N; with a backlog
+// (BenchmarkParticipant, 2 cores) that is 15,000 commands/s instead of 3,800.
 //
 // Records that are not valid commands (missing saga headers) or name a command with no
 // handler are dead-lettered by the consumer loop with the reason.

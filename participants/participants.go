@@ -198,7 +198,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
 		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
 	}
 	// Built now, not at Run, so a bad consumer setting fails at startup.
-	if p.consumer, err = consumer.New(pool, cc, p.HandleMessage); err != nil {
+	if p.consumer, err = consumer.NewBatch(pool, cc, p.HandleMessages); err != nil {
 		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
 	}
 	return p, nil
@@ -303,44 +303,97 @@ func (p *Participant) SweepBarrier(ctx context.Context, before time.Time) (int64
 // command and runs HandleCommand. Use it to serve commands from a consumer loop of your
 // own. Malformed records and unknown commands are returned as consumer.Permanent errors.
 func (p *Participant) HandleMessage(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-	cmd, err := wire.ParseCommand(msg.Headers, msg.Value)
-	if err != nil {
-		return consumer.Permanent(fmt.Errorf("participants: %w", err))
+	return p.HandleMessages(ctx, tx, []consumer.Message{msg})
+}
+
+// HandleMessages is the consumer.BatchHandler of the participant (what Run uses): it
+// runs the commands of one shared transaction behind the barrier with a few statements
+// for all of them, each handler in turn. A malformed record or an unknown command is
+// returned as a consumer.Permanent error (the consumer then handles the records one
+// at a time, and dead-letters that one).
+func (p *Participant) HandleMessages(ctx context.Context, tx pgx.Tx, msgs []consumer.Message) error {
+	cmds := make([]wire.Command, len(msgs))
+	for i, m := range msgs {
+		cmd, err := wire.ParseCommand(m.Headers, m.Value)
+		if err != nil {
+			return consumer.Permanent(fmt.Errorf("participants: %w", err))
+		}
+		cmds[i] = cmd
 	}
-	return p.HandleCommand(ctx, tx, cmd)
+	return p.handle(ctx, tx, cmds, func(i int) (context.Context, func(error)) { return consumer.Trace(ctx, msgs[i]) })
 }
 
 // HandleCommand runs cmd behind the barrier in tx and enqueues the reply in tx. It
 // returns an error only when tx cannot be used (roll it back and retry) or the command
 // is unknown (wrapped as a consumer.Permanent error).
 func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Command) error {
-	p.mu.RLock()
-	h, ok := p.handlers[cmd.Name]
-	p.mu.RUnlock()
-	if !ok {
-		return consumer.Permanent(fmt.Errorf("participants: %w %q (saga %s step %s %s); register a handler for it with Handle",
-			ErrUnknownCommand, cmd.Name, cmd.SagaID, cmd.Step, cmd.Op))
+	return p.handle(ctx, tx, []wire.Command{cmd}, nil)
+}
+
+// handle runs cmds behind the barrier and enqueues their replies; trace, if not nil,
+// gives command i its context.
+func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command, trace func(i int) (context.Context, func(error))) error {
+	steps := make([]*step, len(cmds))
+	seen := make(map[key]bool, len(cmds))
+	for i, cmd := range cmds {
+		p.mu.RLock()
+		h, ok := p.handlers[cmd.Name]
+		p.mu.RUnlock()
+		if !ok {
+			return consumer.Permanent(fmt.Errorf("participants: %w %q (saga %s step %s %s); register a handler for it with Handle",
+				ErrUnknownCommand, cmd.Name, cmd.SagaID, cmd.Step, cmd.Op))
+		}
+		steps[i] = &step{cmd: cmd, h: h, ctx: ctx}
+		// Two commands of one saga step in one transaction (a resend, or a forward and
+		// its compensation) decide each other: one after the other.
+		k := key{cmd.SagaID, cmd.Step, ""}
+		if seen[k] {
+			for i := range cmds {
+				var one func(int) (context.Context, func(error))
+				if trace != nil {
+					one = func(int) (context.Context, func(error)) { return trace(i) }
+				}
+				if err := p.handle(ctx, tx, cmds[i:i+1], one); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		seen[k] = true
 	}
-	start := time.Now()
-	reply, batch, err := p.barrier.run(ctx, tx, cmd, h)
+	if trace != nil {
+		for i, s := range steps {
+			s.ctx, s.end = trace(i)
+		}
+	}
+	batch, err := p.barrier.run(ctx, tx, steps)
 	if err != nil {
 		return err
 	}
-	if hook := p.cfg.Hooks.Command; hook != nil {
-		hook(cmd, reply.Outcome, time.Since(start))
+	replies := make([]outbox.Message, len(steps))
+	for i, s := range steps {
+		if hook := p.cfg.Hooks.Command; hook != nil {
+			hook(s.cmd, s.reply.Outcome, s.took)
+		}
+		if s.reply.Outcome != wire.OutcomeSuccess {
+			p.cfg.Logger.Info("participant reply", "saga_id", s.cmd.SagaID, "step", s.cmd.Step, "op", s.cmd.Op,
+				"attempt", s.cmd.Attempt, "outcome", s.reply.Outcome, "reason", s.reply.Reason)
+		}
+		s.reply.Headers = traceHeaders(s.cmd.Headers)
+		replies[i] = s.reply.Message(s.cmd.ReplyTo)
 	}
-	if reply.Outcome != wire.OutcomeSuccess {
-		p.cfg.Logger.Info("participant reply", "saga_id", cmd.SagaID, "step", cmd.Step, "op", cmd.Op,
-			"attempt", cmd.Attempt, "outcome", reply.Outcome, "reason", reply.Reason)
-	}
-	reply.Headers = traceHeaders(cmd.Headers)
-	if err := p.outbox.Enqueue(ctx, queue{batch}, reply.Message(cmd.ReplyTo)); err != nil {
+	if err := p.outbox.Enqueue(ctx, queue{batch}, replies...); err != nil {
 		// Only validation can fail here (the insert is queued): a reply topic Kafka
 		// would refuse. Retrying cannot fix the command.
-		return consumer.Permanent(fmt.Errorf("participants: reply to saga %s step %s: %w", cmd.SagaID, cmd.Step, err))
+		var ve *outbox.ValidationError
+		if errors.As(err, &ve) && ve.Index < len(cmds) {
+			c := cmds[ve.Index]
+			err = fmt.Errorf("participants: reply to saga %s step %s: %w", c.SagaID, c.Step, err)
+		}
+		return consumer.Permanent(err)
 	}
-	if err := sendBatch(ctx, tx, batch); err != nil {
-		return fmt.Errorf("participants: record and reply (saga %s step %s %s): %w", cmd.SagaID, cmd.Step, cmd.Op, err)
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("participants: record and reply (%d commands, first saga %s step %s %s): %w", len(cmds), cmds[0].SagaID, cmds[0].Step, cmds[0].Op, err)
 	}
 	return nil
 }

@@ -693,3 +693,103 @@ func TestConsumerConfigContradictingOuterFieldsIsRejected(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchDecidesEveryCommandAsAlone runs commands of every barrier case in one
+// transaction (HandleMessages, what Run uses for a shared consumer transaction): each
+// is decided as it would be alone, a refused or failing one rolls back only its own
+// writes, and a failed statement does not abort its neighbours.
+func TestBatchDecidesEveryCommandAsAlone(t *testing.T) {
+	t.Parallel()
+	e := setup(t, participants.Config{})
+	ctx := context.Background()
+	var (
+		fresh, refused, failing, broken = uuid.New(), uuid.New(), uuid.New(), uuid.New()
+		dup, nullCmp, cmpRefused, cmp   = uuid.New(), uuid.New(), uuid.New(), uuid.New()
+		both, badArg                    = uuid.New(), uuid.New()
+	)
+	expect(t, e.deliver(t, command(dup, wire.OpForward, 1, 10)), wire.OutcomeSuccess, "")
+	expect(t, e.deliver(t, command(cmpRefused, wire.OpForward, 1, 900)), wire.OutcomeFailure, "insufficient")
+	expect(t, e.deliver(t, command(cmp, wire.OpForward, 1, 40)), wire.OutcomeSuccess, "")
+	e.w.mu.Lock()
+	e.w.failNext[failing] = errors.New("upstream said no")
+	e.w.mu.Unlock()
+	overflow := command(broken, wire.OpForward, 1, 0)
+	overflow.Payload = []byte(`{"amount":-2147483648}`) // 100 - amount: integer out of range, which aborts the transaction
+	// An argument pgx cannot encode must stay the handler's error: sent in one batch with
+	// earlier statements, pgx would close the connection instead.
+	unencodable := command(badArg, wire.OpForward, 1, 0)
+	unencodable.Payload = []byte(`{"amount":-9223372036854775808}`)
+	cmds := []wire.Command{
+		command(fresh, wire.OpForward, 1, 30),
+		command(refused, wire.OpForward, 1, 500),
+		overflow,
+		unencodable,
+		command(failing, wire.OpForward, 1, 20),
+		command(dup, wire.OpForward, 2, 10),
+		command(nullCmp, wire.OpCompensate, 1, 10),
+		command(cmpRefused, wire.OpCompensate, 1, 900),
+		command(cmp, wire.OpCompensate, 1, 40),
+	}
+	msgs := make([]consumer.Message, len(cmds))
+	for i, c := range cmds {
+		m := c.Message("payment.commands")
+		msgs[i] = consumer.Message{Headers: m.Headers, Value: m.Payload}
+	}
+	if err := pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return e.p.HandleMessages(ctx, tx, msgs) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		saga    uuid.UUID
+		outcome wire.Outcome
+		reason  string
+		balance int64
+		events  int
+	}{
+		{fresh, wire.OutcomeSuccess, "", 70, 1},
+		{refused, wire.OutcomeFailure, "insufficient funds: 400 short", 100, 0},
+		{broken, wire.OutcomeRetryable, "out of range", 100, 0},
+		{badArg, wire.OutcomeRetryable, "failed to encode", 100, 0},
+		{failing, wire.OutcomeRetryable, "upstream said no", 100, 0},
+		{dup, wire.OutcomeSuccess, "", 90, 1},
+		{nullCmp, wire.OutcomeSuccess, "", 100, 0},
+		{cmpRefused, wire.OutcomeSuccess, "", 100, 0},
+		{cmp, wire.OutcomeSuccess, "", 100, 1},
+	} {
+		expect(t, e.lastReply(t, c.saga), c.outcome, c.reason)
+		if b, n := e.balance(t, c.saga), e.events(t, c.saga); b != c.balance || n != c.events {
+			t.Errorf("saga %s: balance %d, %d events; want %d, %d", c.saga, b, n, c.balance, c.events)
+		}
+	}
+	if r := e.lastReply(t, fresh); string(r.Payload) != `{"charged":30}` {
+		t.Errorf("result %q", r.Payload)
+	}
+	if r := e.lastReply(t, dup); string(r.Payload) != `{"charged":10}` || r.Attempt != 2 {
+		t.Errorf("duplicate: %+v, want the stored result for attempt 2", r)
+	}
+	if c, r := e.w.calls(dup); c != 1 || r != 0 {
+		t.Errorf("duplicate ran charge %d times", c)
+	}
+	if c, r := e.w.calls(cmpRefused); c != 1 || r != 0 {
+		t.Errorf("compensation of a refused step ran refund %d times", r)
+	}
+	// Afterwards: the failing and the broken steps run afresh, the refusal is
+	// remembered, the null compensation makes the forward hanging.
+	expect(t, e.deliver(t, command(failing, wire.OpForward, 2, 20)), wire.OutcomeSuccess, "")
+	expect(t, e.deliver(t, command(broken, wire.OpForward, 2, 5)), wire.OutcomeSuccess, "")
+	expect(t, e.deliver(t, command(refused, wire.OpForward, 2, 5)), wire.OutcomeFailure, "insufficient")
+	expect(t, e.deliver(t, command(nullCmp, wire.OpForward, 1, 10)), wire.OutcomeIgnored, "hanging")
+
+	// A forward and its compensation in one transaction are decided in turn.
+	fwd, undo := command(both, wire.OpForward, 1, 25), command(both, wire.OpCompensate, 1, 25)
+	var pair []consumer.Message
+	for _, c := range []wire.Command{fwd, undo} {
+		m := c.Message("payment.commands")
+		pair = append(pair, consumer.Message{Headers: m.Headers, Value: m.Payload})
+	}
+	if err := pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return e.p.HandleMessages(ctx, tx, pair) }); err != nil {
+		t.Fatal(err)
+	}
+	if c, r := e.w.calls(both); c != 1 || r != 1 || e.balance(t, both) != 100 || e.replies(t, both) != 2 {
+		t.Errorf("forward and compensation together: charge %d, refund %d, balance %d, %d replies; want 1, 1, 100, 2", c, r, e.balance(t, both), e.replies(t, both))
+	}
+}

@@ -238,6 +238,7 @@ type Hooks struct {
 	Lag func(topic string, partition int, lag int64)
 	// Trace wraps every run of the handler, for tracing (package sagaotel): the handler
 	// gets the context it returns, and end, if not nil, is called with the handler's
-	// error. A trace context travels in msg.Headers ("traceparent").
+	// error. A trace context travels in msg.Headers ("traceparent"). A BatchHandler
+	// gets it per record by calling the package's Trace function.
 	Trace func(ctx context.Context, msg Message) (_ context.Context, end func(err error))
 }

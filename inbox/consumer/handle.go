@@ -347,14 +347,36 @@ func (r *run) callBatch(tx pgx.Tx, msgs []Message) (err error) {
 			err = fmt.Errorf("batch handler panicked: %v", p)
 		}
 	}()
+	ctx := r.ctx
+	if hooks := &r.c.cfg.Hooks; hooks.Trace != nil {
+		ctx = context.WithValue(ctx, traceKey{}, hooks.Trace)
+	}
 	start := time.Now()
-	err = r.c.batch(r.ctx, tx, msgs)
+	err = r.c.batch(ctx, tx, msgs)
 	if hook := r.c.cfg.Hooks.HandlerDone; hook != nil {
 		for _, m := range msgs {
 			hook(m, time.Since(start), err)
 		}
 	}
 	return err
+}
+
+type traceKey struct{}
+
+// Trace runs the consumer's Trace hook (Hooks.Trace) for msg, one of the records a
+// BatchHandler got with ctx, and returns the context to handle msg with and the
+// function to call with the outcome. A batch handler that handles its records one
+// after another calls it around each, so each gets its span as with a Handler. Without
+// a Trace hook it returns ctx and a function that does nothing.
+func Trace(ctx context.Context, msg Message) (context.Context, func(error)) {
+	end := func(error) {}
+	if trace, ok := ctx.Value(traceKey{}).(func(context.Context, Message) (context.Context, func(error))); ok {
+		var e func(error)
+		if ctx, e = trace(ctx, msg); e != nil {
+			end = e
+		}
+	}
+	return ctx, end
 }
 
 // handlerError tells handler failures (counted against MaxAttempts) from database
