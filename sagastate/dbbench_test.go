@@ -84,11 +84,13 @@ func BenchmarkStateDB(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// Warm up, then let the planner see the tables as they are under load (autovacuum
-	// would, within a minute), so cached plans are those a running system has.
+	// Warm up (groups of statements prepared, tables past their first pages), as on a
+	// fresh database: the statistics are what autovacuum left, if it came by yet.
 	run(2)
-	if _, err := pool.Exec(ctx, `ANALYZE "sagabox"."saga_instances", "sagabox"."saga_steps", "sagabox"."saga_events"`); err != nil {
-		b.Fatal(err)
+	if os.Getenv("SAGADB_ANALYZE") != "" {
+		if _, err := pool.Exec(ctx, `ANALYZE "sagabox"."saga_instances", "sagabox"."saga_steps", "sagabox"."saga_events"`); err != nil {
+			b.Fatal(err)
+		}
 	}
 	pool.Reset()
 	if conn, err := pgx.Connect(ctx, testenv.ServerURL(b)); err == nil {

@@ -74,7 +74,12 @@
 // small batches; a saga that has not finished is never deleted (DeleteFinished).
 //
 // SQL. Every statement on the saga tables is in sagastate.sql, by name, readable and
-// runnable as it is.
+// runnable as it is. A transition reads only the saga row it locks when the row is the
+// one this process wrote last (same version, same xmin): it then takes the steps it
+// wrote from memory. Any other change of the row (another process, a rolled-back
+// transaction, an UPDATE by hand) makes it read the steps again; so a hand edit of
+// saga_steps must come with an UPDATE of the saga's saga_instances row (for example
+// SET version = version) in the same transaction.
 //
 // Package sagatest runs sagas end to end inside one test function.
 package sagastate

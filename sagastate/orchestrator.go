@@ -188,6 +188,7 @@ type Orchestrator struct {
 	out   *outbox.Writer
 	plans map[string]*plan
 	log   *slog.Logger
+	steps *stepCache // the steps this process last wrote, by saga
 
 	mu        sync.Mutex
 	running   bool
@@ -213,7 +214,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Orchestrator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: %w", err)
 	}
-	o := &Orchestrator{pool: pool, cfg: cfg, q: newQueries(cfg.Schema), out: w, plans: map[string]*plan{}, log: cfg.Logger}
+	o := &Orchestrator{pool: pool, cfg: cfg, q: newQueries(cfg.Schema), out: w, plans: map[string]*plan{}, log: cfg.Logger,
+		steps: newStepCache(stepCacheSize)}
 	for _, d := range cfg.Sagas {
 		o.plans[d.Name()] = d.plan()
 	}
@@ -265,7 +267,7 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 	if err := p.decode(raw); err != nil {
 		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
 	}
-	row, err := o.q.insertNew(ctx, tx, id, sagaType, raw, p.firstWake(), o.clock())
+	row, xmin, err := o.q.insertNew(ctx, tx, id, sagaType, raw, p.firstWake(), o.clock())
 	if err != nil {
 		return err
 	}
@@ -276,8 +278,8 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 		return err
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
-	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h), inserted: &row}
-	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}); err != nil {
+	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h), inserted: &row, xmin: xmin}
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}, o.steps); err != nil {
 		return err
 	}
 	notify(o.cfg.Hooks.notifier(c.prev, &c.res))
@@ -382,7 +384,7 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 			ids = append(ids, si.id)
 		}
 	}
-	sagas, now, err := o.q.load(ctx, tx, ids, true, o.clock())
+	sagas, now, err := o.q.load(ctx, tx, ids, true, o.clock(), o.steps)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +426,7 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 	if len(order) == 0 {
 		return notes, nil
 	}
-	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order); err != nil {
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order, o.steps); err != nil {
 		return nil, err
 	}
 	for range order {

@@ -14,7 +14,7 @@ import (
 
 // Get returns saga id with its steps and its execution log, or ErrNotFound.
 func (o *Orchestrator) Get(ctx context.Context, id uuid.UUID) (*Instance, error) {
-	sagas, _, err := o.q.load(ctx, o.pool, []uuid.UUID{id}, false, o.clock())
+	sagas, _, err := o.q.load(ctx, o.pool, []uuid.UUID{id}, false, o.clock(), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@
 INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "wake_at", "created_at", "updated_at")
 SELECT $1, $2, 'running', $3, t + $5::interval, t, t FROM (SELECT coalesce($4::timestamptz, clock_timestamp()) AS t) AS now
 ON CONFLICT ("id") DO NOTHING
-RETURNING "created_at", "wake_at";
+RETURNING "created_at", "wake_at", "xmin";
 
 -- name: start_instance
 -- Start, second statement, when the first transition's outcome is not what
@@ -30,10 +30,12 @@ WHERE "id" = $1;
 
 -- name: lock_instances
 -- The sagas a transaction changes, locked in id order: two transactions that lock
--- overlapping sets wait for each other instead of deadlocking. The last column is the
--- time the transition computes with ($2 is now).
+-- overlapping sets wait for each other instead of deadlocking. After the instance
+-- columns: the time the transition computes with ($2 is now), and the row's xmin (the
+-- transaction that wrote it; it tells whether the steps the orchestrator remembers are
+-- the row's).
 SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at",
-    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp())
+    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp()), "xmin"
 FROM "sagabox"."saga_instances"
 WHERE "id" = ANY($1::uuid[])
 ORDER BY "id"
@@ -47,14 +49,16 @@ WHERE "id" = $1;
 
 -- name: update_instances
 -- The new state of every saga a transaction changed, each only if still at the version
--- it was read at (one row per saga; the caller checks the count).
+-- it was read at (one row per saga; the caller checks the count). It returns the rows'
+-- new xmin, for the orchestrator's memory of their steps.
 UPDATE "sagabox"."saga_instances" AS s
 SET "status" = u.status, "version" = s."version" + 1, "last_error" = u.last_error, "wake_at" = u.wake_at,
     "updated_at" = u.updated_at, "finished_at" = u.finished_at, "aborted_at" = u.aborted_at
 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
             $7::timestamptz[], $8::timestamptz[])
     AS u(id, version, status, last_error, wake_at, updated_at, finished_at, aborted_at)
-WHERE s."id" = u.id AND s."version" = u.version;
+WHERE s."id" = u.id AND s."version" = u.version
+RETURNING s."id", s."xmin";
 
 -- name: due_sagas
 -- The sweeper's batch: sagas of the registered types $3 whose deadline or scheduled

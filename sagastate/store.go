@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,13 +68,13 @@ func fromTS(t pgtype.Timestamptz) time.Time {
 }
 
 // scanInstance reads the instance columns and the clock column of sagastate.sql's
-// instance queries.
-func scanInstance(row pgx.Row) (Instance, time.Time, error) {
+// instance queries, and then the columns extra (lock_instances' xmin).
+func scanInstance(row pgx.Row, extra ...any) (Instance, time.Time, error) {
 	var s Instance
 	var status string
 	var wake, fin, ab pgtype.Timestamptz
 	var now time.Time
-	err := row.Scan(&s.ID, &s.Type, &status, &s.Payload, &s.Version, &s.LastError, &wake, &s.CreatedAt, &s.UpdatedAt, &fin, &ab, &now)
+	err := row.Scan(append([]any{&s.ID, &s.Type, &status, &s.Payload, &s.Version, &s.LastError, &wake, &s.CreatedAt, &s.UpdatedAt, &fin, &ab, &now}, extra...)...)
 	s.Status, s.WakeAt, s.FinishedAt, s.AbortedAt = SagaStatus(status), fromTS(wake), fromTS(fin), fromTS(ab)
 	return s, now, err
 }
@@ -103,37 +104,67 @@ func scanStep(row pgx.CollectableRow) (uuid.UUID, StepState, error) {
 	return sagaID, st, nil
 }
 
-// load reads sagas ids with their steps in one round trip, locked (FOR UPDATE, in id
-// order) when lock is set, and the clock to compute with (clock, or the database's when
-// clock is zero). The steps are read after the row locks are granted, so (read
-// committed) they are the latest committed. An id without a saga is an ErrNotFound.
-func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, clock time.Time) (map[uuid.UUID]*Instance, time.Time, error) {
-	batch := &pgx.Batch{}
-	if lock {
-		batch.Queue(q.sql("lock_instances"), ids, ts(clock))
-	} else {
-		batch.Queue(q.sql("select_instance"), ids[0], ts(clock))
-	}
-	batch.Queue(q.sql("select_steps"), ids)
-	br := db.SendBatch(ctx, batch)
-	defer br.Close()
+// load reads sagas ids with their steps, locked (FOR UPDATE, in id order) when lock is
+// set, and the clock to compute with (clock, or the database's when clock is zero). The
+// steps are read after the row locks are granted, so (read committed) they are the
+// latest committed. With lock, steps are taken from cache where the locked row is the
+// version cached: the steps of the others are read in the same round trip, and those of
+// cached sagas another writer changed in one more. An id without a saga is an ErrNotFound.
+func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, clock time.Time, cache *stepCache) (map[uuid.UUID]*Instance, time.Time, error) {
 	what := func() string {
 		if len(ids) == 1 {
 			return "saga " + ids[0].String()
 		}
 		return fmt.Sprintf("%d sagas", len(ids))
 	}
+	read := ids // the sagas whose steps are read with the instances
+	if !lock {
+		cache = nil
+	}
+	if cache != nil {
+		read = nil
+		for _, id := range ids {
+			if !cache.has(id) {
+				read = append(read, id)
+			}
+		}
+	}
+	batch := &pgx.Batch{}
+	if lock {
+		batch.Queue(q.sql("lock_instances"), ids, ts(clock))
+	} else {
+		batch.Queue(q.sql("select_instance"), ids[0], ts(clock))
+	}
+	if len(read) > 0 {
+		batch.Queue(q.sql("select_steps"), read)
+	}
+	br := db.SendBatch(ctx, batch)
+	defer br.Close()
 	rows, err := br.Query()
 	if err != nil {
 		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
 	}
 	sagas := make(map[uuid.UUID]*Instance, len(ids))
 	var now time.Time
+	var stale []uuid.UUID // cached, but the row is not the version cached
 	for rows.Next() {
-		s, t, err := scanInstance(rows)
+		var xmin uint32
+		var extra []any
+		if lock {
+			extra = []any{&xmin}
+		}
+		s, t, err := scanInstance(rows, extra...)
 		if err != nil {
 			rows.Close()
 			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+		}
+		if cache != nil && !slices.Contains(read, s.ID) {
+			if steps, ok := cache.get(s.ID, s.Version, xmin); ok {
+				s.Steps = slices.Clone(steps)
+			} else {
+				cache.forget(s.ID)
+				stale = append(stale, s.ID)
+			}
 		}
 		sagas[s.ID], now = &s, t
 	}
@@ -145,9 +176,28 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 			return nil, clock, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
 	}
-	rows, err = br.Query()
+	if len(read) > 0 {
+		if err := q.readSteps(br.Query, sagas); err != nil {
+			return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+	}
+	if len(stale) > 0 {
+		query := func() (pgx.Rows, error) { return db.Query(ctx, q.sql("select_steps"), stale) }
+		if err := q.readSteps(query, sagas); err != nil {
+			return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+		}
+	}
+	return sagas, now, nil
+}
+
+// readSteps reads the rows of select_steps into sagas.
+func (q queries) readSteps(query func() (pgx.Rows, error), sagas map[uuid.UUID]*Instance) error {
+	rows, err := query()
 	if err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+		return err
 	}
 	type owned struct {
 		saga uuid.UUID
@@ -158,35 +208,34 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 		return owned{id, st}, err
 	})
 	if err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+		return err
 	}
 	for _, o := range steps {
 		if s := sagas[o.saga]; s != nil {
 			s.Steps = append(s.Steps, o.step)
 		}
 	}
-	if err := br.Close(); err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
-	}
-	return sagas, now, nil
+	return nil
 }
 
 // insertNew inserts a new saga's instance row on its own, before anything else of it is
 // written: a duplicate id must stop Start before steps or commands are queued. The row
 // wakes the sweeper firstWake after the start (see insert_instance). It returns the row
-// as written: its start time (clock, or the database's when clock is zero) and WakeAt.
-func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, firstWake time.Duration, clock time.Time) (Instance, error) {
+// as written: its start time (clock, or the database's when clock is zero) and WakeAt,
+// and its xmin.
+func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, firstWake time.Duration, clock time.Time) (Instance, uint32, error) {
 	s := Instance{ID: id, Type: sagaType, Status: SagaRunning, Payload: payload}
 	wake := pgtype.Interval{Microseconds: firstWake.Microseconds(), Valid: true}
-	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt)
+	var xmin uint32
+	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt, &xmin)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return s, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
+		return s, 0, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
 	}
 	if err != nil {
-		return s, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
+		return s, 0, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
 	}
 	s.UpdatedAt = s.CreatedAt
-	return s, nil
+	return s, xmin, nil
 }
 
 // change is the outcome of one or more transitions of one saga in a transaction: prev
@@ -197,11 +246,13 @@ type change struct {
 	res      result
 	headers  map[string]string // trace context for the commands
 	inserted *Instance         // a started saga's row as insert_instance wrote it
+	xmin     uint32            // the row's xmin once written
 }
 
 // write queues every change's state, steps, log and commands into one pipeline: one
-// round trip and one statement per table whatever the number of sagas.
-func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change) error {
+// round trip and one statement per table whatever the number of sagas. Once it went
+// through, cache (if not nil) remembers the steps written.
+func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change, cache *stepCache) error {
 	var started, updated []*Instance // started: those whose row must be rewritten
 	var versions []int64
 	var newSteps, changedSteps []ownedStep
@@ -241,13 +292,17 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	for _, s := range started {
 		w.queue(nil, q.sql("start_instance"), s.ID, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
 	}
+	xmins := make(map[uuid.UUID]uint32, len(updated))
 	if len(updated) > 0 {
 		n := len(updated)
-		w.queue(func(tag pgconn.CommandTag) error {
-			if int(tag.RowsAffected()) != n {
-				return fmt.Errorf("%w: %s: %d of %d no longer at the version read", ErrConcurrentUpdate, what, n-int(tag.RowsAffected()), n)
+		w.queueRows(func(rows pgx.Rows) error {
+			var id uuid.UUID
+			var xmin uint32
+			_, err := pgx.ForEachRow(rows, []any{&id, &xmin}, func() error { xmins[id] = xmin; return nil })
+			if err == nil && len(xmins) != n {
+				err = fmt.Errorf("%w: %s: %d of %d no longer at the version read", ErrConcurrentUpdate, what, n-len(xmins), n)
 			}
-			return nil
+			return err
 		}, q.sql("update_instances"), instanceArgs(updated, versions)...)
 	}
 	if len(newSteps) > 0 {
@@ -267,6 +322,19 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	if err := w.run(ctx, db); err != nil {
 		return fmt.Errorf("sagastate: write %s: %w", what, err)
 	}
+	if cache != nil {
+		for _, c := range changes {
+			s := &c.res.state
+			switch x, ok := xmins[s.ID]; {
+			case ok:
+				cache.put(s, x)
+			case c.prev.Version == 0 && !slices.Contains(started, s):
+				cache.put(s, c.xmin) // the row as inserted
+			default:
+				cache.forget(s.ID)
+			}
+		}
+	}
 	return nil
 }
 
@@ -280,11 +348,20 @@ type ownedStep struct {
 type pipeline struct {
 	batch  *pgx.Batch
 	checks []func(pgconn.CommandTag) error
+	reads  []func(pgx.Rows) error // for statements that return rows
 }
 
 func (p *pipeline) queue(check func(pgconn.CommandTag) error, sql string, args ...any) {
 	p.batch.Queue(sql, args...)
 	p.checks = append(p.checks, check)
+	p.reads = append(p.reads, nil)
+}
+
+// queueRows queues a statement whose rows read consumes.
+func (p *pipeline) queueRows(read func(pgx.Rows) error, sql string, args ...any) {
+	p.batch.Queue(sql, args...)
+	p.checks = append(p.checks, nil)
+	p.reads = append(p.reads, read)
 }
 
 // Exec queues a statement (for outbox.Writer.Enqueue); its error surfaces at run.
@@ -296,10 +373,19 @@ func (p *pipeline) Exec(_ context.Context, sql string, args ...any) (pgconn.Comm
 func (p *pipeline) run(ctx context.Context, db DB) error {
 	br := db.SendBatch(ctx, p.batch)
 	var first error
-	for _, check := range p.checks {
-		tag, err := br.Exec()
-		if err == nil && check != nil {
-			err = check(tag)
+	for i, check := range p.checks {
+		var err error
+		if read := p.reads[i]; read != nil {
+			var rows pgx.Rows
+			if rows, err = br.Query(); err == nil {
+				err = read(rows) // it closes rows
+			}
+		} else {
+			var tag pgconn.CommandTag
+			tag, err = br.Exec()
+			if err == nil && check != nil {
+				err = check(tag)
+			}
 		}
 		if err != nil && first == nil {
 			first = err
