@@ -20,6 +20,9 @@ const Shards = 256
 type leaseSet struct {
 	mu    sync.Mutex
 	owned map[int16]time.Time
+	// releasing are surplus shards no longer used, whose release waits for the
+	// batches in flight; still owned in the database until then.
+	releasing map[int16]bool
 }
 
 // usable returns the shards whose lease stays valid until at least deadline.
@@ -43,8 +46,11 @@ func (l *leaseSet) count() int {
 }
 
 // heartbeat registers the relay as alive, renews its leases, and moves it towards
-// its fair share: ceil(Shards / live relays). Releasing waits for the batch in
-// flight of every publish loop (cycleMu), so a released shard is never being published.
+// its fair share: ceil(Shards / live relays). A surplus shard stops being used at
+// once and is released in the background once the batches in flight of every
+// publish loop are settled or dropped (cycleMu), so a released shard is never
+// being published, and the heartbeat does not wait for a publish: waiting, it
+// could outlast the leases it is there to renew.
 func (r *Relay) heartbeat(ctx context.Context) error {
 	ttl := interval(r.cfg.LeaseTTL)
 	t0 := time.Now()
@@ -60,11 +66,13 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 		return fmt.Errorf("renew leases: %w", err)
 	}
 	r.leases.mu.Lock()
+	renewed = slices.DeleteFunc(renewed, func(s int16) bool { return r.leases.releasing[s] })
 	lost := len(r.leases.owned) - len(renewed)
 	r.leases.owned = make(map[int16]time.Time, len(renewed))
 	for _, s := range renewed {
 		r.leases.owned[s] = t0.Add(r.cfg.LeaseTTL)
 	}
+	releasing := len(r.leases.releasing) > 0
 	r.leases.mu.Unlock()
 	if lost > 0 {
 		r.log.Warn("relay: leases expired before renewal; their shards go to other relays", "shards", lost)
@@ -72,10 +80,15 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 
 	share := (Shards + max(live, 1) - 1) / max(live, 1)
 	switch have := len(renewed); {
-	case have > share:
-		if err := r.release(ctx, renewed[share:]); err != nil {
-			return err
+	case have > share && !releasing:
+		surplus := renewed[share:]
+		r.leases.mu.Lock()
+		for _, s := range surplus {
+			delete(r.leases.owned, s)
+			r.leases.releasing[s] = true
 		}
+		r.leases.mu.Unlock()
+		r.releases.Go(func() { r.release(ctx, surplus) })
 	case have < share:
 		t1 := time.Now()
 		got, err := r.collectShards(ctx, r.q.acquire, r.cfg.ID, ttl, share-have)
@@ -110,31 +123,40 @@ func (r *Relay) collectShards(ctx context.Context, sql string, args ...any) ([]i
 	return shards, nil
 }
 
-// release gives shards up after the batch in flight is settled.
-func (r *Relay) release(ctx context.Context, shards []int16) error {
-	r.cycleMu.Lock()
-	defer r.cycleMu.Unlock()
+// release gives up shards that are no longer used once no batch claimed before
+// is in flight. If the release fails, the shards are renewed and released again
+// by a later heartbeat, or expire after LeaseTTL; leaveAll releases them on
+// shutdown.
+func (r *Relay) release(ctx context.Context, shards []int16) {
+	r.cycleMu.Lock() // waits for the readers: then no batch claimed before is in flight
+	//lint:ignore SA2001 the wait is the point
+	r.cycleMu.Unlock()
+	_, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards)
 	r.leases.mu.Lock()
 	for _, s := range shards {
-		delete(r.leases.owned, s)
+		delete(r.leases.releasing, s)
 	}
 	r.leases.mu.Unlock()
-	if _, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards); err != nil {
-		// They expire by themselves after LeaseTTL; we no longer use them either way.
-		return fmt.Errorf("release leases: %w", err)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("relay: releasing surplus shards failed; a later heartbeat retries", "shards", len(shards), "err", err)
+		}
+		return
 	}
 	r.log.Info("relay: released shards to other relays", "shards", len(shards), "owned", r.leases.count())
-	return nil
 }
 
 // leaveAll releases every lease and unregisters, so the others take over at once.
 func (r *Relay) leaveAll(ctx context.Context) {
 	r.leases.mu.Lock()
-	shards := make([]int16, 0, len(r.leases.owned))
+	shards := make([]int16, 0, len(r.leases.owned)+len(r.leases.releasing))
 	for s := range r.leases.owned {
 		shards = append(shards, s)
 	}
-	r.leases.owned = map[int16]time.Time{}
+	for s := range r.leases.releasing { // a background release cut short by the shutdown
+		shards = append(shards, s)
+	}
+	r.leases.owned, r.leases.releasing = map[int16]time.Time{}, map[int16]bool{}
 	r.leases.mu.Unlock()
 	if _, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards); err != nil {
 		r.log.Warn("relay: could not release leases on shutdown; they expire after LeaseTTL", "err", err)
@@ -147,6 +169,7 @@ func (r *Relay) leaveAll(ctx context.Context) {
 func (r *Relay) leaseLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer t.Stop()
+	defer r.releases.Wait()
 	for {
 		if err := r.heartbeat(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("relay: heartbeat failed; retrying", "err", err)

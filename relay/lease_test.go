@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,4 +81,106 @@ JOIN "sagabox"."outbox_leases" l ON l."shard" = m."shard" WHERE l."owner" = $1`,
 		}
 		cycleUntil(t, r, 1) // renewed: it publishes again
 	})
+}
+
+// gatedPublisher blocks every Publish until open is closed (or its context ends),
+// after saying on entered that a batch is in flight.
+type gatedPublisher struct {
+	relay.Publisher
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *gatedPublisher) Publish(ctx context.Context, msgs []outbox.Message) error {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.Publisher.Publish(ctx, msgs)
+}
+
+// TestSurplusReleaseDoesNotHoldUpTheHeartbeat: a relay that must give shards to a
+// newcomer while a batch is being published stops using them at once, releases
+// them only after that batch is settled, and its heartbeat (which renews the
+// leases it keeps) does not wait for the publish. Before, the heartbeat waited
+// for the batch in flight, up to PublishTimeout for the publish and as much for
+// the settle, and could outlast LeaseTTL.
+func TestSurplusReleaseDoesNotHoldUpTheHeartbeat(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	gate := &gatedPublisher{Publisher: e.pub, entered: make(chan struct{}, 1), open: make(chan struct{})}
+	cfg := fastConfig()
+	cfg.LeaseTTL, cfg.HeartbeatInterval, cfg.PublishTimeout = 2*time.Minute, time.Second, time.Minute
+	a, err := relay.New(e.db.Pool, gate, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Heartbeat(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", 1)})
+	cycled := make(chan error, 1)
+	go func() { // cycles until the row is ready: other tests' open transactions hold it back at first
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+			n, err := relay.Cycle(ctx, a)
+			if err != nil || n > 0 || time.Now().After(deadline) {
+				cycled <- err
+				return
+			}
+		}
+	}()
+	openGate := sync.OnceFunc(func() { close(gate.open) })
+	defer func() {
+		openGate()
+		if err := <-cycled; err != nil {
+			t.Errorf("cycle: %v", err)
+		}
+	}()
+	select {
+	case <-gate.entered:
+	case <-time.After(time.Minute):
+		t.Fatal("the relay did not publish the row within a minute")
+	}
+
+	b, err := relay.New(e.db.Pool, e.pub, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Heartbeat(ctx, b); err != nil { // registers; every shard is a's
+		t.Fatal(err)
+	}
+	beat := make(chan error, 1)
+	go func() { beat <- relay.Heartbeat(ctx, a) }()
+	select {
+	case err := <-beat:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second): // the publish waits for a minute
+		t.Fatal("a's heartbeat waited for the batch in flight to give up its surplus shards")
+	}
+	if n := relay.OwnedShards(a); n != relay.Shards/2 {
+		t.Fatalf("a uses %d shards after the heartbeat, want its share %d", n, relay.Shards/2)
+	}
+	owned := func(id string) int {
+		var n int
+		if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM "sagabox"."outbox_leases" WHERE "owner" = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := owned(a.ID()); n != relay.Shards {
+		t.Fatalf("a holds %d leases while its batch is in flight, want all %d until it is settled", n, relay.Shards)
+	}
+	openGate()
+	waitFor(t, 30*time.Second, "a to release its surplus after the batch", func() bool { return owned(a.ID()) == relay.Shards/2 })
+	if n := countRows(t, e.db.Pool, "true"); n != 0 {
+		t.Fatalf("%d rows left: the batch in flight was not settled", n)
+	}
 }

@@ -27,7 +27,8 @@ type Relay struct {
 	q          queries
 	log        *slog.Logger
 	leases     leaseSet
-	cycleMu    sync.RWMutex    // read-held by each loop while its batch is in flight
+	cycleMu    sync.RWMutex    // read-held by each batch from its claim until it is settled or dropped
+	releases   sync.WaitGroup  // background releases of surplus shards
 	wakeC      []chan struct{} // one per publish loop
 	idle       atomic.Int32    // publish loops whose last cycle claimed nothing
 	running    atomic.Bool
@@ -62,7 +63,7 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 		db: db, pub: pub, cfg: cfg,
 		q:      newQueries(cfg.Schema),
 		log:    cfg.Logger.With("relay", cfg.ID),
-		leases: leaseSet{owned: map[int16]time.Time{}},
+		leases: leaseSet{owned: map[int16]time.Time{}, releasing: map[int16]bool{}},
 		wakeC:  wakeC,
 	}, nil
 }
