@@ -309,7 +309,9 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 		w.queue(nil, q.sql("insert_steps"), newStepArgs(newSteps)...)
 	}
 	if len(changedSteps) > 0 {
+		w.queue(nil, q.sql("index_scans_only"))
 		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
+		w.queue(nil, q.sql("index_scans_as_before"))
 	}
 	if len(events) > 0 {
 		w.queue(nil, q.sql("insert_events"), eventArgs(events)...)
