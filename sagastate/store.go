@@ -131,6 +131,7 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 	}
 	batch := &pgx.Batch{}
 	if lock {
+		batch.Queue(q.sql("index_scans_only"))
 		batch.Queue(q.sql("lock_instances"), ids, ts(clock))
 	} else {
 		batch.Queue(q.sql("select_instance"), ids[0], ts(clock))
@@ -138,8 +139,16 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 	if len(read) > 0 {
 		batch.Queue(q.sql("select_steps"), read)
 	}
+	if lock {
+		batch.Queue(q.sql("index_scans_as_before"))
+	}
 	br := db.SendBatch(ctx, batch)
 	defer br.Close()
+	if lock {
+		if _, err := br.Exec(); err != nil {
+			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+		}
+	}
 	rows, err := br.Query()
 	if err != nil {
 		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
@@ -179,6 +188,11 @@ func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, cl
 	if len(read) > 0 {
 		if err := q.readSteps(br.Query, sagas); err != nil {
 			return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+		}
+	}
+	if lock {
+		if _, err := br.Exec(); err != nil {
+			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
 		}
 	}
 	if err := br.Close(); err != nil {
@@ -292,6 +306,9 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	for _, s := range started {
 		w.queue(nil, q.sql("start_instance"), s.ID, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
 	}
+	if len(updated) > 0 || len(changedSteps) > 0 {
+		w.queue(nil, q.sql("index_scans_only")) // for update_instances and update_steps
+	}
 	xmins := make(map[uuid.UUID]uint32, len(updated))
 	if len(updated) > 0 {
 		n := len(updated)
@@ -309,8 +326,9 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 		w.queue(nil, q.sql("insert_steps"), newStepArgs(newSteps)...)
 	}
 	if len(changedSteps) > 0 {
-		w.queue(nil, q.sql("index_scans_only"))
 		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
+	}
+	if len(updated) > 0 || len(changedSteps) > 0 {
 		w.queue(nil, q.sql("index_scans_as_before"))
 	}
 	if len(events) > 0 {
