@@ -152,6 +152,25 @@ func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids
 	if err != nil {
 		return nil, fmt.Errorf("inbox: record %d messages for consumer %q: %w", len(ids), consumer, err)
 	}
+	return firstOf(rows, consumer, ids)
+}
+
+// QueueRecordMany queues RecordMany's statement in b — after b.BeginTx, so that BEGIN
+// and the inbox insert take one round trip — and sets *first when b's results are
+// read (BatchResults.Close returns the statement's error).
+func (s *Store) QueueRecordMany(b *pgx.Batch, consumer string, ids []uuid.UUID, first *[]bool) error {
+	if err := validate(consumer, ids...); err != nil {
+		return err
+	}
+	b.Queue(s.recordManySQL, consumer, ids).Query(func(rows pgx.Rows) (err error) {
+		*first, err = firstOf(rows, consumer, ids)
+		return err
+	})
+	return nil
+}
+
+// firstOf reads the ids the insert returned.
+func firstOf(rows pgx.Rows, consumer string, ids []uuid.UUID) ([]bool, error) {
 	inserted, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 	if err != nil {
 		return nil, fmt.Errorf("inbox: record %d messages for consumer %q: %w", len(ids), consumer, err)
@@ -160,7 +179,7 @@ func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids
 	for _, id := range inserted {
 		fresh[id] = true
 	}
-	first = make([]bool, len(ids))
+	first := make([]bool, len(ids))
 	for i, id := range ids {
 		first[i] = fresh[id]
 		delete(fresh, id)

@@ -179,15 +179,11 @@ func (r *run) handleRun(msgs []Message, raw []kafka.Message) (ok, conflict bool)
 // (a commit refused by a deferred constraint is no one record's fault).
 func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, err error) {
 	failed = -1
-	err = r.inTx(func(tx pgx.Tx) error {
-		ids := make([]uuid.UUID, len(order))
-		for k, i := range order {
-			ids[k] = msgs[i].ID
-		}
-		fresh, err := r.c.store.RecordMany(r.ctx, tx, r.c.cfg.Name, ids)
-		if err != nil {
-			return err
-		}
+	ids := make([]uuid.UUID, len(order))
+	for k, i := range order {
+		ids[k] = msgs[i].ID
+	}
+	err = r.inTx(ids, func(tx pgx.Tx, fresh []bool) error {
 		first = make([]bool, len(msgs))
 		if r.c.batch != nil {
 			var news []Message
@@ -228,9 +224,14 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	for {
 		if err == nil {
 			var first bool
-			err = r.inTx(func(tx pgx.Tx) (err error) {
-				first, err = r.apply(tx, m)
-				return err
+			err = r.inTx([]uuid.UUID{m.ID}, func(tx pgx.Tx, fresh []bool) error {
+				if first = fresh[0]; !first {
+					return nil
+				}
+				if err := r.callHandler(tx, m); err != nil {
+					return &handlerError{err}
+				}
+				return nil
 			})
 			if err == nil {
 				return r.handled([]Message{m}, []bool{first}, []kafka.Message{km})
@@ -288,19 +289,6 @@ func (r *run) localRetry(m Message, n, records int, err error) {
 	}
 	cfg.Logger.Log(context.Background(), level, "consumer: database error, retrying the transaction", "consumer", cfg.Name,
 		"topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "records", records, "retry", n, "sqlstate", sqlState(err), "err", err)
-}
-
-// apply records m in the inbox and runs the handler unless m was handled before,
-// which it reports as first = false.
-func (r *run) apply(tx pgx.Tx, m Message) (first bool, err error) {
-	first, err = r.c.store.Record(r.ctx, tx, r.c.cfg.Name, m.ID)
-	if err != nil || !first {
-		return first, err
-	}
-	if err := r.callHandler(tx, m); err != nil {
-		return true, &handlerError{err}
-	}
-	return true, nil
 }
 
 // callHandler runs the handler on m inside the Trace hook, and reports its duration
@@ -386,15 +374,26 @@ type handlerError struct{ err error }
 func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
-// inTx runs fn in a transaction. An error after which the connection is closed is
-// marked as lost (transient, whatever fn returned); a commit refused by a deferred
-// constraint (class 23) is the handler's.
-func (r *run) inTx(fn func(pgx.Tx) error) error {
-	tx, err := r.c.pool.Begin(r.ctx)
-	if err != nil {
+// inTx records ids in the inbox in a new transaction and runs fn in it; fresh[i]
+// reports whether ids[i] was new. BEGIN and the inbox insert take one round trip. An
+// error after which the connection is closed is marked as lost (transient, whatever
+// fn returned); a commit refused by a deferred constraint (class 23) is the handler's.
+func (r *run) inTx(ids []uuid.UUID, fn func(tx pgx.Tx, fresh []bool) error) error {
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	var fresh []bool
+	if len(ids) > 0 {
+		if err := r.c.store.QueueRecordMany(b, r.c.cfg.Name, ids, &fresh); err != nil {
+			return err
+		}
+	}
+	br := r.c.pool.SendBatch(r.ctx, b)
+	tx := br.Tx()
+	if err := br.Close(); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(r.ctx)) // releases the connection, also when BEGIN failed
 		return fmt.Errorf("consumer: begin: %w", err)
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(tx, fresh); err != nil {
 		lost := tx.Conn().IsClosed()
 		_ = tx.Rollback(context.WithoutCancel(r.ctx))
 		if lost {
@@ -459,12 +458,13 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 	cfg := &r.c.cfg
 	d := deadLetterOf(cfg.Name, m, attempts, reason)
 	for failures := 1; ; failures++ {
-		err := r.inTx(func(tx pgx.Tx) error {
-			if m.ID != uuid.Nil {
-				first, err := r.c.store.Record(r.ctx, tx, cfg.Name, m.ID)
-				if err != nil || !first {
-					return err // already handled or dead-lettered under this id
-				}
+		var ids []uuid.UUID
+		if m.ID != uuid.Nil {
+			ids = []uuid.UUID{m.ID}
+		}
+		err := r.inTx(ids, func(tx pgx.Tx, fresh []bool) error {
+			if len(fresh) > 0 && !fresh[0] {
+				return nil // already handled or dead-lettered under this id
 			}
 			_, err := r.c.store.AddDeadLetter(r.ctx, tx, d)
 			return err
