@@ -36,26 +36,20 @@ const (
 )
 
 type barrier struct {
-	log                                                 *slog.Logger
-	claimSQL, selectSQL, updateSQL, deleteSQL, sweepSQL string
+	log                            *slog.Logger
+	selectSQL, insertSQL, sweepSQL string
 }
 
 func newBarrier(schema string, log *slog.Logger) *barrier {
 	t := pgx.Identifier{schema, "saga_barrier"}.Sanitize()
 	return &barrier{
 		log: log,
-		// One statement claims the rows of every command of a transaction (and, for a
-		// compensation, its forward slot).
-		claimSQL: `INSERT INTO ` + t + ` ("saga_id", "step", "op", "outcome", "reason")
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-ON CONFLICT ("saga_id", "step", "op") DO NOTHING RETURNING "saga_id", "step", "op"`,
 		selectSQL: `SELECT b."saga_id", b."step", b."op", b."outcome", b."reason", b."result" FROM ` + t + ` b
 WHERE (b."saga_id", b."step", b."op") IN (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))`,
-		updateSQL: `UPDATE ` + t + ` b SET "outcome" = k."outcome", "reason" = k."reason", "result" = k."result"
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[]) AS k("saga_id", "step", "op", "outcome", "reason", "result")
-WHERE b."saga_id" = k."saga_id" AND b."step" = k."step" AND b."op" = k."op"`,
-		deleteSQL: `DELETE FROM ` + t + ` b USING unnest($1::uuid[], $2::text[], $3::text[]) AS k("saga_id", "step", "op")
-WHERE b."saga_id" = k."saga_id" AND b."step" = k."step" AND b."op" = k."op"`,
+		// One statement writes the decided rows of every command of a transaction.
+		insertSQL: `INSERT INTO ` + t + ` ("saga_id", "step", "op", "outcome", "reason", "result")
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+ON CONFLICT ("saga_id", "step", "op") DO NOTHING`,
 		// Rows of a saga the orchestrator (when it shares this schema) has not finished
 		// are kept: a failed saga's operator Retry resumes its compensation, which needs
 		// its forward rows to undo what ran.
@@ -73,22 +67,16 @@ type step struct {
 	// ctx is the command's context (its trace span); end, if not nil, ends it.
 	ctx context.Context
 	end func(error)
-	// fresh: the claim inserted the command's row (as success, no reason).
-	fresh bool
-	// nullCmp: a compensation whose claim inserted the forward row too: the forward
-	// never ran here. fwd is the forward row's outcome otherwise.
-	nullCmp bool
-	fwd     string
-	reply   wire.Reply
-	took    time.Duration
+	// fwd is, for a compensation, the forward row's outcome.
+	fwd   string
+	reply wire.Reply
+	took  time.Duration
 }
 
 type key struct {
 	saga     uuid.UUID
 	step, op string
 }
-
-func (s *step) key() key { return key{s.cmd.SagaID, s.cmd.Step, string(s.cmd.Op)} }
 
 // stored is a barrier row's decision.
 type stored struct {
@@ -116,46 +104,58 @@ func (k *keys) addRow(saga uuid.UUID, step string, op wire.Op, outcome wire.Outc
 
 // run decides steps (commands of distinct (saga, step) pairs, in the order given)
 // through the barrier, calls the handlers that must run, sets every step's reply and
-// returns a batch holding the barrier's last writes, to be sent with the replies'
-// outbox insert. An error means tx is unusable, or a handler hit a transient database
-// error (a deadlock, a serialization failure, a lost connection): the consumer loop
-// then retries the whole transaction, and no saga attempt is spent.
+// returns a batch holding the barrier's writes, to be sent with the replies' outbox
+// insert. An error means tx is unusable, or a handler hit a transient database error
+// (a deadlock, a serialization failure, a lost connection): the consumer loop then
+// retries the whole transaction, and no saga attempt is spent.
 //
-// Round trips, for any number of commands: one to claim every barrier row (which
-// already says success; a compensation reads its forward row in the same one, and the
-// first handler's savepoint is taken in it too), the handlers' own, one more before
-// each later handler that runs a statement (to release the previous savepoint and
-// take its own), and one for the replies (with the results, refusals and release).
-// Duplicates read their stored answers in one more.
+// The rows are read first and written once decided, with the result: a row that
+// exists means a duplicate (its stored answer is replied) or a hanging forward; a
+// compensation that finds no forward row is a null compensation, and writes the
+// forward row as ignored so a later forward is hanging. A row written meanwhile by a
+// concurrent transaction (the same command redelivered elsewhere during a rebalance,
+// or a forward racing its compensation) makes the write insert fewer rows than
+// decided: that is a transient error, and the transaction runs again and reads it.
+//
+// Round trips, for any number of commands: one to read every barrier row (with the
+// first handler's savepoint), the handlers' own, one more before each later handler
+// that runs a statement (to release the previous savepoint and take its own), and one
+// for the writes and replies.
 func (b *barrier) run(ctx context.Context, tx pgx.Tx, steps []*step) (*pgx.Batch, error) {
 	start := time.Now()
-	if err := b.claim(ctx, tx, steps); err != nil {
+	got, err := b.read(ctx, tx, steps)
+	if err != nil {
 		return nil, err
 	}
-	if err := b.replay(ctx, tx, steps); err != nil {
-		return nil, err
-	}
-	claimed := time.Since(start)
+	read := time.Since(start)
 	sp := &savepoints{ready: true}
-	var writes, deletes keys
+	var rows keys
 	for _, s := range steps {
-		if !s.fresh {
-			s.took = claimed
+		cmd := s.cmd
+		if r, ok := got[key{cmd.SagaID, cmd.Step, string(cmd.Op)}]; ok {
+			s.reply, s.took = replyFor(cmd, wire.Outcome(r.outcome), r.reason, r.result), read
 			continue
+		}
+		if cmd.Op == wire.OpCompensate {
+			fwd, ok := got[key{cmd.SagaID, cmd.Step, string(wire.OpForward)}]
+			if !ok {
+				rows.addRow(cmd.SagaID, cmd.Step, cmd.Op, wire.OutcomeSuccess, reasonNullCmp, nil)
+				rows.addRow(cmd.SagaID, cmd.Step, wire.OpForward, wire.OutcomeIgnored, reasonHanging, nil)
+				s.reply, s.took = replyFor(cmd, wire.OutcomeSuccess, reasonNullCmp, nil), read
+				continue
+			}
+			s.fwd = fwd.outcome
 		}
 		t0 := time.Now()
 		outcome, reason, result, record, err := b.decide(tx, s, sp)
-		s.took = claimed + time.Since(t0)
+		s.took = read + time.Since(t0)
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case !record:
-			deletes.add(s.cmd.SagaID, s.cmd.Step, s.cmd.Op)
-		case outcome != wire.OutcomeSuccess || reason != "" || result != nil:
-			writes.addRow(s.cmd.SagaID, s.cmd.Step, s.cmd.Op, outcome, reason, result)
+		if record {
+			rows.addRow(cmd.SagaID, cmd.Step, cmd.Op, outcome, reason, result)
 		}
-		s.reply = replyFor(s.cmd, outcome, reason, result)
+		s.reply = replyFor(cmd, outcome, reason, result)
 	}
 	batch := &pgx.Batch{}
 	if sp.ready {
@@ -164,41 +164,33 @@ func (b *barrier) run(ctx context.Context, tx pgx.Tx, steps []*step) (*pgx.Batch
 	for _, sql := range sp.pending {
 		batch.Queue(sql)
 	}
-	if len(writes.sagas) > 0 {
-		batch.Queue(b.updateSQL, writes.sagas, writes.steps, writes.ops, writes.outcomes, writes.reasons, writes.results)
-	}
-	if len(deletes.sagas) > 0 {
-		batch.Queue(b.deleteSQL, deletes.sagas, deletes.steps, deletes.ops)
+	if n := len(rows.sagas); n > 0 {
+		batch.Queue(b.insertSQL, rows.sagas, rows.steps, rows.ops, rows.outcomes, rows.reasons, rows.results).Exec(func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() < int64(n) {
+				return consumer.Transient(fmt.Errorf("participants: %d of %d barrier rows (first saga %s step %s %s) were written meanwhile by a concurrent transaction",
+					int64(n)-tag.RowsAffected(), n, rows.sagas[0], rows.steps[0], rows.ops[0]))
+			}
+			return nil
+		})
 	}
 	return batch, nil
 }
 
-// claim inserts every command's barrier row as success, and for a compensation the
-// forward row as ignored (hanging), in one statement: a forward slot that was free
-// means the forward never ran (null compensation) and any later forward is hanging.
-// The forward rows of the other compensations are read in the same round trip, and
-// the first handler's savepoint is taken.
-func (b *barrier) claim(ctx context.Context, tx pgx.Tx, steps []*step) error {
-	var rows, fwd keys
+// read returns the barrier rows of steps (and, for compensations, of their forward
+// steps), and takes the first handler's savepoint, in one round trip.
+func (b *barrier) read(ctx context.Context, tx pgx.Tx, steps []*step) (map[key]stored, error) {
+	var k keys
 	for _, s := range steps {
-		rows.addRow(s.cmd.SagaID, s.cmd.Step, s.cmd.Op, wire.OutcomeSuccess, "", nil)
+		k.add(s.cmd.SagaID, s.cmd.Step, s.cmd.Op)
 		if s.cmd.Op == wire.OpCompensate {
-			rows.addRow(s.cmd.SagaID, s.cmd.Step, wire.OpForward, wire.OutcomeIgnored, reasonHanging, nil)
-			fwd.add(s.cmd.SagaID, s.cmd.Step, wire.OpForward)
+			k.add(s.cmd.SagaID, s.cmd.Step, wire.OpForward)
 		}
 	}
 	batch := &pgx.Batch{}
-	batch.Queue(b.claimSQL, rows.sagas, rows.steps, rows.ops, rows.outcomes, rows.reasons)
-	if len(fwd.sagas) > 0 {
-		batch.Queue(b.selectSQL, fwd.sagas, fwd.steps, fwd.ops)
-	}
+	batch.Queue(b.selectSQL, k.sagas, k.steps, k.ops)
 	batch.Queue(savepointSQL)
 	br := tx.SendBatch(ctx, batch)
-	inserted, err := collectKeys(br)
-	var fwds map[key]stored
-	if err == nil && len(fwd.sagas) > 0 {
-		fwds, err = collectStored(br)
-	}
+	got, err := scanStored(br)
 	if err == nil {
 		_, err = br.Exec()
 	}
@@ -206,78 +198,17 @@ func (b *barrier) claim(ctx context.Context, tx pgx.Tx, steps []*step) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("participants: barrier claim (%d commands, first saga %s step %s %s): %w",
+		return nil, fmt.Errorf("participants: barrier read (%d commands, first saga %s step %s %s): %w",
 			len(steps), steps[0].cmd.SagaID, steps[0].cmd.Step, steps[0].cmd.Op, err)
 	}
-	for _, s := range steps {
-		s.fresh = inserted[s.key()]
-		if s.cmd.Op == wire.OpCompensate {
-			k := key{s.cmd.SagaID, s.cmd.Step, string(wire.OpForward)}
-			s.nullCmp, s.fwd = inserted[k], fwds[k].outcome
-		}
-	}
-	return nil
+	return got, nil
 }
 
-// replay gives the commands whose barrier row existed their stored answer, read in
-// one round trip: a duplicate gets the stored outcome; a forward whose row was
-// claimed by a compensation is hanging.
-func (b *barrier) replay(ctx context.Context, tx pgx.Tx, steps []*step) error {
-	var dup keys
-	for _, s := range steps {
-		if !s.fresh {
-			dup.add(s.cmd.SagaID, s.cmd.Step, s.cmd.Op)
-		}
-	}
-	if len(dup.sagas) == 0 {
-		return nil
-	}
-	rows, err := tx.Query(ctx, b.selectSQL, dup.sagas, dup.steps, dup.ops)
-	var got map[key]stored
-	if err == nil {
-		got, err = scanStored(rows)
-	}
-	if err != nil {
-		return fmt.Errorf("participants: barrier read (%d commands, first saga %s step %s %s): %w", len(dup.sagas), dup.sagas[0], dup.steps[0], dup.ops[0], err)
-	}
-	for _, s := range steps {
-		if !s.fresh {
-			r, ok := got[s.key()]
-			if !ok {
-				return fmt.Errorf("participants: barrier row of saga %s step %s %s vanished", s.cmd.SagaID, s.cmd.Step, s.cmd.Op)
-			}
-			s.reply = replyFor(s.cmd, wire.Outcome(r.outcome), r.reason, r.result)
-		}
-	}
-	return nil
-}
-
-func collectKeys(br pgx.BatchResults) (map[key]bool, error) {
+func scanStored(br pgx.BatchResults) (map[key]stored, error) {
 	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := map[key]bool{}
-	for rows.Next() {
-		var k key
-		if err := rows.Scan(&k.saga, &k.step, &k.op); err != nil {
-			return nil, err
-		}
-		out[k] = true
-	}
-	return out, rows.Err()
-}
-
-func collectStored(br pgx.BatchResults) (map[key]stored, error) {
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
-	}
-	return scanStored(rows)
-}
-
-func scanStored(rows pgx.Rows) (map[key]stored, error) {
 	defer rows.Close()
 	out := map[key]stored{}
 	for rows.Next() {
@@ -305,13 +236,8 @@ type savepoints struct {
 // on the orchestrator's next attempt.
 func (b *barrier) decide(tx pgx.Tx, s *step, sp *savepoints) (outcome wire.Outcome, reason string, result []byte, record bool, err error) {
 	cmd := s.cmd
-	if cmd.Op == wire.OpCompensate {
-		if s.nullCmp {
-			return wire.OutcomeSuccess, reasonNullCmp, nil, true, nil
-		}
-		if s.fwd != string(wire.OutcomeSuccess) {
-			return wire.OutcomeSuccess, reasonNoForward, nil, true, nil
-		}
+	if cmd.Op == wire.OpCompensate && s.fwd != string(wire.OutcomeSuccess) {
+		return wire.OutcomeSuccess, reasonNoForward, nil, true, nil
 	}
 	ready := sp.ready
 	if !ready {

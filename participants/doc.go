@@ -14,8 +14,9 @@
 // Config.BarrierRetention (30 days by default), after which Run sweeps barrier rows —
 // but not those of sagas the orchestrator has not finished, when it shares the database.
 //
-// The barrier is one row per (saga id, step, op) in the saga_barrier table, inserted in
-// the handler's transaction:
+// The barrier is one row per (saga id, step, op) in the saga_barrier table, read before
+// the handler runs and written, with the outcome and result, in the handler's
+// transaction once the step is decided:
 //
 //   - Duplicate command (a redelivery with another message id, or an orchestrator retry
 //     of a step that had in fact run): the row exists; the handler is not called and the
@@ -32,7 +33,7 @@
 //
 //   - nil error: success; the barrier stores the result and replies it.
 //   - Fail(reason): the business change is rolled back (to a savepoint taken before the
-//     barrier claim), the barrier records the failure and the reply is OutcomeFailure, in
+//     handler), the barrier records the failure and the reply is OutcomeFailure, in
 //     the same transaction. For a compensation the failure is not recorded, so the
 //     orchestrator's next attempt runs the compensation again.
 //   - a transient database error (deadlock 40P01, serialization failure 40001, lock
@@ -64,14 +65,20 @@
 //     in one global order, and they cannot deadlock;
 //   - touch hot rows in as few statements as it can, late in the handler.
 //
+// Two transactions deciding the same row at once (a command redelivered to another
+// member during a rebalance, a forward racing its compensation) both run their handler;
+// the second to write finds the first's row and fails with a transient error, so the
+// consumer rolls it back, runs it again and it replies the stored answer.
+//
 // Statements and round trips: Run hands the commands of one consumer transaction
-// (Consumer.BatchSize) to the barrier together (HandleMessages). One statement claims
+// (Consumer.BatchSize) to the barrier together (HandleMessages). One statement reads
 // the barrier rows of all of them, sent with the first handler's savepoint; each
 // handler runs behind a savepoint of its own, sent before its first statement (none
-// for a handler that runs no statement); one batch then writes the results, refusals
-// and all the replies (one outbox insert). A batch of N no-op commands costs two
-// round trips inside the consumer's transaction instead of 2N; with a backlog
-// (BenchmarkParticipant, 2 cores) that is 15,000 commands/s instead of 3,800.
+// for a handler that runs no statement); one batch then inserts every decided row
+// with its result (no update) and all the replies (one outbox insert). A batch of N
+// no-op commands costs two round trips inside the consumer's transaction instead of
+// 2N; with a backlog (BenchmarkParticipant, 2 cores) that is 15,000 commands/s
+// instead of 3,800.
 //
 // Records that are not valid commands (missing saga headers) or name a command with no
 // handler are dead-lettered by the consumer loop with the reason.

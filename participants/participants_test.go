@@ -793,3 +793,55 @@ func TestBatchDecidesEveryCommandAsAlone(t *testing.T) {
 		t.Errorf("forward and compensation together: charge %d, refund %d, balance %d, %d replies; want 1, 1, 100, 2", c, r, e.balance(t, both), e.replies(t, both))
 	}
 }
+
+// TestConcurrentDuplicateIsRetriedThenReplayed: the same command handled by two
+// transactions at once (a redelivery during a rebalance) takes effect once. The
+// barrier row is written after the handler, so the second transaction finds the
+// first's row at its write: a transient error, so the consumer runs it again, and
+// then it replies the stored answer.
+func TestConcurrentDuplicateIsRetriedThenReplayed(t *testing.T) {
+	t.Parallel()
+	e := setup(t, participants.Config{})
+	ctx := context.Background()
+	saga := uuid.New()
+	first, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Rollback(ctx)
+	if err := e.p.HandleCommand(ctx, first, command(saga, wire.OpForward, 1, 30)); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		second <- pgx.BeginFunc(ctx, e.db.Pool, func(tx pgx.Tx) error { return e.p.HandleCommand(ctx, tx, command(saga, wire.OpForward, 1, 30)) })
+	}()
+	// The second waits for the first's wallet row, then for its barrier row.
+	waitFor(t, func() bool {
+		var n int
+		err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return err == nil && n > 0
+	})
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = <-second
+	if !consumer.IsTransient(err) || consumer.IsPermanent(err) {
+		t.Fatalf("the concurrent duplicate must fail transiently (the consumer runs it again), got %v", err)
+	}
+	r := e.deliver(t, command(saga, wire.OpForward, 1, 30))
+	expect(t, r, wire.OutcomeSuccess, "")
+	if string(r.Payload) != `{"charged":30}` || e.balance(t, saga) != 70 || e.events(t, saga) != 1 || e.replies(t, saga) != 2 {
+		t.Fatalf("result %q, balance %d, %d events, %d replies; want the stored result, 70, 1, 2", r.Payload, e.balance(t, saga), e.events(t, saga), e.replies(t, saga))
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -61,7 +61,8 @@ func IsTransient(err error) bool {
 		return false
 	}
 	var lost *connLostError
-	if errors.As(err, &lost) {
+	var marked *transientError
+	if errors.As(err, &lost) || errors.As(err, &marked) {
 		return true
 	}
 	if c := sqlState(err); c != "" {
@@ -82,6 +83,21 @@ func IsTransient(err error) bool {
 	}
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }
+
+// Transient marks err as transient (IsTransient reports true): for a conflict a
+// handler detects itself that running the transaction again cures, such as a row
+// written meanwhile by a concurrent transaction. Transient(nil) is nil.
+func Transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &transientError{err}
+}
+
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
 
 // sqlState returns the SQLSTATE of the first PostgreSQL error err wraps, or "".
 func sqlState(err error) string {
