@@ -16,6 +16,7 @@ package relay_test
 //	SAGABOX_BENCH_BACKLOG=N     rows of the drain backlogs (default 100000)
 //	SAGABOX_BENCH_PROFILE=DIR   write the relay ×1 drain's CPU profile to DIR/relay-drain.pprof
 //	SAGABOX_BENCH_MEMORY=1      run BenchmarkRelayMemory: RSS draining 1M rows of 1 KiB (about 3 minutes)
+//	SAGABOX_BENCH_DELAYS=D,…    injected broker latencies of the scale-out figures (default 10ms)
 //	SAGABOX_BENCH_WAKE=TEXT     BenchmarkRelayWakeup runs only the relay lines whose name contains TEXT
 
 import (
@@ -43,6 +44,21 @@ const (
 	// benchProduceDelay is the broker latency injected for the scale-out figures.
 	benchProduceDelay = 10 * time.Millisecond
 )
+
+// benchDelays returns the injected broker latencies of the scale-out figures:
+// SAGABOX_BENCH_DELAYS (comma-separated durations), else benchProduceDelay.
+func benchDelays() []time.Duration {
+	var out []time.Duration
+	for f := range strings.SplitSeq(os.Getenv("SAGABOX_BENCH_DELAYS"), ",") {
+		if d, err := time.ParseDuration(strings.TrimSpace(f)); err == nil && d > 0 {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		out = []time.Duration{benchProduceDelay}
+	}
+	return out
+}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -72,9 +88,17 @@ func BenchmarkRelayDrain(b *testing.B) {
 	}
 	one := relayDrain(b, plain, n, 1, benchRelayOpts{CPUProfile: prof}, true)
 	three := relayDrain(b, plain, n, 3, benchRelayOpts{}, false)
-	delayed := startBroker(b, benchProduceDelay)
-	oneD := relayDrain(b, delayed, nDelayed, 1, benchRelayOpts{}, false)
-	threeD := relayDrain(b, delayed, nDelayed, 3, benchRelayOpts{}, false)
+	type delayedRun struct {
+		delay      time.Duration
+		one, three drainResult
+	}
+	var delayedRuns []delayedRun
+	for _, d := range benchDelays() {
+		k := startBroker(b, d)
+		delayedRuns = append(delayedRuns, delayedRun{delay: d,
+			one: relayDrain(b, k, nDelayed, 1, benchRelayOpts{}, false), three: relayDrain(b, k, nDelayed, 3, benchRelayOpts{}, false)})
+	}
+	oneD, threeD := delayedRuns[0].one, delayedRuns[0].three
 	busy := sampleCPU().since(cpu0)
 
 	b.ReportMetric(one.rate, "relay-msgs/s")
@@ -99,10 +123,12 @@ func BenchmarkRelayDrain(b *testing.B) {
 	line("bound: RETURNING drain and produce one after the other", serial, "msgs/s", "")
 	line("relay ×1", one.rate, "msgs/s", fmt.Sprintf("%.2f× raw claim+delete (target ≥ 0.85); %.2f× with RETURNING; %.2f× raw produce; %.2f× the bound",
 		one.rate/rawDelete, one.rate/rawReturning, one.rate/rawProduce, one.rate/serial))
-	line("relay ×3", three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 0.95)%s", three.rate/one.rate, three.dupNote()))
-	fmt.Fprintf(w, "  broker latency %v per produce request, backlog of %d:\n", benchProduceDelay, nDelayed)
-	line("  relay ×1", oneD.rate, "msgs/s", "")
-	line("  relay ×3", threeD.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 2.5)%s", threeD.rate/oneD.rate, threeD.dupNote()))
+	line("relay ×3", three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 0.95)%s; published per relay %v", three.rate/one.rate, three.dupNote(), three.published))
+	for _, d := range delayedRuns {
+		fmt.Fprintf(w, "  broker latency %v per produce request, backlog of %d:\n", d.delay, nDelayed)
+		line("  relay ×1", d.one.rate, "msgs/s", "")
+		line("  relay ×3", d.three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 2.5)%s; published per relay %v", d.three.rate/d.one.rate, d.three.dupNote(), d.three.published))
+	}
 	fmt.Fprintf(w, "  relay ×1 memory: peak RSS %.1f MiB (limit 100 MiB at 1M rows: SAGABOX_BENCH_MEMORY=1), peak heap in use %.1f MiB\n", mib(one.rss), mib(one.heap))
 	fmt.Fprintf(w, "  relay ×1: drained (deleted) %v after its first record; busiest statements (pg_stat_statements):\n", one.toEmpty.Round(time.Millisecond))
 	for _, s := range one.statements {
@@ -198,8 +224,9 @@ func rawKafkaProduce(b *testing.B, k *benchKafka, n int) float64 {
 type drainResult struct {
 	rate       float64 // msgs/s from the first record in Kafka to the last
 	toEmpty    time.Duration
-	rss, heap  int64 // the largest of the relays'
-	dups       int64 // records beyond n (redeliveries)
+	rss, heap  int64   // the largest of the relays'
+	dups       int64   // records beyond n (redeliveries)
+	published  []int64 // per relay
 	statements []string
 }
 
@@ -276,6 +303,7 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	for _, p := range procs {
 		st := p.stop(b)
 		res.rss, res.heap = max(res.rss, st.PeakRSS), max(res.heap, st.PeakHeap)
+		res.published = append(res.published, st.Published)
 	}
 	res.dups = k.ends(client, topic, benchPartitions) - int64(n)
 	return res
@@ -293,10 +321,10 @@ func BenchmarkRelayWakeup(b *testing.B) {
 		{name: "baseline: kafka-go produce → read, 1 msg/call", direct: true},
 		{name: "no relay, no trigger (producers' baseline)"},
 		{name: "NOTIFY trigger + LISTEN (Listen)", relay: true, trigger: true, opts: benchRelayOpts{Listen: true}},
-		{name: "probe 5ms, busy re-claim 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
-		{name: "probe 5ms, busy re-claim 1ms (default)", relay: true},
-		{name: "probe 5ms, busy re-claim 5ms (before) again", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
-		{name: "probe 5ms, busy re-claim 1ms (default) again", relay: true},
+		{name: "busy re-claim and probe every 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
+		{name: "adaptive, BusyInterval 1ms (the default)", relay: true},
+		{name: "default, relay pool of 8 connections", relay: true, opts: benchRelayOpts{MaxConns: 8}},
+		{name: "default, 1 publish loop (Workers 1)", relay: true, opts: benchRelayOpts{Workers: 1}},
 		{name: "no relay, no trigger (baseline again)"},
 	}
 	if only := os.Getenv("SAGABOX_BENCH_WAKE"); only != "" { // keep the baselines and the relay lines naming it

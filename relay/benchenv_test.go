@@ -298,6 +298,7 @@ type benchRelayOpts struct {
 	ProbeInterval time.Duration
 	BusyInterval  time.Duration
 	Listen        bool
+	MaxConns      int // the relay's pool size (pool_max_conns); 0: pgxpool's default
 	CPUProfile    string
 	// Trace names a file the relay writes, at its end, "id start end" for every
 	// message it published: the payload's number before ':' and the publish call's
@@ -307,8 +308,9 @@ type benchRelayOpts struct {
 
 // procStats is what a relay process reports when it stops.
 type procStats struct {
-	PeakRSS  int64 // VmHWM, bytes
-	PeakHeap int64 // largest HeapInuse sampled every 50ms, bytes
+	PeakRSS   int64 // VmHWM, bytes
+	PeakHeap  int64 // largest HeapInuse sampled every 50ms, bytes
+	Published int64 // messages acknowledged
 }
 
 type relayProc struct {
@@ -394,6 +396,16 @@ func runBenchRelay() int {
 	if o.Trace != "" {
 		cfg.Hooks.Publish = tr.hook
 	}
+	var published atomic.Int64
+	cfg.Hooks.Published = func(_ string, n int) { published.Add(int64(n)) }
+	if o.MaxConns > 0 {
+		u := os.Getenv("DATABASE_URL")
+		sep := "?"
+		if strings.Contains(u, "?") {
+			sep = "&"
+		}
+		os.Setenv("DATABASE_URL", u+sep+"pool_max_conns="+strconv.Itoa(o.MaxConns))
+	}
 	if code := runRelayProcess(ctx, cfg); code != 0 {
 		return code
 	}
@@ -403,7 +415,7 @@ func runBenchRelay() int {
 			return 1
 		}
 	}
-	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load()})
+	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load(), Published: published.Load()})
 	fmt.Println("STATS " + string(st))
 	return 0
 }

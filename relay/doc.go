@@ -51,6 +51,17 @@
 // order. Keys of different loops may interleave differently on a shared Kafka
 // partition; only each key's own order is promised.
 //
+// What several relays buy (BenchmarkRelayDrain, 1 KiB rows, 8 partitions, each
+// relay owning a third of the shards before the clock starts and publishing a
+// third of the rows; 2 shared cores at 100% busy, load 4-9): with 10 ms injected
+// per produce request, ×3 gave 0.64× one relay (one relay was not yet held back
+// by the latency: 29k msgs/s, as on the plain broker); with 20 ms 0.94×; with
+// 50 ms 1.97× (9.1k → 18.0k msgs/s). A relay process has one kafka-go Writer, and
+// a Writer keeps one produce request per partition in flight, whatever Workers
+// says: one relay's rate under broker latency is about its batches' rows per
+// partition request × partitions / latency, and a second process is what adds
+// requests in flight.
+//
 // # Pipelining
 //
 // A loop's cycle is a run of batches: while batch N is published, batch N+1 is
@@ -170,6 +181,20 @@
 // takes on two shared cores (their tx latency rises 2-3×, as it does with NOTIFY
 // on top of the lock); neither meets a 20 ms p99 here. Logical replication
 // (jackc/pglogrepl) as a wake-up was not measured.
+//
+// With the adaptive pace, same benchmark, one run, lines interleaved (load 1-7,
+// 76-79% busy): commit→Kafka p50 / p99 18.1 / 90.6 and 35.2 / 150 ms (BusyInterval
+// 1 ms) against 18.9 / 65.3 and 21.8 / 80.2 ms (5 ms), producers 1.00× either way:
+// at 2,000 msgs/s the pace is not what limits. Its trace of each row (commit →
+// publish call, the call, ack → read) shows where the time goes: commit → publish
+// call p50 10-12 ms, of which the loop's previous publish is the largest part
+// (a publish p50 is 6-9 ms: kafka-go sends one produce request per partition and
+// kfake answers them one after another, so 8 partitions cost 8 round trips), then
+// the claim (0.4-0.6 ms per call when the machine is not saturated, 5-22 ms when
+// it is); ack → read is below a millisecond. At load 15, the adaptive pace gave
+// 29.8 / 243 ms against 78.4 / 488 ms, producers 1.04× against 0.93× their rate.
+// A relay pool of 8 connections instead of pgxpool's default 4, or one publish
+// loop instead of two, did not help (124.8 / 1192 ms and 43.3 / 351 ms in that run).
 
 // # Residual ordering limits
 //
