@@ -355,6 +355,12 @@ func BenchmarkRelayWakeup(b *testing.B) {
 		}
 		fmt.Fprintln(w)
 	}
+	fmt.Fprintf(w, "  what the producers' statements wait for (pg_stat_activity every 2ms; CPU: no wait event):\n")
+	for i, m := range modes {
+		if !m.direct {
+			fmt.Fprintf(w, "    %-44s %s\n", m.name, waitSummary(results[i].waits))
+		}
+	}
 	fmt.Fprintf(w, "  where commit → Kafka goes, p50 / p99 (the relay's publish trace):\n")
 	for i, m := range modes {
 		if r := results[i]; len(r.claim) > 0 {
@@ -379,6 +385,55 @@ func BenchmarkRelayWakeup(b *testing.B) {
 	}
 }
 
+// sampleWaits samples, every 2ms until ctx ends, what the producers' backends that
+// are running a statement (their INSERT or COMMIT) wait for: "CPU" when
+// pg_stat_activity shows no wait event (running or waiting for a CPU), else
+// type:event (IO:WALSync, LWLock:WALWrite, Lock:...).
+func sampleWaits(ctx context.Context, pool *pgxpool.Pool) map[string]int {
+	out := map[string]int{}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return out
+	}
+	defer conn.Release()
+	for ctx.Err() == nil {
+		rows, err := conn.Query(ctx, `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
+  AND (query LIKE 'INSERT INTO %outbox_messages%' OR query = 'commit')`)
+		if err != nil {
+			return out
+		}
+		for rows.Next() {
+			var w string
+			if rows.Scan(&w) == nil {
+				out[w]++
+			}
+		}
+		rows.Close()
+		time.Sleep(2 * time.Millisecond)
+	}
+	return out
+}
+
+// waitSummary renders the largest shares of a sampleWaits map.
+func waitSummary(m map[string]int) string {
+	total := 0
+	keys := make([]string, 0, len(m))
+	for k, n := range m {
+		total += n
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return m[b] - m[a] })
+	var parts []string
+	for i, k := range keys {
+		if i == 5 {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*float64(m[k])/float64(max(total, 1))))
+	}
+	return fmt.Sprintf("%d samples: %s", total, strings.Join(parts, ", "))
+}
+
 // enqueueTx commits msg in a transaction of its own on conn.
 func enqueueTx(ctx context.Context, conn *pgxpool.Conn, msg outbox.Message) error {
 	tx, err := conn.Begin(ctx)
@@ -399,7 +454,8 @@ type wakeResult struct {
 	// The relay's part of lat (sorted, from its publish trace): commit → publish
 	// call (finding and claiming the row), the publish call, its end → read.
 	claim, pub, read []time.Duration
-	statements       []string // the database's busiest statements (pg_stat_statements)
+	statements       []string       // the database's busiest statements (pg_stat_statements)
+	waits            map[string]int // samples of the producers' busy backends by wait event
 	rate             float64
 	readErrs         int64
 }
@@ -493,6 +549,9 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	txLat := make([]time.Duration, total)
 	var lastCommit atomic.Int64
 	var producing sync.WaitGroup
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	waits := make(chan map[string]int, 1)
+	go func() { waits <- sampleWaits(sampleCtx, db.pool) }()
 	begin := time.Now()
 	for g := range producers {
 		producing.Go(func() {
@@ -530,13 +589,15 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 		})
 	}
 	producing.Wait()
+	stopSampling()
+	res.waits = <-waits
 	res.rate = float64(total) / time.Unix(0, lastCommit.Load()).Sub(begin).Seconds()
 	// Slow producers (NOTIFY on a loaded machine) must not eat the readers' time.
 	defer time.AfterFunc(60*time.Second, stopRead).Stop()
 	readers.Wait()
 	if proc != nil {
 		proc.stop(b)
-		res.statements = db.topStatements(3)
+		res.statements = db.topStatements(4)
 	}
 	if withRelay && len(res.lat) != total {
 		var pending int

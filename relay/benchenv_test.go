@@ -153,7 +153,7 @@ func (d *benchDB) setTrigger(b *testing.B, on bool) {
 
 // topStatements returns pg_stat_statements' busiest statements of this database.
 func (d *benchDB) topStatements(n int) []string {
-	rows, err := d.pool.Query(context.Background(), `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+	rows, err := d.pool.Query(context.Background(), `SELECT calls, total_exec_time, rows, wal_bytes::int8, wal_fpi, left(regexp_replace(query, '\s+', ' ', 'g'), 70)
 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY total_exec_time DESC LIMIT $1`, n)
 	if err != nil {
@@ -162,11 +162,13 @@ ORDER BY total_exec_time DESC LIMIT $1`, n)
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
-		var calls, nrows int64
+		var calls, nrows, walBytes, fpi int64
 		var total float64
 		var q string
-		if rows.Scan(&calls, &total, &nrows, &q) == nil {
-			out = append(out, fmt.Sprintf("%8d calls %9.0f ms total %7.3f ms/call %8.1f rows/call  %s", calls, total, total/float64(max(calls, 1)), float64(nrows)/float64(max(calls, 1)), q))
+		if rows.Scan(&calls, &total, &nrows, &walBytes, &fpi, &q) == nil {
+			c := float64(max(calls, 1))
+			out = append(out, fmt.Sprintf("%8d calls %9.0f ms total %7.3f ms/call %7.1f rows/call %8.0f WAL B/call %5.2f FPI/call  %s",
+				calls, total, total/c, float64(nrows)/c, float64(walBytes)/c, float64(fpi)/c, q))
 		}
 	}
 	return out

@@ -195,6 +195,17 @@
 // 29.8 / 243 ms against 78.4 / 488 ms, producers 1.04× against 0.93× their rate.
 // A relay pool of 8 connections instead of pgxpool's default 4, or one publish
 // loop instead of two, did not help (124.8 / 1192 ms and 43.3 / 351 ms in that run).
+//
+// What the producers pay: BenchmarkRelayWakeup samples pg_stat_activity every 2 ms
+// for the producers' INSERT and COMMIT. With or without a relay they wait for the
+// WAL flush (LWLock:WALWrite, queueing behind another backend's flush, 66-80% of
+// the samples; IO:WALSync 8-16%), and run or wait for a CPU in 6-12%; the relay
+// adds no lock waits of its own (BufferContent and extend 1-2%). Its WAL is small
+// beside theirs (pg_stat_statements: an INSERT of 1 KiB writes 1.3 KB, the settle
+// about 57 B per row, a claim 85 B for pruning), so what producers lose with a
+// relay running is the relay's share of the CPU and of the flushes, and it varies
+// with what else the machine's disk is flushing: their tx p50 was 0.86-1.45× of
+// the no-relay lines in runs at load 10-16 and 2.4-2.9× at load 1-7.
 
 // # Residual ordering limits
 //
