@@ -46,10 +46,11 @@ func newBarrier(schema string, log *slog.Logger) *barrier {
 		log: log,
 		selectSQL: `SELECT b."saga_id", b."step", b."op", b."outcome", b."reason", b."result" FROM ` + t + ` b
 WHERE (b."saga_id", b."step", b."op") IN (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))`,
-		// One statement writes the decided rows of every command of a transaction.
+		// One statement writes the decided rows of every command of a transaction. A
+		// row written meanwhile by another transaction fails it (unique violation,
+		// see written): nothing of this one may commit then.
 		insertSQL: `INSERT INTO ` + t + ` ("saga_id", "step", "op", "outcome", "reason", "result")
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
-ON CONFLICT ("saga_id", "step", "op") DO NOTHING`,
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])`,
 		// Rows of a saga the orchestrator (when it shares this schema) has not finished
 		// are kept: a failed saga's operator Retry resumes its compensation, which needs
 		// its forward rows to undo what ran.
@@ -164,16 +165,21 @@ func (b *barrier) run(ctx context.Context, tx pgx.Tx, steps []*step) (*pgx.Batch
 	for _, sql := range sp.pending {
 		batch.Queue(sql)
 	}
-	if n := len(rows.sagas); n > 0 {
-		batch.Queue(b.insertSQL, rows.sagas, rows.steps, rows.ops, rows.outcomes, rows.reasons, rows.results).Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() < int64(n) {
-				return consumer.Transient(fmt.Errorf("participants: %d of %d barrier rows (first saga %s step %s %s) were written meanwhile by a concurrent transaction",
-					int64(n)-tag.RowsAffected(), n, rows.sagas[0], rows.steps[0], rows.ops[0]))
-			}
-			return nil
-		})
+	if len(rows.sagas) > 0 {
+		batch.Queue(b.insertSQL, rows.sagas, rows.steps, rows.ops, rows.outcomes, rows.reasons, rows.results)
 	}
 	return batch, nil
+}
+
+// written turns the unique violation of a barrier row written meanwhile by a
+// concurrent transaction into a transient error: the consumer runs the transaction
+// again, and it then reads the row.
+func written(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" && pe.TableName == "saga_barrier" {
+		return consumer.Transient(fmt.Errorf("participants: barrier row written meanwhile by a concurrent transaction: %w", err))
+	}
+	return err
 }
 
 // read returns the barrier rows of steps (and, for compensations, of their forward

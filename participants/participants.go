@@ -320,19 +320,20 @@ func (p *Participant) HandleMessages(ctx context.Context, tx pgx.Tx, msgs []cons
 		}
 		cmds[i] = cmd
 	}
-	return p.handle(ctx, tx, cmds, func(i int) (context.Context, func(error)) { return consumer.Trace(ctx, msgs[i]) })
+	return p.handle(ctx, tx, cmds, func(i int) (context.Context, func(error)) { return consumer.Trace(ctx, msgs[i]) }, true)
 }
 
 // HandleCommand runs cmd behind the barrier in tx and enqueues the reply in tx. It
 // returns an error only when tx cannot be used (roll it back and retry) or the command
 // is unknown (wrapped as a consumer.Permanent error).
 func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Command) error {
-	return p.handle(ctx, tx, []wire.Command{cmd}, nil)
+	return p.handle(ctx, tx, []wire.Command{cmd}, nil, true)
 }
 
 // handle runs cmds behind the barrier and enqueues their replies; trace, if not nil,
-// gives command i its context.
-func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command, trace func(i int) (context.Context, func(error))) error {
+// gives command i its context. With atCommit, the writes go with the consumer's
+// commit when there is one.
+func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command, trace func(i int) (context.Context, func(error)), atCommit bool) error {
 	steps := make([]*step, len(cmds))
 	seen := make(map[key]bool, len(cmds))
 	for i, cmd := range cmds {
@@ -345,7 +346,8 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 		}
 		steps[i] = &step{cmd: cmd, h: h, ctx: ctx}
 		// Two commands of one saga step in one transaction (a resend, or a forward and
-		// its compensation) decide each other: one after the other.
+		// its compensation) decide each other: one after the other, each written
+		// before the next reads.
 		k := key{cmd.SagaID, cmd.Step, ""}
 		if seen[k] {
 			for i := range cmds {
@@ -353,7 +355,7 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 				if trace != nil {
 					one = func(int) (context.Context, func(error)) { return trace(i) }
 				}
-				if err := p.handle(ctx, tx, cmds[i:i+1], one); err != nil {
+				if err := p.handle(ctx, tx, cmds[i:i+1], one, false); err != nil {
 					return err
 				}
 			}
@@ -392,8 +394,12 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 		}
 		return consumer.Permanent(err)
 	}
+	// Under the consumer the writes travel with the commit.
+	if atCommit && consumer.QueueAtCommit(ctx, batch, written) {
+		return nil
+	}
 	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("participants: record and reply (%d commands, first saga %s step %s %s): %w", len(cmds), cmds[0].SagaID, cmds[0].Step, cmds[0].Op, err)
+		return written(fmt.Errorf("participants: record and reply (%d commands, first saga %s step %s %s): %w", len(cmds), cmds[0].SagaID, cmds[0].Step, cmds[0].Op, err))
 	}
 	return nil
 }

@@ -683,3 +683,48 @@ func TestHandlerPanicIsDeadLetteredAndProcessStaysUp(t *testing.T) {
 		}
 	}
 }
+
+// TestQueuedAtCommitCommitsWithTheRecordOrNotAtAll: statements a handler queues with
+// QueueAtCommit run in the commit's round trip; one that fails undoes the handler's
+// own writes and the inbox row, and the record is handled again.
+func TestQueuedAtCommitCommitsWithTheRecordOrNotAtAll(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	const n = 5
+	var failed, notQueued atomic.Int32
+	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO "accounts" VALUES ($1, $2) ON CONFLICT ("id") DO UPDATE SET "balance" = "accounts"."balance" + $2`, string(msg.Key), string(msg.Value)); err != nil {
+			return err
+		}
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO "applied" ("message_id", "account", "n") VALUES ($1, $2, $3)`, msg.ID, string(msg.Key), msg.Headers["n"])
+		if msg.Headers["n"] == "2" && failed.Add(1) == 1 {
+			b.Queue(`SELECT 1/0`) // fails once, after the insert
+		}
+		if !consumer.QueueAtCommit(ctx, b, nil) {
+			notQueued.Add(1)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.produceAccount0(t, n)
+	start(t, c)
+	kafkatest.Poll(t, waitFor, func() bool { return e.applied(t) == n }, func() string { return fmt.Sprintf("%d of %d applied", e.applied(t), n) })
+	if b := e.balances(t)["acct-0"]; b != 1+2+3+4+5 || notQueued.Load() != 0 || failed.Load() < 2 {
+		t.Fatalf("balance %d (want 15: each once), %d handlers not given a commit queue, message 2 ran %d times (want 2+)", b, notQueued.Load(), failed.Load())
+	}
+	if consumer.QueueAtCommit(context.Background(), &pgx.Batch{}, nil) {
+		t.Fatal("QueueAtCommit outside a consumer transaction must report false")
+	}
+}
+
+func (e *env) applied(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := e.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM "applied"`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -183,7 +183,7 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 	for k, i := range order {
 		ids[k] = msgs[i].ID
 	}
-	err = r.inTx(ids, func(tx pgx.Tx, fresh []bool) error {
+	err = r.inTx(ids, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 		first = make([]bool, len(msgs))
 		if r.c.batch != nil {
 			var news []Message
@@ -192,7 +192,7 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 					news = append(news, msgs[i])
 				}
 			}
-			if err := r.callBatch(tx, news); err != nil {
+			if err := r.callBatch(ctx, tx, news); err != nil {
 				return &handlerError{err} // not one record's fault: each is tried on its own next
 			}
 			return nil
@@ -201,7 +201,7 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 			if first[i] = fresh[k]; !first[i] {
 				continue
 			}
-			if err := r.callHandler(tx, msgs[i]); err != nil {
+			if err := r.callHandler(ctx, tx, msgs[i]); err != nil {
 				failed = i
 				return &handlerError{err}
 			}
@@ -224,11 +224,11 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	for {
 		if err == nil {
 			var first bool
-			err = r.inTx([]uuid.UUID{m.ID}, func(tx pgx.Tx, fresh []bool) error {
+			err = r.inTx([]uuid.UUID{m.ID}, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 				if first = fresh[0]; !first {
 					return nil
 				}
-				if err := r.callHandler(tx, m); err != nil {
+				if err := r.callHandler(ctx, tx, m); err != nil {
 					return &handlerError{err}
 				}
 				return nil
@@ -293,9 +293,9 @@ func (r *run) localRetry(m Message, n, records int, err error) {
 
 // callHandler runs the handler on m inside the Trace hook, and reports its duration
 // to the HandlerDone hook.
-func (r *run) callHandler(tx pgx.Tx, m Message) error {
+func (r *run) callHandler(ctx context.Context, tx pgx.Tx, m Message) error {
 	hooks := &r.c.cfg.Hooks
-	ctx, end := r.ctx, func(error) {}
+	end := func(error) {}
 	if hooks.Trace != nil {
 		var e func(error)
 		if ctx, e = hooks.Trace(ctx, m); e != nil {
@@ -326,7 +326,7 @@ func (r *run) safeHandler(ctx context.Context, tx pgx.Tx, m Message) (err error)
 // callBatch runs the batch handler on the new records of a shared transaction. A panic
 // is returned as an error: the records are then tried one by one, where a panic is the
 // record's own.
-func (r *run) callBatch(tx pgx.Tx, msgs []Message) (err error) {
+func (r *run) callBatch(ctx context.Context, tx pgx.Tx, msgs []Message) (err error) {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -335,7 +335,6 @@ func (r *run) callBatch(tx pgx.Tx, msgs []Message) (err error) {
 			err = fmt.Errorf("batch handler panicked: %v", p)
 		}
 	}()
-	ctx := r.ctx
 	if hooks := &r.c.cfg.Hooks; hooks.Trace != nil {
 		ctx = context.WithValue(ctx, traceKey{}, hooks.Trace)
 	}
@@ -374,11 +373,20 @@ type handlerError struct{ err error }
 func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
-// inTx records ids in the inbox in a new transaction and runs fn in it; fresh[i]
-// reports whether ids[i] was new. BEGIN and the inbox insert take one round trip. An
-// error after which the connection is closed is marked as lost (transient, whatever
-// fn returned); a commit refused by a deferred constraint (class 23) is the handler's.
-func (r *run) inTx(ids []uuid.UUID, fn func(tx pgx.Tx, fresh []bool) error) error {
+// inTx records ids in the inbox in a new transaction and runs fn in it with a
+// context for its handlers; fresh[i] reports whether ids[i] was new. BEGIN and the
+// inbox insert take one round trip, and the commit one with the statements the
+// handlers queued for it (QueueAtCommit). An error after which the connection is
+// closed is marked as lost (transient, whatever fn returned); a commit refused by a
+// deferred constraint (class 23) is the handler's.
+func (r *run) inTx(ids []uuid.UUID, fn func(ctx context.Context, tx pgx.Tx, fresh []bool) error) error {
+	// A connection of our own, not the pool's Tx: a commit sent in a batch leaves no
+	// statement to send to release it.
+	conn, err := r.c.pool.Acquire(r.ctx)
+	if err != nil {
+		return fmt.Errorf("consumer: begin: %w", err)
+	}
+	defer conn.Release() // closed by the pool unless idle
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{})
 	var fresh []bool
@@ -387,28 +395,103 @@ func (r *run) inTx(ids []uuid.UUID, fn func(tx pgx.Tx, fresh []bool) error) erro
 			return err
 		}
 	}
-	br := r.c.pool.SendBatch(r.ctx, b)
+	br := conn.SendBatch(r.ctx, b)
 	tx := br.Tx()
 	if err := br.Close(); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(r.ctx)) // releases the connection, also when BEGIN failed
+		_ = tx.Rollback(context.WithoutCancel(r.ctx))
 		return fmt.Errorf("consumer: begin: %w", err)
 	}
-	if err := fn(tx, fresh); err != nil {
-		lost := tx.Conn().IsClosed()
-		_ = tx.Rollback(context.WithoutCancel(r.ctx))
-		if lost {
-			return &connLostError{err}
-		}
-		return err
+	q := &atCommit{}
+	if err := fn(context.WithValue(r.ctx, commitKey{}, q), tx, fresh); err != nil {
+		return r.rollback(tx, err)
+	}
+	if q.b.Len() > 0 {
+		return r.commitQueued(tx, q)
 	}
 	if err := tx.Commit(r.ctx); err != nil {
-		err = fmt.Errorf("consumer: commit: %w", err)
-		if strings.HasPrefix(sqlState(err), "23") {
-			return &handlerError{err}
-		}
-		return err
+		return commitError(err)
 	}
 	return nil
+}
+
+// rollback ends tx after err.
+func (r *run) rollback(tx pgx.Tx, err error) error {
+	lost := tx.Conn().IsClosed()
+	if tx.Conn().PgConn().TxStatus() != 'I' {
+		_ = tx.Rollback(context.WithoutCancel(r.ctx))
+	}
+	if lost {
+		return &connLostError{err}
+	}
+	return err
+}
+
+func commitError(err error) error {
+	err = fmt.Errorf("consumer: commit: %w", err)
+	if strings.HasPrefix(sqlState(err), "23") {
+		return &handlerError{err}
+	}
+	return err
+}
+
+// commitQueued sends the queued statements and COMMIT in one round trip. A failing
+// statement stops the rest, COMMIT included, so nothing commits.
+func (r *run) commitQueued(tx pgx.Tx, q *atCommit) error {
+	q.b.Queue("commit")
+	br := tx.SendBatch(r.ctx, &q.b)
+	err := func() error {
+		done := 0
+		for i, end := range q.ends {
+			for ; done < end; done++ {
+				if _, err := br.Exec(); err != nil {
+					if q.mapErr[i] != nil {
+						err = q.mapErr[i](err)
+					}
+					if IsTransient(err) {
+						return err
+					}
+					return &handlerError{err}
+				}
+			}
+		}
+		if _, err := br.Exec(); err != nil {
+			return commitError(err)
+		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = commitError(cerr)
+	}
+	if err != nil {
+		return r.rollback(tx, err)
+	}
+	return nil
+}
+
+type commitKey struct{}
+
+// atCommit holds the statements handlers queued to run with the commit.
+type atCommit struct {
+	b      pgx.Batch
+	ends   []int // the number of statements queued up to each QueueAtCommit call
+	mapErr []func(error) error
+}
+
+// QueueAtCommit queues the statements of b to run in the round trip of the commit of
+// the consumer transaction that ctx (the context a Handler or BatchHandler got)
+// belongs to, once the handler returned, and reports whether it did; false means ctx
+// is not a consumer's: send b yourself. If one fails, the rest and the commit do not
+// run: the record is retried like after a handler error, or locally (spending no
+// attempt) when the error is transient or mapErr, if not nil, makes it so (Transient).
+// b's statements must not set callbacks (QueuedQuery.Exec and the like).
+func QueueAtCommit(ctx context.Context, b *pgx.Batch, mapErr func(error) error) bool {
+	q, ok := ctx.Value(commitKey{}).(*atCommit)
+	if !ok {
+		return false
+	}
+	q.b.QueuedQueries = append(q.b.QueuedQueries, b.QueuedQueries...)
+	q.ends, q.mapErr = append(q.ends, q.b.Len()), append(q.mapErr, mapErr)
+	return true
 }
 
 // handled marks committed records for the offset commit: the newest offset of every
@@ -462,11 +545,11 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		if m.ID != uuid.Nil {
 			ids = []uuid.UUID{m.ID}
 		}
-		err := r.inTx(ids, func(tx pgx.Tx, fresh []bool) error {
+		err := r.inTx(ids, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 			if len(fresh) > 0 && !fresh[0] {
 				return nil // already handled or dead-lettered under this id
 			}
-			_, err := r.c.store.AddDeadLetter(r.ctx, tx, d)
+			_, err := r.c.store.AddDeadLetter(ctx, tx, d)
 			return err
 		})
 		if err == nil {
