@@ -56,11 +56,14 @@
 // third of the rows; 2 shared cores at 100% busy, load 4-9): with 10 ms injected
 // per produce request, ×3 gave 0.64× one relay (one relay was not yet held back
 // by the latency: 29k msgs/s, as on the plain broker); with 20 ms 0.94×; with
-// 50 ms 1.97× (9.1k → 18.0k msgs/s). A relay process has one kafka-go Writer, and
-// a Writer keeps one produce request per partition in flight, whatever Workers
-// says: one relay's rate under broker latency is about its batches' rows per
-// partition request × partitions / latency, and a second process is what adds
-// requests in flight.
+// 50 ms 1.97× (9.1k → 18.0k msgs/s). A kafka-go Writer keeps one produce request
+// per partition in flight, and a relay process then had one Writer, whatever
+// Workers said: one relay's rate under broker latency was about its batches' rows
+// per partition request × partitions / latency. kafkapub now uses a Writer per
+// write in progress, so each publish loop has its requests in flight: relay ×1
+// went to 28.8k msgs/s at 20 ms (15.5k before) and 14.6k at 50 ms (9.1k), and
+// ×3/×1 to 0.83 and 1.47 (load 8-11; single runs, noisy). On these two cores
+// three relays then compete for the CPU that one relay already uses.
 //
 // # Pipelining
 //

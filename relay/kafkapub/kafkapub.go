@@ -138,12 +138,20 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// Publisher implements relay.Publisher with a kafka-go Writer.
+// Publisher implements relay.Publisher with kafka-go Writers, one per write in
+// progress: a Writer sends one produce request per partition at a time, so
+// concurrent Publish calls (the relay's publish loops) sharing one would queue
+// behind each other's round trips to the broker.
 type Publisher struct {
 	cfg       Config
 	transport *kafka.Transport
-	w         *kafka.Writer
+	newWriter func() *kafka.Writer
+	slots     chan struct{} // one per Writer in use or idle: at most maxWriters
 	client    *kafka.Client
+
+	writersMu sync.Mutex
+	writers   []*kafka.Writer // every Writer made, for Close
+	idle      []*kafka.Writer
 
 	mu        sync.Mutex
 	created   map[string]bool
@@ -190,34 +198,73 @@ func New(cfg Config) (*Publisher, error) {
 		MetadataTTL: 2 * time.Second,
 	}
 	addr := kafka.TCP(cfg.Brokers...)
-	w := &kafka.Writer{
-		Addr:            addr,
-		Balancer:        &kafka.Murmur2Balancer{},
-		RequiredAcks:    kafka.RequireAll,
-		MaxAttempts:     cfg.MaxAttempts,
-		WriteBackoffMin: 50 * time.Millisecond,
-		WriteBackoffMax: 500 * time.Millisecond,
-		// kafka-go allocates BatchSize messages for every partition batch: keep it near
-		// what one relay batch puts on one partition, not at the 10000 rows it could.
-		BatchSize:    1000,
-		BatchBytes:   int64(cfg.MaxMessageBytes) + 4096,
-		BatchTimeout: cfg.BatchTimeout,
-		ReadTimeout:  cfg.WriteTimeout,
-		WriteTimeout: cfg.WriteTimeout,
-		Transport:    transport,
+	newWriter := func() *kafka.Writer {
+		return &kafka.Writer{
+			Addr:            addr,
+			Balancer:        &kafka.Murmur2Balancer{},
+			RequiredAcks:    kafka.RequireAll,
+			MaxAttempts:     cfg.MaxAttempts,
+			WriteBackoffMin: 50 * time.Millisecond,
+			WriteBackoffMax: 500 * time.Millisecond,
+			// kafka-go allocates BatchSize messages for every partition batch: keep it near
+			// what one relay batch puts on one partition, not at the 10000 rows it could.
+			BatchSize:    1000,
+			BatchBytes:   int64(cfg.MaxMessageBytes) + 4096,
+			BatchTimeout: cfg.BatchTimeout,
+			ReadTimeout:  cfg.WriteTimeout,
+			WriteTimeout: cfg.WriteTimeout,
+			Transport:    transport,
+		}
 	}
 	return &Publisher{
-		cfg: cfg, transport: transport, w: w,
+		cfg: cfg, transport: transport, newWriter: newWriter, slots: make(chan struct{}, maxWriters),
 		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
 		created: map[string]bool{}, inflight: map[uuid.UUID]flying{},
 	}, nil
 }
 
-// Close flushes and closes the writer.
+// maxWriters bounds the Writers of a Publisher: one per publish loop is what the
+// relay needs, more are writes that outlived their Publish (a slow broker).
+const maxWriters = 16
+
+// writer returns an idle Writer, or a new one, waiting while maxWriters are busy.
+func (p *Publisher) writer(ctx context.Context) (*kafka.Writer, error) {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWriters, ctx.Err())
+	}
+	p.writersMu.Lock()
+	defer p.writersMu.Unlock()
+	if n := len(p.idle); n > 0 {
+		w := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		return w, nil
+	}
+	w := p.newWriter()
+	p.writers = append(p.writers, w)
+	return w, nil
+}
+
+func (p *Publisher) putWriter(w *kafka.Writer) {
+	p.writersMu.Lock()
+	p.idle = append(p.idle, w)
+	p.writersMu.Unlock()
+	<-p.slots
+}
+
+// Close flushes and closes the writers.
 func (p *Publisher) Close() error {
-	err := p.w.Close()
+	p.writersMu.Lock()
+	ws := p.writers
+	p.writers, p.idle = nil, nil
+	p.writersMu.Unlock()
+	var errs []error
+	for _, w := range ws {
+		errs = append(errs, w.Close())
+	}
 	p.transport.CloseIdleConnections()
-	return err
+	return errors.Join(errs...)
 }
 
 // Publish sends msgs, one kafka-go call per topic, and classifies failures (see
@@ -421,7 +468,15 @@ func (p *Publisher) write(ctx context.Context, topic string, msgs []outbox.Messa
 	for j, i := range idx {
 		kms[j] = toKafka(&msgs[i])
 	}
-	err := p.w.WriteMessages(ctx, kms...)
+	w, err := p.writer(ctx)
+	if err != nil {
+		for _, i := range idx {
+			errs[i] = err
+		}
+		return
+	}
+	defer p.putWriter(w)
+	err = w.WriteMessages(ctx, kms...)
 	var tooLarge []int
 	for j, i := range idx {
 		errs[i] = p.classify(topic, messageError(err, j))
@@ -439,7 +494,7 @@ func (p *Publisher) write(ctx context.Context, topic string, msgs []outbox.Messa
 				errs[idx[j]] = relay.ErrHeldBack
 				continue
 			}
-			errs[idx[j]] = p.classify(topic, messageError(p.w.WriteMessages(ctx, kms[j]), 0))
+			errs[idx[j]] = p.classify(topic, messageError(w.WriteMessages(ctx, kms[j]), 0))
 			if errs[idx[j]] != nil && key != "" {
 				failedKeys[key] = true
 			}
