@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -114,6 +115,36 @@ func TestWorkersBeyondThePoolRejected(t *testing.T) {
 	cfg.Workers = 1
 	if _, err := relay.New(pool, pub, cfg); err != nil {
 		t.Fatalf("Workers 1 on a pool of 2: %v", err)
+	}
+}
+
+// TestPoolSmallerThanPipeliningWarns: with pipelining a publish loop uses two
+// connections at once (the claim running ahead, the settle before), plus one for
+// heartbeats and one for the probe. New's check (Workers < MaxConns) predates
+// that; a pool between the two works, but the loops queue for connections, and
+// Run must say so.
+func TestPoolSmallerThanPipeliningWarns(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	for _, c := range []struct {
+		conns int
+		warn  bool
+	}{{5, true}, {6, false}} {
+		pool, err := pgxpool.New(context.Background(), db.URL+"&pool_max_conns="+strconv.Itoa(c.conns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		var logs testenv.SyncBuffer
+		cfg := fastConfig()
+		cfg.Workers = 2
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		_, stop := startRelay(t, pool, newPublisher(t, kafkapub.Config{Brokers: []string{"127.0.0.1:1"}}), cfg)
+		waitFor(t, 30*time.Second, "the relay to start", func() bool { return strings.Contains(logs.String(), "relay: started") })
+		stop()
+		if got := strings.Contains(logs.String(), "pool is smaller"); got != c.warn {
+			t.Fatalf("Workers 2 on a pool of %d: warned %v, want %v; logs:\n%s", c.conns, got, c.warn, logs.String())
+		}
 	}
 }
 

@@ -92,6 +92,10 @@
 // Settles commit with synchronous_commit off (their transaction only): a settle
 // lost in a crash means its rows are published again, which at-least-once allows,
 // and the relay's commits do not queue behind the producers' WAL flushes.
+// A loop then uses up to two pool connections at once (the claim running ahead,
+// the settle before), so a relay wants 2·Workers + 2 (heartbeats, the probe); with
+// fewer the loops queue for connections and Run logs a warning (New refuses only
+// Workers ≥ MaxConns). cmd/outbox-relay sizes its pool for that.
 // Memory is bounded by three batches per loop (claiming, publishing, settling):
 // draining 1M rows of 1 KiB, a relay's peak RSS was 37 MiB, heap in use 17 MiB
 // (BenchmarkRelayMemory).

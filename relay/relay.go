@@ -48,7 +48,8 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 	}
 	cfg.applyDefaults()
 	if db != nil && int32(cfg.Workers) >= db.Config().MaxConns {
-		// Each loop holds a connection through its claim and settle; heartbeats need one more.
+		// Each loop needs a connection for its claim; heartbeats need one more. Fewer
+		// than pipelining wants (see poolWanted) only makes the loops queue: Run warns.
 		errs = append(errs, fmt.Errorf("%w: Workers (%d) needs %d pool connections (one per publish loop, one for heartbeats), the pool has MaxConns %d: lower Workers or raise pool_max_conns in the database URL",
 			ErrInvalidConfig, cfg.Workers, cfg.Workers+1, db.Config().MaxConns))
 	}
@@ -101,7 +102,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.checkSchema(ctx); err != nil {
 		return err
 	}
-	r.log.Info("relay: started", "schema", r.cfg.Schema, "batch", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL)
+	r.log.Info("relay: started", "schema", r.cfg.Schema, "batch", r.cfg.BatchSize, "workers", r.cfg.Workers, "lease_ttl", r.cfg.LeaseTTL)
+	if have, want := r.db.Config().MaxConns, r.poolWanted(); have < want {
+		r.log.Warn("relay: the pool is smaller than the relay can use: publish loops will wait for connections (raise pool_max_conns in the database URL, or lower Workers)",
+			"pool_max_conns", have, "wanted", want, "workers", r.cfg.Workers)
+	}
 
 	loopCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -124,6 +129,17 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.leaveAll(stopCtx)
 	r.log.Info("relay: stopped")
 	return nil
+}
+
+// poolWanted is how many pool connections the relay uses at once at most: two
+// per publish loop (the claim running ahead and the settle of the batch before,
+// doc.go, Pipelining), one for heartbeats, one for the probe.
+func (r *Relay) poolWanted() int32 {
+	want := 2*int32(r.cfg.Workers) + 1
+	if !r.cfg.Listen { // LISTEN holds a connection of its own, outside the pool
+		want++
+	}
+	return want
 }
 
 // checkSchema fails fast on a schema without the outbox tables; other errors

@@ -312,8 +312,8 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	if err != nil {
 		return &startError{fmt.Errorf("--database-url: %w", err)}
 	}
-	if !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < int32(o.workers)+2 {
-		poolCfg.MaxConns = int32(o.workers) + 2 // a connection per publish loop, heartbeats, the backlog gauge
+	if want := 2*int32(o.workers) + 3; !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < want {
+		poolCfg.MaxConns = want // two per publish loop (claim ahead, settle), heartbeats, the probe, the backlog gauge
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
