@@ -129,14 +129,19 @@ func (k *keys) addRow(saga uuid.UUID, step string, op wire.Op, outcome wire.Outc
 // decided: that is a transient error, and the transaction runs again and reads it.
 //
 // Round trips, for any number of commands: one to read every barrier row (with the
-// first handler's savepoint), the handlers' own, one more before each later handler
+// first handler's savepoint; under the consumer it travels with BEGIN), the handlers' own, one more before each later handler
 // that runs a statement (to release the previous savepoint and take its own), and one
 // for the writes and replies.
-func (b *barrier) run(ctx context.Context, tx pgx.Tx, steps []*step) (*pgx.Batch, error) {
+func (b *barrier) run(ctx context.Context, tx pgx.Tx, steps []*step, pre *readResult) (*pgx.Batch, error) {
 	start := time.Now()
-	got, err := b.read(ctx, tx, steps)
-	if err != nil {
-		return nil, err
+	var got map[key]stored
+	if pre != nil {
+		got = pre.got // read with BEGIN (Participant.prefetch), savepoint taken
+	} else {
+		var err error
+		if got, err = b.read(ctx, tx, steps); err != nil {
+			return nil, err
+		}
 	}
 	read := time.Since(start)
 	sp := &savepoints{ready: true}
@@ -195,44 +200,51 @@ func written(err error) error {
 // read returns the barrier rows of steps (and, for compensations, of their forward
 // steps), and takes the first handler's savepoint, in one round trip.
 func (b *barrier) read(ctx context.Context, tx pgx.Tx, steps []*step) (map[key]stored, error) {
-	var k keys
-	for _, s := range steps {
-		k.add(s.cmd.SagaID, s.cmd.Step, s.cmd.Op)
-		if s.cmd.Op == wire.OpCompensate {
-			k.add(s.cmd.SagaID, s.cmd.Step, wire.OpForward)
-		}
+	cmds := make([]wire.Command, len(steps))
+	for i, s := range steps {
+		cmds[i] = s.cmd
 	}
 	batch := &pgx.Batch{}
-	batch.Queue(indexScansSQL)
-	batch.Queue(b.selectSQL, k.sagas, k.steps, k.ops)
-	batch.Queue(scansAsBefore)
-	batch.Queue(savepointSQL)
-	br := tx.SendBatch(ctx, batch)
-	_, err := br.Exec()
-	var got map[key]stored
+	r := b.queueRead(batch, cmds)
+	err := tx.SendBatch(ctx, batch).Close()
 	if err == nil {
-		got, err = scanStored(br)
-	}
-	for range 2 {
-		if err == nil {
-			_, err = br.Exec()
-		}
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
+		err = r.err
 	}
 	if err != nil {
 		return nil, fmt.Errorf("participants: barrier read (%d commands, first saga %s step %s %s): %w",
 			len(steps), steps[0].cmd.SagaID, steps[0].cmd.Step, steps[0].cmd.Op, err)
 	}
-	return got, nil
+	return r.got, nil
 }
 
-func scanStored(br pgx.BatchResults) (map[key]stored, error) {
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
+// readResult is a barrier read, filled in when its batch's results are read.
+type readResult struct {
+	got map[key]stored
+	err error
+}
+
+// queueRead queues the barrier read of cmds (and, for compensations, of their
+// forward steps) and the first handler's savepoint in batch.
+func (b *barrier) queueRead(batch *pgx.Batch, cmds []wire.Command) *readResult {
+	var k keys
+	for _, c := range cmds {
+		k.add(c.SagaID, c.Step, c.Op)
+		if c.Op == wire.OpCompensate {
+			k.add(c.SagaID, c.Step, wire.OpForward)
+		}
 	}
+	r := &readResult{}
+	batch.Queue(indexScansSQL)
+	batch.Queue(b.selectSQL, k.sagas, k.steps, k.ops).Query(func(rows pgx.Rows) error {
+		r.got, r.err = scanStored(rows)
+		return r.err
+	})
+	batch.Queue(scansAsBefore)
+	batch.Queue(savepointSQL)
+	return r
+}
+
+func scanStored(rows pgx.Rows) (map[key]stored, error) {
 	defer rows.Close()
 	out := map[key]stored{}
 	for rows.Next() {

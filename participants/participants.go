@@ -201,6 +201,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Participant, error) {
 	if p.consumer, err = consumer.NewBatch(pool, cc, p.HandleMessages); err != nil {
 		return nil, fmt.Errorf("participants: %w: %w", ErrInvalidConfig, err)
 	}
+	p.consumer.Prefetch(p.prefetch)
 	return p, nil
 }
 
@@ -320,20 +321,37 @@ func (p *Participant) HandleMessages(ctx context.Context, tx pgx.Tx, msgs []cons
 		}
 		cmds[i] = cmd
 	}
-	return p.handle(ctx, tx, cmds, func(i int) (context.Context, func(error)) { return consumer.Trace(ctx, msgs[i]) }, true)
+	pre, _ := consumer.Prefetched(ctx).(*readResult)
+	return p.handle(ctx, tx, cmds, func(i int) (context.Context, func(error)) { return consumer.Trace(ctx, msgs[i]) }, true, pre)
+}
+
+// prefetch queues the barrier read of the commands among msgs to run with the
+// consumer transaction's BEGIN (consumer.Consumer.Prefetch): it then costs no round
+// trip of its own. Records that are not commands are left to HandleMessages.
+func (p *Participant) prefetch(msgs []consumer.Message, b *pgx.Batch) any {
+	cmds := make([]wire.Command, 0, len(msgs))
+	for _, m := range msgs {
+		if cmd, err := wire.ParseCommand(m.Headers, m.Value); err == nil {
+			cmds = append(cmds, cmd)
+		}
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	return p.barrier.queueRead(b, cmds)
 }
 
 // HandleCommand runs cmd behind the barrier in tx and enqueues the reply in tx. It
 // returns an error only when tx cannot be used (roll it back and retry) or the command
 // is unknown (wrapped as a consumer.Permanent error).
 func (p *Participant) HandleCommand(ctx context.Context, tx pgx.Tx, cmd wire.Command) error {
-	return p.handle(ctx, tx, []wire.Command{cmd}, nil, true)
+	return p.handle(ctx, tx, []wire.Command{cmd}, nil, true, nil)
 }
 
 // handle runs cmds behind the barrier and enqueues their replies; trace, if not nil,
 // gives command i its context. With atCommit, the writes go with the consumer's
-// commit when there is one.
-func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command, trace func(i int) (context.Context, func(error)), atCommit bool) error {
+// commit when there is one; pre, if not nil, is their barrier read, done with BEGIN.
+func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command, trace func(i int) (context.Context, func(error)), atCommit bool, pre *readResult) error {
 	steps := make([]*step, len(cmds))
 	seen := make(map[key]bool, len(cmds))
 	for i, cmd := range cmds {
@@ -355,7 +373,7 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 				if trace != nil {
 					one = func(int) (context.Context, func(error)) { return trace(i) }
 				}
-				if err := p.handle(ctx, tx, cmds[i:i+1], one, false); err != nil {
+				if err := p.handle(ctx, tx, cmds[i:i+1], one, false, nil); err != nil {
 					return err
 				}
 			}
@@ -368,7 +386,7 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 			s.ctx, s.end = trace(i)
 		}
 	}
-	batch, err := p.barrier.run(ctx, tx, steps)
+	batch, err := p.barrier.run(ctx, tx, steps, pre)
 	if err != nil {
 		return err
 	}

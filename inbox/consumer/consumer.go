@@ -95,9 +95,11 @@ type Consumer struct {
 	cfg     Config
 	handler Handler
 	batch   BatchHandler // nil unless made by NewBatch
-	store   *inbox.Store
-	sweeper *inbox.Sweeper // nil when Retention < 0
-	running atomic.Bool
+	// prefetch queues a handler's first reads with BEGIN (Prefetch); nil for none.
+	prefetch func(msgs []Message, b *pgx.Batch) any
+	store    *inbox.Store
+	sweeper  *inbox.Sweeper // nil when Retention < 0
+	running  atomic.Bool
 
 	// crashAfterDBCommit, set by tests, simulates a process killed after the database
 	// commit and before the offset commit of msg: when it returns true, Run stops at

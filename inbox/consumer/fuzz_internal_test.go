@@ -55,7 +55,7 @@ func FuzzDecodeAndDeadLetter(f *testing.F) {
 		// input so each reads back its own.
 		consumer := fmt.Sprintf("fuzz-%d", km.Offset)
 		r := &run{c: c, ctx: context.Background()}
-		if err := r.inTx(nil, func(_ context.Context, tx pgx.Tx, _ []bool) error {
+		if err := r.inTx(nil, nil, func(_ context.Context, tx pgx.Tx, _ []bool) error {
 			_, err := c.store.AddDeadLetter(r.ctx, tx, deadLetterOf(consumer, m, 1, err))
 			return err
 		}); err != nil {

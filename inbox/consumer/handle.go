@@ -183,7 +183,11 @@ func (r *run) applyAll(msgs []Message, order []int) (first []bool, failed int, e
 	for k, i := range order {
 		ids[k] = msgs[i].ID
 	}
-	err = r.inTx(ids, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
+	inOrder := make([]Message, len(order))
+	for k, i := range order {
+		inOrder[k] = msgs[i]
+	}
+	err = r.inTx(ids, inOrder, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 		first = make([]bool, len(msgs))
 		if r.c.batch != nil {
 			var news []Message
@@ -224,7 +228,7 @@ func (r *run) handleOne(m Message, km kafka.Message, prior error) bool {
 	for {
 		if err == nil {
 			var first bool
-			err = r.inTx([]uuid.UUID{m.ID}, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
+			err = r.inTx([]uuid.UUID{m.ID}, []Message{m}, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 				if first = fresh[0]; !first {
 					return nil
 				}
@@ -374,12 +378,13 @@ func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
 // inTx records ids in the inbox in a new transaction and runs fn in it with a
-// context for its handlers; fresh[i] reports whether ids[i] was new. BEGIN and the
-// inbox insert take one round trip, and the commit one with the statements the
+// context for its handlers; fresh[i] reports whether ids[i] was new. BEGIN, the
+// inbox insert and the statements the Prefetch function queues for msgs take one
+// round trip, and the commit one with the statements the
 // handlers queued for it (QueueAtCommit). An error after which the connection is
 // closed is marked as lost (transient, whatever fn returned); a commit refused by a
 // deferred constraint (class 23) is the handler's.
-func (r *run) inTx(ids []uuid.UUID, fn func(ctx context.Context, tx pgx.Tx, fresh []bool) error) error {
+func (r *run) inTx(ids []uuid.UUID, msgs []Message, fn func(ctx context.Context, tx pgx.Tx, fresh []bool) error) error {
 	// A connection of our own, not the pool's Tx: a commit sent in a batch leaves no
 	// statement to send to release it.
 	conn, err := r.c.pool.Acquire(r.ctx)
@@ -395,6 +400,10 @@ func (r *run) inTx(ids []uuid.UUID, fn func(ctx context.Context, tx pgx.Tx, fres
 			return err
 		}
 	}
+	ctx := r.ctx
+	if r.c.prefetch != nil && len(msgs) > 0 {
+		ctx = context.WithValue(ctx, prefetchKey{}, r.c.prefetch(msgs, b))
+	}
 	br := conn.SendBatch(r.ctx, b)
 	tx := br.Tx()
 	if err := br.Close(); err != nil {
@@ -402,7 +411,7 @@ func (r *run) inTx(ids []uuid.UUID, fn func(ctx context.Context, tx pgx.Tx, fres
 		return fmt.Errorf("consumer: begin: %w", err)
 	}
 	q := &atCommit{}
-	if err := fn(context.WithValue(r.ctx, commitKey{}, q), tx, fresh); err != nil {
+	if err := fn(context.WithValue(ctx, commitKey{}, q), tx, fresh); err != nil {
 		return r.rollback(tx, err)
 	}
 	if q.b.Len() > 0 {
@@ -469,6 +478,21 @@ func (r *run) commitQueued(tx pgx.Tx, q *atCommit) error {
 }
 
 type commitKey struct{}
+
+type prefetchKey struct{}
+
+// Prefetch sets f to queue, for the records of each transaction (new or already
+// handled), statements that run in the round trip of its BEGIN and inbox insert — a
+// batch handler's first reads, with callbacks (QueuedQuery.Query) that keep their
+// results. f returns what the handler then gets from Prefetched. A failing statement
+// fails the transaction's start: retried locally, like a database error around the
+// handler. Call it before Run; it is for a BatchHandler that knows what to read from
+// the records alone (package participants reads its barrier rows so).
+func (c *Consumer) Prefetch(f func(msgs []Message, b *pgx.Batch) any) { c.prefetch = f }
+
+// Prefetched returns what the Prefetch function returned for the transaction of ctx
+// (the context a handler got), or nil.
+func Prefetched(ctx context.Context) any { return ctx.Value(prefetchKey{}) }
 
 // atCommit holds the statements handlers queued to run with the commit.
 type atCommit struct {
@@ -545,7 +569,7 @@ func (r *run) deadLetter(m Message, km kafka.Message, attempts int, reason error
 		if m.ID != uuid.Nil {
 			ids = []uuid.UUID{m.ID}
 		}
-		err := r.inTx(ids, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
+		err := r.inTx(ids, nil, func(ctx context.Context, tx pgx.Tx, fresh []bool) error {
 			if len(fresh) > 0 && !fresh[0] {
 				return nil // already handled or dead-lettered under this id
 			}
