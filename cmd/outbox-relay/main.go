@@ -39,9 +39,6 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// secrets apply the secret environment variables after parsing.
-var secrets []func()
-
 // options are the parsed flags.
 type options struct {
 	databaseURL, brokers, schema, metricsAddr, relayID string
@@ -60,12 +57,20 @@ type options struct {
 }
 
 // flagSet declares every flag with its environment variable; a set variable
-// replaces the default, a flag on the command line wins over both.
-func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error) {
+// replaces the default, a flag on the command line wins over both. Call
+// applySecrets after parsing: it reads the secret variables.
+func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error, func()) {
 	fs := flag.NewFlagSet("outbox-relay", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // run prints help and errors itself
 	var envErrs []error
-	secrets = nil
+	// Per call, not a package variable: two runs at once (parallel tests) must not
+	// share them.
+	var secrets []func()
+	applySecrets := func() {
+		for _, apply := range secrets {
+			apply()
+		}
+	}
 	str := func(p *string, name, env, def, usage string) {
 		if v := getenv(env); v != "" {
 			def = v
@@ -158,12 +163,12 @@ Every flag can also be set by the environment variable shown; a flag wins.
 `)
 		fs.PrintDefaults()
 	}
-	return fs, &envErrs
+	return fs, &envErrs, applySecrets
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	var o options
-	fs, envErrs := flagSet(&o, getenv)
+	fs, envErrs, applySecrets := flagSet(&o, getenv)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -183,9 +188,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if o.deprecatedBrokersFlag {
 		fmt.Fprintln(stderr, "outbox-relay: warning: --kafka-brokers is deprecated and will be removed; use --brokers (same meaning, also $KAFKA_BROKERS)")
 	}
-	for _, apply := range secrets {
-		apply()
-	}
+	applySecrets()
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "outbox-relay: unexpected argument %q; see --help\n", fs.Arg(0))
 		return 2

@@ -144,3 +144,20 @@ func TestHealthzReportsTheBroker(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "127.0.0.1:1")
 	})
 }
+
+// TestTwoRunsAtOnceEachReadTheirOwnSecrets: the secret variables (DATABASE_URL,
+// the SASL password) were read through a package variable that every flag set
+// reset, so of two runs at once (parallel tests) one could find no database URL
+// ("no database: set --database-url"): TestPermanentDatabaseFaultsExitWithOneLine
+// failed about half the time.
+func TestTwoRunsAtOnceEachReadTheirOwnSecrets(t *testing.T) {
+	t.Parallel()
+	var first, second options
+	_, _, applyFirst := flagSet(&first, func(k string) string { return map[string]string{"DATABASE_URL": "postgres://first"}[k] })
+	_, _, applySecond := flagSet(&second, func(k string) string { return map[string]string{"DATABASE_URL": "postgres://second"}[k] })
+	applyFirst()
+	applySecond()
+	if first.databaseURL != "postgres://first" || second.databaseURL != "postgres://second" {
+		t.Fatalf("database URLs %q and %q, want postgres://first and postgres://second", first.databaseURL, second.databaseURL)
+	}
+}
