@@ -33,3 +33,16 @@ func UsableShards(r *Relay) int { return len(r.leases.usable(time.Now().Add(r.cf
 
 // NextHeldPause exposes the re-check schedule of held rows.
 var NextHeldPause = nextHeldPause
+
+// HoldCycle read-holds the lock a batch in flight holds, as a batch would: a
+// background release of surplus shards waits until the returned func is called.
+func HoldCycle(r *Relay) (done func()) {
+	r.cycleMu.RLock()
+	return r.cycleMu.RUnlock
+}
+
+// HeartbeatHook makes every heartbeat of r call f at its named points (testHook).
+func HeartbeatHook(r *Relay, f func(at string)) { r.hook = f }
+
+// WaitReleases waits for r's background releases of surplus shards.
+func WaitReleases(r *Relay) { r.releases.Wait() }

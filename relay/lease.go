@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -61,12 +62,19 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 	if err := r.db.QueryRow(ctx, r.q.live).Scan(&live); err != nil {
 		return fmt.Errorf("count relays: %w", err)
 	}
+	// The shards being released now, before the renew: a background release may
+	// end (and forget them) between the renew's answer and the check below, and a
+	// shard the renew still returned must not come back into use.
+	r.leases.mu.Lock()
+	wasReleasing := maps.Clone(r.leases.releasing)
+	r.leases.mu.Unlock()
 	renewed, err := r.collectShards(ctx, r.q.renew, r.cfg.ID, ttl)
 	if err != nil {
 		return fmt.Errorf("renew leases: %w", err)
 	}
+	r.testHook("renewed")
 	r.leases.mu.Lock()
-	renewed = slices.DeleteFunc(renewed, func(s int16) bool { return r.leases.releasing[s] })
+	renewed = slices.DeleteFunc(renewed, func(s int16) bool { return wasReleasing[s] || r.leases.releasing[s] })
 	lost := len(r.leases.owned) - len(renewed)
 	r.leases.owned = make(map[int16]time.Time, len(renewed))
 	for _, s := range renewed {
@@ -74,6 +82,7 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 	}
 	releasing := len(r.leases.releasing) > 0
 	r.leases.mu.Unlock()
+	r.testHook("owned")
 	if lost > 0 {
 		r.log.Warn("relay: leases expired before renewal; their shards go to other relays", "shards", lost)
 	}
@@ -132,15 +141,16 @@ func (r *Relay) release(ctx context.Context, shards []int16) {
 	//lint:ignore SA2001 the wait is the point
 	r.cycleMu.Unlock()
 	_, err := r.db.Exec(ctx, r.q.release, r.cfg.ID, shards)
+	if err != nil && ctx.Err() != nil {
+		return // shutting down: they stay in releasing, for leaveAll to release
+	}
 	r.leases.mu.Lock()
 	for _, s := range shards {
 		delete(r.leases.releasing, s)
 	}
 	r.leases.mu.Unlock()
 	if err != nil {
-		if ctx.Err() == nil {
-			r.log.Warn("relay: releasing surplus shards failed; a later heartbeat retries", "shards", len(shards), "err", err)
-		}
+		r.log.Warn("relay: releasing surplus shards failed; a later heartbeat retries", "shards", len(shards), "err", err)
 		return
 	}
 	r.log.Info("relay: released shards to other relays", "shards", len(shards), "owned", r.leases.count())

@@ -184,3 +184,56 @@ func TestSurplusReleaseDoesNotHoldUpTheHeartbeat(t *testing.T) {
 		t.Fatalf("%d rows left: the batch in flight was not settled", n)
 	}
 }
+
+// TestShardReleasedDuringARenewDoesNotComeBack: a surplus shard's background release
+// could commit, and forget the shard, between a heartbeat's renew (which still
+// returned it, ours in the database at that moment) and the heartbeat's check of the
+// shards being released; the shard then came back into use while another relay could
+// acquire it, and both published its keys.
+func TestShardReleasedDuringARenewDoesNotComeBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	cfg := fastConfig()
+	cfg.LeaseTTL, cfg.HeartbeatInterval = time.Minute, time.Second
+	a, err := relay.New(e.db.Pool, e.pub, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Heartbeat(ctx, a); err != nil { // a owns every shard
+		t.Fatal(err)
+	}
+	b, err := relay.New(e.db.Pool, e.pub, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Heartbeat(ctx, b); err != nil { // registers; nothing left to take
+		t.Fatal(err)
+	}
+	done := relay.HoldCycle(a) // a batch in flight: the surplus release waits for it
+	if err := relay.Heartbeat(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if n := relay.OwnedShards(a); n != relay.Shards/2 {
+		t.Fatalf("a uses %d shards, want its share %d", n, relay.Shards/2)
+	}
+	// The next renew still returns the surplus (the release is waiting); the release
+	// then ends before the heartbeat uses the answer. Right after it replaced its
+	// owned shards, no released one may be usable (a publish loop could claim it).
+	usable := -1
+	relay.HeartbeatHook(a, func(at string) {
+		switch at {
+		case "renewed":
+			done()
+			relay.WaitReleases(a)
+		case "owned":
+			usable = relay.UsableShards(a)
+		}
+	})
+	if err := relay.Heartbeat(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if usable != relay.Shards/2 {
+		t.Fatalf("a could use %d shards after a release that ended during its renew, want %d: released shards came back into use", usable, relay.Shards/2)
+	}
+}

@@ -29,6 +29,7 @@ type Relay struct {
 	leases     leaseSet
 	cycleMu    sync.RWMutex    // read-held by each batch from its claim until it is settled or dropped
 	releases   sync.WaitGroup  // background releases of surplus shards
+	hook       func(at string) // tests: called at named points of a heartbeat (testHook)
 	wakeC      []chan struct{} // one per publish loop
 	idle       atomic.Int32    // publish loops whose last cycle claimed nothing
 	running    atomic.Bool
@@ -157,6 +158,14 @@ func (r *Relay) checkSchema(ctx context.Context) error {
 		r.log.Warn("relay: database not reachable at start; retrying", "err", err)
 	}
 	return nil
+}
+
+// testHook calls the test's hook, if any, at point at of a heartbeat: "renewed"
+// (the renew answered, not used yet) and "owned" (the owned shards were replaced).
+func (r *Relay) testHook(at string) {
+	if r.hook != nil {
+		r.hook(at)
+	}
 }
 
 // wake makes every publish loop look for rows now.
