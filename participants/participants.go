@@ -383,10 +383,21 @@ func (p *Participant) handle(ctx context.Context, tx pgx.Tx, cmds []wire.Command
 	}
 	if trace != nil {
 		for i, s := range steps {
-			s.ctx, s.end = trace(i)
+			var end func(error)
+			if s.ctx, end = trace(i); end != nil {
+				s.end = endOnce(end)
+			}
 		}
 	}
 	batch, err := p.barrier.run(ctx, tx, steps, pre)
+	for _, s := range steps {
+		// The spans of commands whose handler did not run (duplicates answered from
+		// their barrier row, null compensations) or was never reached (an error
+		// before it) end here; a handler's own ended when it returned.
+		if s.end != nil {
+			s.end(err)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -434,4 +445,10 @@ func traceHeaders(h map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// endOnce returns end, called at most once.
+func endOnce(end func(error)) func(error) {
+	var once sync.Once
+	return func(err error) { once.Do(func() { end(err) }) }
 }
