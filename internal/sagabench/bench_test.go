@@ -156,12 +156,12 @@ func startSaga(pool *pgxpool.Pool, o **sagastate.Orchestrator, sagaType string, 
 	}
 }
 
-func sagaEnv(b *testing.B, pool *pgxpool.Pool, brokers []string, d *sagabench.Driver, o **sagastate.Orchestrator, def sagastate.Definition, runners []sagatest.Runner, topics []string) env {
-	cc := consumerConfig(d)
+// sagaEnv runs def's orchestrator beside runners; h, if not nil, traces its hops.
+func sagaEnv(b *testing.B, pool *pgxpool.Pool, brokers []string, d *sagabench.Driver, o **sagastate.Orchestrator, def sagastate.Definition, runners []sagatest.Runner, topics []string, h *hopTracer) env {
 	e := sagatest.Start(b, pool, brokers, sagatest.Config{
-		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}, Consumer: cc,
+		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{def}, Consumer: h.consumer(consumerConfig(d)),
 			Hooks: sagastate.Hooks{SagaFinished: func(s sagastate.SagaInfo) { d.Finished(s.ID) }}},
-		Participants: runners, Topics: topics, Partitions: 8,
+		Participants: runners, Topics: topics, Partitions: 8, Relay: h.relay(),
 	})
 	*o = e.Orchestrator
 	return env{driver: d, pool: pool, sagaRetries: func(ids []uuid.UUID) (demo.Retries, error) {
@@ -169,16 +169,19 @@ func sagaEnv(b *testing.B, pool *pgxpool.Pool, brokers []string, d *sagabench.Dr
 	}}
 }
 
-func noopEnv(b *testing.B) env {
+func noopEnv(b *testing.B) env { return noopFlow(b, nil) }
+
+// noopFlow is the no-op 4-step saga; h, if not nil, traces its hops.
+func noopFlow(b *testing.B, h *hopTracer) env {
 	pool, k := newDB(b), testenv.NewKafka(b)
 	var o *sagastate.Orchestrator
-	d := sagabench.NewDriver(startSaga(pool, &o, "bench", func(_ uuid.UUID, i int) any { return map[string]int{"n": i} }))
+	d := sagabench.NewDriver(h.starts(startSaga(pool, &o, "bench", func(_ uuid.UUID, i int) any { return map[string]int{"n": i} })))
 	var stages []sagastate.Stage
 	for _, s := range steps {
 		stages = append(stages, sagastate.Step(s, commands).Do(s+".do").Undo(s+".undo"))
 	}
 	return sagaEnv(b, pool, k.Brokers, d, &o, sagastate.Define[map[string]int]("bench", stages...),
-		[]sagatest.Runner{noopParticipant(b, pool, k.Brokers, consumerConfig(d))}, []string{commands})
+		[]sagatest.Runner{noopParticipant(b, pool, k.Brokers, h.consumer(consumerConfig(d)))}, []string{commands}, h)
 }
 
 var skus = []string{"widget", "gadget", "gizmo"}
@@ -218,13 +221,16 @@ func orderEnv(b *testing.B) env {
 		}
 		runners = append(runners, p)
 	}
-	return sagaEnv(b, pool, k.Brokers, d, &o, demo.OrderSaga(topics), runners, topics.All())
+	return sagaEnv(b, pool, k.Brokers, d, &o, demo.OrderSaga(topics), runners, topics.All(), nil)
 }
 
 // rawEnv drives the same four round trips as the no-op saga without sagastate: a
 // consumer of the replies enqueues the next step's command in the reply's inbox
 // transaction and signals the flow finished once the last reply committed.
-func rawEnv(b *testing.B) env {
+func rawEnv(b *testing.B) env { return rawFlow(b, nil) }
+
+// rawFlow is rawEnv's flow; h, if not nil, traces its hops.
+func rawFlow(b *testing.B, h *hopTracer) env {
 	pool, k := newDB(b), testenv.NewKafka(b)
 	const replies = "raw.replies"
 	out, err := outbox.New(outbox.Config{})
@@ -236,9 +242,9 @@ func rawEnv(b *testing.B) env {
 			Name: steps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}
 		return out.Enqueue(ctx, tx, cmd.Message(commands))
 	}
-	d := sagabench.NewDriver(func(ctx context.Context, id uuid.UUID, _ int) error {
+	d := sagabench.NewDriver(h.starts(func(ctx context.Context, id uuid.UUID, _ int) error {
 		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) })
-	})
+	}))
 	cc := consumerConfig(d)
 	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
 	cc.Hooks.Handled = func(m consumer.Message, duplicate bool) {
@@ -246,7 +252,7 @@ func rawEnv(b *testing.B) env {
 			d.Finished(r.SagaID)
 		}
 	}
-	driver, err := consumer.New(pool, cc, func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+	driver, err := consumer.New(pool, h.consumer(cc), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
 		r, err := wire.ParseReply(msg.Headers, msg.Value)
 		if err != nil {
 			return consumer.Permanent(err)
@@ -260,8 +266,8 @@ func rawEnv(b *testing.B) env {
 		b.Fatal(err)
 	}
 	sagatest.Start(b, pool, k.Brokers, sagatest.Config{
-		Participants: []sagatest.Runner{noopParticipant(b, pool, k.Brokers, consumerConfig(d)), driver},
-		Topics:       []string{commands, replies}, Partitions: 8,
+		Participants: []sagatest.Runner{noopParticipant(b, pool, k.Brokers, h.consumer(consumerConfig(d))), driver},
+		Topics:       []string{commands, replies}, Partitions: 8, Relay: h.relay(),
 	})
 	return env{driver: d, pool: pool}
 }

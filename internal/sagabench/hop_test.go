@@ -10,15 +10,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/internal/sagabench"
-	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
-	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/sagatest"
 	"github.com/sagabox/sagabox/wire"
 )
 
@@ -75,14 +71,25 @@ func next(k hopKey) (hopKey, bool) {
 	return hopKey{k.flow, steps[i], false}, true
 }
 
-// started records that flow id's first command committed.
-func (h *hopTracer) started(id uuid.UUID) {
-	now := time.Now()
-	h.set(hopKey{id, steps[0], false}, func(t *hopTimes) { t.committed = now })
+// starts wraps start to record when each flow's first command committed; a nil
+// tracer returns start as it is.
+func (h *hopTracer) starts(start sagabench.StartFunc) sagabench.StartFunc {
+	if h == nil {
+		return start
+	}
+	return func(ctx context.Context, id uuid.UUID, i int) error {
+		err := start(ctx, id, i)
+		now := time.Now()
+		h.set(hopKey{id, steps[0], false}, func(t *hopTimes) { t.committed = now })
+		return err
+	}
 }
 
-// consumer adds the tracer's hooks to cc.
+// consumer adds the tracer's hooks to cc; a nil tracer adds none.
 func (h *hopTracer) consumer(cc consumer.Config) consumer.Config {
+	if h == nil {
+		return cc
+	}
 	handled := cc.Hooks.Handled
 	cc.Hooks.Trace = func(ctx context.Context, m consumer.Message) (context.Context, func(error)) {
 		if k, ok := keyOf(m.Headers, m.Value); ok {
@@ -106,8 +113,12 @@ func (h *hopTracer) consumer(cc consumer.Config) consumer.Config {
 	return cc
 }
 
-// relay is a relay configuration whose Publish hook feeds the tracer.
+// relay is a relay configuration whose Publish hook feeds the tracer; a nil tracer's
+// is the default one.
 func (h *hopTracer) relay() relay.Config {
+	if h == nil {
+		return relay.Config{}
+	}
 	return relay.Config{Hooks: relay.Hooks{Publish: func(msgs []outbox.Message) func(error) {
 		start := time.Now()
 		return func(error) {
@@ -134,71 +145,12 @@ func BenchmarkHopLatency(b *testing.B) {
 
 func rawHops(b *testing.B) {
 	h := &hopTracer{m: map[hopKey]*hopTimes{}}
-	pool, k := newDB(b), testenv.NewKafka(b)
-	const replies = "raw.replies"
-	out, err := outbox.New(outbox.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
-		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: steps[step], Op: wire.OpForward, Attempt: 1,
-			Name: steps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}
-		return out.Enqueue(ctx, tx, cmd.Message(commands))
-	}
-	d := sagabench.NewDriver(func(ctx context.Context, id uuid.UUID, _ int) error {
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) })
-		h.started(id)
-		return err
-	})
-	cc := consumerConfig(d)
-	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
-	cc.Hooks.Handled = func(m consumer.Message, dup bool) {
-		if r, err := wire.ParseReply(m.Headers, m.Value); err == nil && !dup && r.Step == steps[len(steps)-1] {
-			d.Finished(r.SagaID)
-		}
-	}
-	driver, err := consumer.New(pool, h.consumer(cc), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-		r, err := wire.ParseReply(msg.Headers, msg.Value)
-		if err != nil {
-			return consumer.Permanent(err)
-		}
-		if next := slices.Index(steps, r.Step) + 1; next < len(steps) {
-			return send(ctx, tx, r.SagaID, next)
-		}
-		return nil
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	sagatest.Start(b, pool, k.Brokers, sagatest.Config{
-		Participants: []sagatest.Runner{noopParticipant(b, pool, k.Brokers, h.consumer(consumerConfig(d))), driver},
-		Topics:       []string{commands, replies}, Partitions: 8, Relay: h.relay(),
-	})
-	h.report(b, "raw flow", d)
+	h.report(b, "raw flow", rawFlow(b, h).driver)
 }
 
 func sagaHops(b *testing.B) {
 	h := &hopTracer{m: map[hopKey]*hopTimes{}}
-	pool, k := newDB(b), testenv.NewKafka(b)
-	var o *sagastate.Orchestrator
-	d := sagabench.NewDriver(func(ctx context.Context, id uuid.UUID, i int) error {
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, "bench", id, map[string]int{"n": i}) })
-		h.started(id)
-		return err
-	})
-	var stages []sagastate.Stage
-	for _, s := range steps {
-		stages = append(stages, sagastate.Step(s, commands).Do(s+".do").Undo(s+".undo"))
-	}
-	e := sagatest.Start(b, pool, k.Brokers, sagatest.Config{
-		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{sagastate.Define[map[string]int]("bench", stages...)},
-			Consumer: h.consumer(consumerConfig(d)),
-			Hooks:    sagastate.Hooks{SagaFinished: func(s sagastate.SagaInfo) { d.Finished(s.ID) }}},
-		Participants: []sagatest.Runner{noopParticipant(b, pool, k.Brokers, h.consumer(consumerConfig(d)))},
-		Topics:       []string{commands}, Partitions: 8, Relay: h.relay(),
-	})
-	o = e.Orchestrator
-	h.report(b, "no-op saga", d)
+	h.report(b, "no-op saga", noopFlow(b, h).driver)
 }
 
 // report runs 200 flows at each load and prints each segment's percentiles, for
