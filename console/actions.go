@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/inbox"
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/textfmt"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/sagastate"
 )
@@ -124,7 +125,7 @@ func (c *console) aboutSaga(ctx context.Context, t []string) string {
 	if err != nil {
 		return err.Error()
 	}
-	about := fmt.Sprintf("%s saga, %s since %s UTC", s.Type, s.Status, fmtTime(s.UpdatedAt))
+	about := fmt.Sprintf("%s saga, %s since %s UTC", s.Type, s.Status, textfmt.Time(s.UpdatedAt, "–"))
 	if !s.AbortedAt.IsZero() {
 		about += ", aborted"
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sagabox/sagabox/inbox"
+	"github.com/sagabox/sagabox/internal/textfmt"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -57,7 +58,7 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	d.Oldest, d.HeldBack = fmtDur(d.Backlog.OldestPendingAge), fmtDur(d.Backlog.HeldBack)
+	d.Oldest, d.HeldBack = textfmt.Duration(d.Backlog.OldestPendingAge), textfmt.Duration(d.Backlog.HeldBack)
 	topics, err := outbox.TopicBacklogs(ctx, c.pool, c.cfg.Schema)
 	if err != nil {
 		c.fail(w, r, http.StatusInternalServerError, err)
@@ -66,7 +67,7 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 	for _, t := range topics {
 		row := topicRow{Topic: t.Topic, Pending: t.Pending, RetryDue: t.RetryLater, TxOpen: t.TxOpen, Dead: t.Dead, OldestAge: "–"}
 		if t.Pending > 0 {
-			row.OldestAge = fmtDur(t.OldestPendingAge)
+			row.OldestAge = textfmt.Duration(t.OldestPendingAge)
 		}
 		d.Topics = append(d.Topics, row)
 	}
@@ -77,9 +78,9 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, h := range held {
 		row := heldRow{ID: h.ID.String(), Topic: h.Topic, Key: h.Key, Attempts: strconv.Itoa(h.Attempts), Error: h.LastError,
-			Created: fmtTime(h.CreatedAt), NextAttempt: "–", Why: h.Why}
+			Created: textfmt.Time(h.CreatedAt, "–"), NextAttempt: "–", Why: h.Why}
 		if !h.NextAttemptAt.IsZero() {
-			row.NextAttempt = fmtTime(h.NextAttemptAt)
+			row.NextAttempt = textfmt.Time(h.NextAttemptAt, "–")
 		}
 		d.Held = append(d.Held, row)
 	}
@@ -87,7 +88,7 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 	var txAge float64
 	switch err := c.pool.QueryRow(ctx, c.q.oldestTx).Scan(&tx.PID, &tx.User, &tx.App, &tx.State, &txAge, &tx.Query); err {
 	case nil:
-		tx.Age = fmtDur(time.Duration(txAge * float64(time.Second)))
+		tx.Age = textfmt.Duration(time.Duration(txAge * float64(time.Second)))
 		d.OpenTx = &tx
 	case pgx.ErrNoRows:
 	default:
@@ -101,7 +102,7 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, m := range dead {
 		d.Dead = append(d.Dead, outboxDead{ID: m.ID.String(), Topic: m.Topic, Key: m.Key, Headers: fmtHeaders(m.Headers), Payload: preview(m.Payload),
-			Attempts: strconv.Itoa(m.Attempts), Error: m.LastError, Created: fmtTime(m.CreatedAt), DeadAt: fmtTime(m.DeadAt)})
+			Attempts: strconv.Itoa(m.Attempts), Error: m.LastError, Created: textfmt.Time(m.CreatedAt, "–"), DeadAt: textfmt.Time(m.DeadAt, "–")})
 	}
 	c.render(w, r, "outbox", "Outbox", d)
 }
@@ -133,7 +134,7 @@ func (c *console) inboxPage(w http.ResponseWriter, r *http.Request) {
 	var n int64
 	var last time.Time
 	if _, err := pgx.ForEachRow(rows, []any{&cr.Consumer, &n, &last}, func() error {
-		cr.Count, cr.Last, cr.Active = strconv.FormatInt(n, 10), fmtTime(last), cr.Consumer == d.Consumer
+		cr.Count, cr.Last, cr.Active = strconv.FormatInt(n, 10), textfmt.Time(last, "–"), cr.Consumer == d.Consumer
 		cr.URL = c.cfg.Prefix + "/inbox?consumer=" + urlQuery(cr.Consumer)
 		d.Consumers = append(d.Consumers, cr)
 		return nil
@@ -154,7 +155,7 @@ func (c *console) inboxPage(w http.ResponseWriter, r *http.Request) {
 	for _, m := range dead {
 		row := inboxDead{ID: strconv.FormatInt(m.ID, 10), Consumer: m.Consumer, MessageID: "–",
 			Source: fmt.Sprintf("%s/%d@%d", m.Topic, m.Partition, m.Offset), Key: preview(m.Key), Headers: fmtHeaders(m.Headers),
-			Value: preview(m.Value), Attempts: strconv.Itoa(m.Attempts), Reason: m.Reason, DeadAt: fmtTime(m.DeadAt)}
+			Value: preview(m.Value), Attempts: strconv.Itoa(m.Attempts), Reason: m.Reason, DeadAt: textfmt.Time(m.DeadAt, "–")}
 		if m.MessageID.String() != "00000000-0000-0000-0000-000000000000" {
 			row.MessageID = m.MessageID.String()
 		}
@@ -198,7 +199,7 @@ func (c *console) relaysPage(w http.ResponseWriter, r *http.Request) {
 	if _, err := pgx.ForEachRow(rows, []any{&l.Owner, &l.Valid, &shards, &expires, &l.Epoch}, func() error {
 		l.Count, l.Shards, l.Expires = len(shards), shardRanges(shards), "–"
 		if expires.Valid && expires.InfinityModifier == pgtype.Finite {
-			l.Expires = fmtTime(expires.Time)
+			l.Expires = textfmt.Time(expires.Time, "–")
 		}
 		if l.Owner == "" || !l.Valid {
 			d.Unowned += l.Count
@@ -220,7 +221,7 @@ func (c *console) relaysPage(w http.ResponseWriter, r *http.Request) {
 	var rr relayRow
 	var started, exp time.Time
 	if _, err := pgx.ForEachRow(rows, []any{&rr.ID, &started, &exp, &rr.Alive}, func() error {
-		rr.Started, rr.Expires, rr.Shards = fmtTime(started), fmtTime(exp), owned[rr.ID]
+		rr.Started, rr.Expires, rr.Shards = textfmt.Time(started, "–"), textfmt.Time(exp, "–"), owned[rr.ID]
 		rr.Heartbeat = fmtAgo(now.Sub(exp.Add(-c.cfg.LeaseTTL)))
 		d.Relays = append(d.Relays, rr)
 		return nil

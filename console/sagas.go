@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/sagabox/sagabox/internal/textfmt"
 	"github.com/sagabox/sagabox/internal/timeline"
 	"github.com/sagabox/sagabox/sagastate"
 )
@@ -278,9 +279,9 @@ func scanListRow(row pgx.CollectableRow) (sagastate.Instance, error) {
 
 func toRow(s sagastate.Instance, now time.Time) sagaRow {
 	row := sagaRow{ID: s.ID.String(), Type: s.Type, Status: string(s.Status), Aborted: !s.AbortedAt.IsZero(),
-		Created: fmtTime(s.CreatedAt), Age: fmtAgo(now.Sub(s.CreatedAt)), Updated: fmtAgo(now.Sub(s.UpdatedAt)), LastError: s.LastError, Took: "–"}
+		Created: textfmt.Time(s.CreatedAt, "–"), Age: fmtAgo(now.Sub(s.CreatedAt)), Updated: fmtAgo(now.Sub(s.UpdatedAt)), LastError: s.LastError, Took: "–"}
 	if !s.FinishedAt.IsZero() {
-		row.Took = fmtDur(s.FinishedAt.Sub(s.CreatedAt))
+		row.Took = textfmt.Duration(s.FinishedAt.Sub(s.CreatedAt))
 	}
 	return row
 }
@@ -387,24 +388,24 @@ func (c *console) sagaDetail(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *console) detail(s *sagastate.Instance) detailData {
-	d := detailData{ID: s.ID.String(), Type: s.Type, Status: string(s.Status), Created: fmtTime(s.CreatedAt), Updated: fmtTime(s.UpdatedAt),
+	d := detailData{ID: s.ID.String(), Type: s.Type, Status: string(s.Status), Created: textfmt.Time(s.CreatedAt, "–"), Updated: textfmt.Time(s.UpdatedAt, "–"),
 		LastError: s.LastError, Payload: pretty(s.Payload)}
 	if !s.AbortedAt.IsZero() {
-		d.Aborted = fmtTime(s.AbortedAt)
+		d.Aborted = textfmt.Time(s.AbortedAt, "–")
 	}
 	if !s.FinishedAt.IsZero() {
-		d.Finished, d.Took = fmtTime(s.FinishedAt), fmtDur(s.FinishedAt.Sub(s.CreatedAt))
+		d.Finished, d.Took = textfmt.Time(s.FinishedAt, "–"), textfmt.Duration(s.FinishedAt.Sub(s.CreatedAt))
 	}
 	for _, st := range s.Steps {
 		row := stepRow{Name: st.Name, Stage: strconv.Itoa(st.Stage + 1), Status: string(st.Status), Op: string(st.Op), Attempt: strconv.Itoa(st.Attempt),
-			Started: fmtTime(st.StartedAt), Finished: fmtTime(st.FinishedAt), Error: st.LastError, Input: pretty(st.Input), Result: pretty(st.Result), Took: "–"}
+			Started: textfmt.Time(st.StartedAt, "–"), Finished: textfmt.Time(st.FinishedAt, "–"), Error: st.LastError, Input: pretty(st.Input), Result: pretty(st.Result), Took: "–"}
 		if !st.StartedAt.IsZero() && !st.FinishedAt.IsZero() {
-			row.Took = fmtDur(st.FinishedAt.Sub(st.StartedAt))
+			row.Took = textfmt.Duration(st.FinishedAt.Sub(st.StartedAt))
 		}
 		d.Steps = append(d.Steps, row)
 	}
 	for _, e := range s.Events {
-		row := eventRow{At: fmtTime(e.At), Offset: "+" + fmtDur(e.At.Sub(s.CreatedAt)), Type: string(e.Type), Step: e.Step, Op: string(e.Op), Detail: e.Detail,
+		row := eventRow{At: textfmt.Time(e.At, "–"), Offset: "+" + textfmt.Duration(e.At.Sub(s.CreatedAt)), Type: string(e.Type), Step: e.Step, Op: string(e.Op), Detail: e.Detail,
 			Bad: strings.Contains(string(e.Type), "failed") || e.Type == sagastate.EventSagaCompensating}
 		if e.Attempt > 0 {
 			row.Attempt = strconv.Itoa(e.Attempt)
@@ -437,28 +438,6 @@ func pretty(b []byte) string {
 		return string(b)
 	}
 	return fmt.Sprintf("(%d bytes of binary data)", len(b))
-}
-
-func fmtTime(t time.Time) string {
-	if t.IsZero() {
-		return "–"
-	}
-	return t.UTC().Format("2006-01-02 15:04:05.000")
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "0s"
-	case d < time.Millisecond:
-		return d.Round(time.Microsecond).String()
-	case d < time.Second:
-		return d.Round(100 * time.Microsecond).String()
-	case d < time.Minute:
-		return d.Round(time.Millisecond).String()
-	default:
-		return d.Round(time.Second).String()
-	}
 }
 
 func fmtAgo(d time.Duration) string {

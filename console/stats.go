@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/sagabox/sagabox/internal/textfmt"
 )
 
 // statsBuckets is the number of points of every chart.
@@ -145,7 +147,7 @@ func fmtSec(s float64) string {
 	if math.IsNaN(s) {
 		return "–"
 	}
-	return fmtDur(time.Duration(s * float64(time.Second)))
+	return textfmt.Duration(time.Duration(s * float64(time.Second)))
 }
 
 type series struct {
@@ -259,7 +261,7 @@ func niceCeil(v float64) float64 {
 func fmtTick(v float64, unit string) string {
 	switch unit {
 	case "s":
-		return fmtDur(time.Duration(v * float64(time.Second)))
+		return textfmt.Duration(time.Duration(v * float64(time.Second)))
 	case "%":
 		return fmt.Sprintf("%.0f%%", v)
 	}

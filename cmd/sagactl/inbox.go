@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagabox/sagabox/inbox"
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/textfmt"
 )
 
 func init() {
@@ -90,7 +91,7 @@ func inboxList(ctx context.Context, a *app, o *opts, _ []string) error {
 			msg = d.MessageID.String()
 		}
 		rows = append(rows, []string{strconv.FormatInt(d.ID, 10), d.Consumer, fmt.Sprintf("%s/%d@%d", d.Topic, d.Partition, d.Offset), msg,
-			strconv.Itoa(d.Attempts), fmtTime(d.DeadAt), oneLine(d.Reason, 70), oneLine(headerList(d.Headers), 60)})
+			strconv.Itoa(d.Attempts), textfmt.Time(d.DeadAt, "-"), oneLine(d.Reason, 70), oneLine(headerList(d.Headers), 60)})
 	}
 	a.table([]string{"ID", "CONSUMER", "FROM", "MESSAGE ID", "ATTEMPTS", "DEAD AT", "REASON", "HEADERS"}, rows)
 	if len(dead) == o.limit {

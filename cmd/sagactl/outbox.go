@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/textfmt"
 	"github.com/sagabox/sagabox/outbox"
 )
 
@@ -79,7 +80,7 @@ func outboxStatus(ctx context.Context, a *app, o *opts, _ []string) error {
 		})
 	}
 	a.table([]string{"PENDING", "WAITING RETRY", "OLDEST PENDING", "DEAD LETTERS"}, [][]string{{
-		strconv.FormatInt(st.Pending, 10), strconv.FormatInt(st.Waiting, 10), fmtDur(st.OldestPendingAge), strconv.FormatInt(st.Dead, 10),
+		strconv.FormatInt(st.Pending, 10), strconv.FormatInt(st.Waiting, 10), textfmt.Duration(st.OldestPendingAge), strconv.FormatInt(st.Dead, 10),
 	}})
 	if len(dead) == 0 {
 		if st.Dead > 0 {
@@ -90,7 +91,7 @@ func outboxStatus(ctx context.Context, a *app, o *opts, _ []string) error {
 	fmt.Fprintln(a.stdout)
 	rows := make([][]string, 0, len(dead))
 	for _, d := range dead {
-		rows = append(rows, []string{d.ID.String(), d.Topic, d.Key, strconv.Itoa(d.Attempts), fmtTime(d.DeadAt), oneLine(d.LastError, 80)})
+		rows = append(rows, []string{d.ID.String(), d.Topic, d.Key, strconv.Itoa(d.Attempts), textfmt.Time(d.DeadAt, "-"), oneLine(d.LastError, 80)})
 	}
 	a.table([]string{"DEAD LETTER ID", "TOPIC", "KEY", "ATTEMPTS", "DEAD AT", "LAST ERROR"}, rows)
 	if int64(len(dead)) < st.Dead {

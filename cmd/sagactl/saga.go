@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagabox/sagabox/internal/textfmt"
 	"github.com/sagabox/sagabox/internal/timeline"
 	"github.com/sagabox/sagabox/sagastate"
 )
@@ -218,9 +219,9 @@ func sagaList(ctx context.Context, a *app, o *opts, _ []string) error {
 		}
 		took := "-"
 		if !s.FinishedAt.IsZero() {
-			took = fmtDur(s.FinishedAt.Sub(s.CreatedAt))
+			took = textfmt.Duration(s.FinishedAt.Sub(s.CreatedAt))
 		}
-		rows = append(rows, []string{s.ID.String(), s.Type, status, fmtDur(now.Sub(s.CreatedAt).Round(time.Second)) + " ago", took, oneLine(s.LastError, 90)})
+		rows = append(rows, []string{s.ID.String(), s.Type, status, textfmt.Duration(now.Sub(s.CreatedAt).Round(time.Second)) + " ago", took, oneLine(s.LastError, 90)})
 	}
 	a.table([]string{"ID", "TYPE", "STATUS", "CREATED", "TOOK", "LAST ERROR"}, rows)
 	if len(list) == o.limit {
@@ -258,11 +259,11 @@ func sagaShow(ctx context.Context, a *app, o *opts, pos []string) error {
 	w := a.stdout
 	fmt.Fprintf(w, "saga     %s\ntype     %s\nstatus   %s", s.ID, s.Type, s.Status)
 	if !s.AbortedAt.IsZero() {
-		fmt.Fprintf(w, " (aborted %s)", fmtTime(s.AbortedAt))
+		fmt.Fprintf(w, " (aborted %s)", textfmt.Time(s.AbortedAt, "-"))
 	}
-	fmt.Fprintf(w, "\ncreated  %s\n", fmtTime(s.CreatedAt))
+	fmt.Fprintf(w, "\ncreated  %s\n", textfmt.Time(s.CreatedAt, "-"))
 	if !s.FinishedAt.IsZero() {
-		fmt.Fprintf(w, "finished %s (took %s)\n", fmtTime(s.FinishedAt), fmtDur(s.FinishedAt.Sub(s.CreatedAt)))
+		fmt.Fprintf(w, "finished %s (took %s)\n", textfmt.Time(s.FinishedAt, "-"), textfmt.Duration(s.FinishedAt.Sub(s.CreatedAt)))
 	}
 	if s.LastError != "" {
 		fmt.Fprintf(w, "error    %s\n", s.LastError)
@@ -271,7 +272,7 @@ func sagaShow(ctx context.Context, a *app, o *opts, pos []string) error {
 	rows := make([][]string, 0, len(s.Steps))
 	for _, st := range s.Steps {
 		rows = append(rows, []string{st.Name, strconv.Itoa(st.Stage + 1), string(st.Status), string(st.Op), strconv.Itoa(st.Attempt),
-			fmtTime(st.StartedAt), fmtTime(st.FinishedAt), oneLine(st.LastError, 60)})
+			textfmt.Time(st.StartedAt, "-"), textfmt.Time(st.FinishedAt, "-"), oneLine(st.LastError, 60)})
 	}
 	a.table([]string{"STEP", "STAGE", "STATUS", "OP", "ATTEMPT", "STARTED", "FINISHED", "ERROR"}, rows)
 	fmt.Fprintln(w)
@@ -281,7 +282,7 @@ func sagaShow(ctx context.Context, a *app, o *opts, pos []string) error {
 		if e.Attempt > 0 {
 			attempt = strconv.Itoa(e.Attempt)
 		}
-		erows = append(erows, []string{"+" + fmtDur(e.At.Sub(s.CreatedAt)), string(e.Type), e.Step, string(e.Op), attempt, oneLine(e.Detail, 80)})
+		erows = append(erows, []string{"+" + textfmt.Duration(e.At.Sub(s.CreatedAt)), string(e.Type), e.Step, string(e.Op), attempt, oneLine(e.Detail, 80)})
 	}
 	a.table([]string{"AT", "EVENT", "STEP", "OP", "ATTEMPT", "DETAIL"}, erows)
 	fmt.Fprintln(w)
@@ -397,6 +398,6 @@ func sagaStats(ctx context.Context, a *app, o *opts, _ []string) error {
 		return nil
 	}
 	fmt.Fprintf(a.stdout, "\ncompensation rate    %.1f%% of %d finished sagas\n", 100*st.CompensationRate, finished)
-	fmt.Fprintf(a.stdout, "time to consistency  p50 %s  p99 %s  max %s\n", fmtDur(st.TimeToConsistencyP50), fmtDur(st.TimeToConsistencyP99), fmtDur(st.TimeToConsistencyMax))
+	fmt.Fprintf(a.stdout, "time to consistency  p50 %s  p99 %s  max %s\n", textfmt.Duration(st.TimeToConsistencyP50), textfmt.Duration(st.TimeToConsistencyP99), textfmt.Duration(st.TimeToConsistencyMax))
 	return nil
 }
