@@ -79,7 +79,7 @@ func BenchmarkStateDB(b *testing.B) {
 					in[i] = sagaInput{id, input{kind: inReply, reply: wire.Reply{SagaID: id, Step: steps[step], Op: wire.OpForward,
 						Attempt: 1, Outcome: wire.OutcomeSuccess, Payload: []byte(`{"ok":true}`)}}}
 				}
-				_, err := o.applyMany(ctx, tx, in)
+				_, err := o.applyMany(ctx, tx, in, nil)
 				return err
 			},
 		}

@@ -81,5 +81,14 @@
 // saga_steps must come with an UPDATE of the saga's saga_instances row (for example
 // SET version = version) in the same transaction.
 //
+// Round trips. The reply consumer's transaction takes two: its BEGIN and inbox insert
+// go with the lock and read of the replies' sagas (consumer Prefetch; the saga ids are
+// in the records' headers), and its COMMIT with every write (consumer.QueueAtCommit).
+// The writes therefore cannot be checked before the commit: the version check is in
+// the statement itself (update_instances fails on a saga at another version, so the
+// commit fails and the consumer runs the transaction again), and the xmin remembered
+// with the steps is the transaction's own id, read with the lock. The sweeper's and
+// the operators' transactions, and Start in the caller's, send their writes at once.
+//
 // Package sagatest runs sagas end to end inside one test function.
 package sagastate

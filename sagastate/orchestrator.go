@@ -279,7 +279,7 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
 	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h), inserted: &row, xmin: xmin}
-	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}, o.steps); err != nil {
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}, o.steps, nil); err != nil {
 		return err
 	}
 	notify(o.cfg.Hooks.notifier(c.prev, &c.res))
@@ -357,7 +357,7 @@ func (o *Orchestrator) HandleReply(ctx context.Context, tx DB, r wire.Reply) err
 // apply runs one transition of saga id inside tx. It returns the hook calls to make once
 // tx commits (nil if none).
 func (o *Orchestrator) apply(ctx context.Context, tx DB, id uuid.UUID, in input) (func(), error) {
-	notes, err := o.applyMany(ctx, tx, []sagaInput{{id, in}})
+	notes, err := o.applyMany(ctx, tx, []sagaInput{{id, in}}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +375,11 @@ type sagaInput struct {
 // apply one after the other) and writes all the changes in one more. It returns, for each
 // input, the hook calls to make once tx commits (nil if none). Any error fails the whole
 // call; nothing of it must then commit.
-func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput) ([]func(), error) {
+//
+// pre, if not nil, is the locked read of (at least) these sagas, already done with the
+// BEGIN of the reply consumer's transaction (prefetch); the writes then go with its
+// COMMIT, so the transaction takes two round trips in all instead of four.
+func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput, pre *loading) ([]func(), error) {
 	ids := make([]uuid.UUID, 0, len(inputs))
 	seen := make(map[uuid.UUID]bool, len(inputs))
 	for _, si := range inputs {
@@ -384,7 +388,15 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 			ids = append(ids, si.id)
 		}
 	}
-	sagas, now, err := o.q.load(ctx, tx, ids, true, o.clock(), o.steps)
+	var sagas map[uuid.UUID]*Instance
+	var now time.Time
+	var err error
+	if pre != nil && pre.covers(ids) {
+		sagas, now, err = o.q.finishLoad(ctx, tx, pre, ids)
+	} else {
+		pre = nil
+		sagas, now, err = o.q.load(ctx, tx, ids, true, o.clock(), o.steps)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +438,7 @@ func (o *Orchestrator) applyMany(ctx context.Context, tx DB, inputs []sagaInput)
 	if len(order) == 0 {
 		return notes, nil
 	}
-	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order, o.steps); err != nil {
+	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, order, o.steps, pre); err != nil {
 		return nil, err
 	}
 	for range order {

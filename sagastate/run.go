@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,6 +71,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sagastate: reply consumer: %w", err)
 	}
+	c.Prefetch(o.prefetch)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -141,7 +143,8 @@ func (o *Orchestrator) handleReplies(ctx context.Context, tx pgx.Tx, msgs []cons
 		}
 		inputs = append(inputs, sagaInput{r.SagaID, input{kind: inReply, reply: r}})
 	}
-	n, err := o.applyMany(ctx, tx, inputs)
+	pre, _ := consumer.Prefetched(ctx).(*loading)
+	n, err := o.applyMany(ctx, tx, inputs, pre)
 	if err != nil {
 		if len(msgs) == 1 && (errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnknownStep) || errors.Is(err, ErrUnknownSagaType)) {
 			// Retrying cannot help: the reply is dead-lettered with this reason, to be
@@ -156,6 +159,23 @@ func (o *Orchestrator) handleReplies(ctx context.Context, tx pgx.Tx, msgs []cons
 		notes.put(msg.ID, n[i])
 	}
 	return nil
+}
+
+// prefetch queues the locked read of the sagas the replies among msgs name to run with
+// the reply consumer transaction's BEGIN (consumer.Consumer.Prefetch), so it costs no
+// round trip of its own; handleReplies then sends its writes with the COMMIT. Records
+// that are not replies are left to handleReplies.
+func (o *Orchestrator) prefetch(msgs []consumer.Message, b *pgx.Batch) any {
+	ids := make([]uuid.UUID, 0, len(msgs))
+	for _, m := range msgs {
+		if r, err := wire.ParseReply(m.Headers, m.Value); err == nil && !slices.Contains(ids, r.SagaID) {
+			ids = append(ids, r.SagaID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return o.q.queueLoad(b, ids, true, o.clock(), o.steps, false)
 }
 
 func (o *Orchestrator) sweepLoop(ctx context.Context) error {

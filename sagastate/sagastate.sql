@@ -31,11 +31,12 @@ WHERE "id" = $1;
 -- name: lock_instances
 -- The sagas a transaction changes, locked in id order: two transactions that lock
 -- overlapping sets wait for each other instead of deadlocking. After the instance
--- columns: the time the transition computes with ($2 is now), and the row's xmin (the
+-- columns: the time the transition computes with ($2 is now), the row's xmin (the
 -- transaction that wrote it; it tells whether the steps the orchestrator remembers are
--- the row's).
+-- the row's), and this transaction's own id: the xmin its writes will have (outside a
+-- savepoint), known before they are sent.
 SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "created_at", "updated_at",
-    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp()), "xmin"
+    "finished_at", "aborted_at", coalesce($2::timestamptz, clock_timestamp()), "xmin", pg_current_xact_id()::xid
 FROM "sagabox"."saga_instances"
 WHERE "id" = ANY($1::uuid[])
 ORDER BY "id"
@@ -49,15 +50,19 @@ WHERE "id" = $1;
 
 -- name: update_instances
 -- The new state of every saga a transaction changed, each only if still at the version
--- it was read at (one row per saga; the caller checks the count). It returns the rows'
--- new xmin, for the orchestrator's memory of their steps.
+-- it was read at. The check fails the statement by itself: a row at another version
+-- gets a NULL "version", which its NOT NULL constraint refuses (SQLSTATE 23502, column
+-- "version"), so the statement can go with the COMMIT and nothing commits when it
+-- fails. It returns the rows' new xmin, for the orchestrator's memory of their steps
+-- (a row deleted meanwhile is missing: the caller checks the count).
 UPDATE "sagabox"."saga_instances" AS s
-SET "status" = u.status, "version" = s."version" + 1, "last_error" = u.last_error, "wake_at" = u.wake_at,
+SET "status" = u.status, "version" = CASE WHEN s."version" = u.version THEN s."version" + 1 END,
+    "last_error" = u.last_error, "wake_at" = u.wake_at,
     "updated_at" = u.updated_at, "finished_at" = u.finished_at, "aborted_at" = u.aborted_at
 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
             $7::timestamptz[], $8::timestamptz[])
     AS u(id, version, status, last_error, wake_at, updated_at, finished_at, aborted_at)
-WHERE s."id" = u.id AND s."version" = u.version
+WHERE s."id" = u.id
 RETURNING s."id", s."xmin";
 
 -- name: due_sagas

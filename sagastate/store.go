@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/internal/sqlfile"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/wire"
@@ -111,108 +112,138 @@ func scanStep(row pgx.CollectableRow) (uuid.UUID, StepState, error) {
 // version cached: the steps of the others are read in the same round trip, and those of
 // cached sagas another writer changed in one more. An id without a saga is an ErrNotFound.
 func (q queries) load(ctx context.Context, db DB, ids []uuid.UUID, lock bool, clock time.Time, cache *stepCache) (map[uuid.UUID]*Instance, time.Time, error) {
+	batch := &pgx.Batch{}
+	l := q.queueLoad(batch, ids, lock, clock, cache, true)
+	if err := db.SendBatch(ctx, batch).Close(); err != nil && l.err == nil {
+		l.err = err
+	}
+	return q.finishLoad(ctx, db, l, ids)
+}
+
+// loading is a load queued in a batch (queueLoad), filled in as the batch's results
+// are read, and completed by finishLoad.
+type loading struct {
+	ids   []uuid.UUID
+	lock  bool
+	clock time.Time
+	cache *stepCache
+	read  []uuid.UUID // the sagas whose steps are read with the instances
+	sagas map[uuid.UUID]*Instance
+	now   time.Time
+	stale []uuid.UUID // cached, but the row is not the version cached
+	// xid is the transaction's own id (with lock): the xmin of the rows it writes
+	// outside a savepoint.
+	xid uint32
+	err error
+}
+
+// queueLoad queues load's first round trip in batch. Unless restore is set, the
+// statements after it in the transaction keep to index scans (see index_scans_only):
+// for a transaction that runs only the orchestrator's statements until it commits.
+func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock time.Time, cache *stepCache, restore bool) *loading {
+	l := &loading{ids: ids, lock: lock, clock: clock, cache: cache, read: ids, sagas: make(map[uuid.UUID]*Instance, len(ids))}
+	if !lock {
+		l.cache = nil
+	}
+	if l.cache != nil {
+		l.read = nil
+		for _, id := range ids {
+			if !l.cache.has(id) {
+				l.read = append(l.read, id)
+			}
+		}
+	}
+	if lock {
+		batch.Queue(q.sql("index_scans_only"))
+		batch.Queue(q.sql("lock_instances"), ids, ts(clock)).Query(l.scanInstances)
+	} else {
+		batch.Queue(q.sql("select_instance"), ids[0], ts(clock)).Query(l.scanInstances)
+	}
+	if len(l.read) > 0 {
+		batch.Queue(q.sql("select_steps"), l.read).Query(func(rows pgx.Rows) error {
+			if l.err == nil {
+				l.err = readSteps(rows, l.sagas)
+			}
+			return l.err
+		})
+	}
+	if lock && restore {
+		batch.Queue(q.sql("index_scans_as_before"))
+	}
+	return l
+}
+
+// covers reports whether l was queued for every saga of ids.
+func (l *loading) covers(ids []uuid.UUID) bool {
+	for _, id := range ids {
+		if !slices.Contains(l.ids, id) {
+			return false
+		}
+	}
+	return true
+}
+
+// scanInstances reads the rows of lock_instances or select_instance.
+func (l *loading) scanInstances(rows pgx.Rows) error {
+	defer rows.Close()
+	for rows.Next() {
+		var xmin uint32
+		var extra []any
+		if l.lock {
+			extra = []any{&xmin, &l.xid}
+		}
+		s, t, err := scanInstance(rows, extra...)
+		if err != nil {
+			l.err = err
+			return err
+		}
+		if l.cache != nil && !slices.Contains(l.read, s.ID) {
+			if steps, ok := l.cache.get(s.ID, s.Version, xmin); ok {
+				s.Steps = slices.Clone(steps)
+			} else {
+				l.cache.forget(s.ID)
+				l.stale = append(l.stale, s.ID)
+			}
+		}
+		l.sagas[s.ID], l.now = &s, t
+	}
+	l.err = rows.Err()
+	return l.err
+}
+
+// finishLoad returns the sagas ids of l (a subset of those queued), once its batch
+// was read, and the clock to compute with; it reads in one more round trip the steps
+// of cached sagas another writer changed.
+func (q queries) finishLoad(ctx context.Context, db DB, l *loading, ids []uuid.UUID) (map[uuid.UUID]*Instance, time.Time, error) {
 	what := func() string {
 		if len(ids) == 1 {
 			return "saga " + ids[0].String()
 		}
 		return fmt.Sprintf("%d sagas", len(ids))
 	}
-	read := ids // the sagas whose steps are read with the instances
-	if !lock {
-		cache = nil
-	}
-	if cache != nil {
-		read = nil
-		for _, id := range ids {
-			if !cache.has(id) {
-				read = append(read, id)
-			}
-		}
-	}
-	batch := &pgx.Batch{}
-	if lock {
-		batch.Queue(q.sql("index_scans_only"))
-		batch.Queue(q.sql("lock_instances"), ids, ts(clock))
-	} else {
-		batch.Queue(q.sql("select_instance"), ids[0], ts(clock))
-	}
-	if len(read) > 0 {
-		batch.Queue(q.sql("select_steps"), read)
-	}
-	if lock {
-		batch.Queue(q.sql("index_scans_as_before"))
-	}
-	br := db.SendBatch(ctx, batch)
-	defer br.Close()
-	if lock {
-		if _, err := br.Exec(); err != nil {
-			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
-		}
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
-	}
-	sagas := make(map[uuid.UUID]*Instance, len(ids))
-	var now time.Time
-	var stale []uuid.UUID // cached, but the row is not the version cached
-	for rows.Next() {
-		var xmin uint32
-		var extra []any
-		if lock {
-			extra = []any{&xmin}
-		}
-		s, t, err := scanInstance(rows, extra...)
-		if err != nil {
-			rows.Close()
-			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
-		}
-		if cache != nil && !slices.Contains(read, s.ID) {
-			if steps, ok := cache.get(s.ID, s.Version, xmin); ok {
-				s.Steps = slices.Clone(steps)
-			} else {
-				cache.forget(s.ID)
-				stale = append(stale, s.ID)
-			}
-		}
-		sagas[s.ID], now = &s, t
-	}
-	if err := rows.Err(); err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+	if l.err != nil {
+		return nil, l.clock, fmt.Errorf("sagastate: load %s: %w", what(), l.err)
 	}
 	for _, id := range ids {
-		if sagas[id] == nil {
-			return nil, clock, fmt.Errorf("%w: %s", ErrNotFound, id)
+		if l.sagas[id] == nil {
+			return nil, l.clock, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
 	}
-	if len(read) > 0 {
-		if err := q.readSteps(br.Query, sagas); err != nil {
-			return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
+	if len(l.stale) > 0 {
+		rows, err := db.Query(ctx, q.sql("select_steps"), l.stale)
+		if err == nil {
+			err = readSteps(rows, l.sagas)
 		}
-	}
-	if lock {
-		if _, err := br.Exec(); err != nil {
-			return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
+		if err != nil {
+			return nil, l.clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
 		}
+		l.stale = nil
 	}
-	if err := br.Close(); err != nil {
-		return nil, clock, fmt.Errorf("sagastate: load %s: %w", what(), err)
-	}
-	if len(stale) > 0 {
-		query := func() (pgx.Rows, error) { return db.Query(ctx, q.sql("select_steps"), stale) }
-		if err := q.readSteps(query, sagas); err != nil {
-			return nil, clock, fmt.Errorf("sagastate: load steps of %s: %w", what(), err)
-		}
-	}
-	return sagas, now, nil
+	return l.sagas, l.now, nil
 }
 
 // readSteps reads the rows of select_steps into sagas.
-func (q queries) readSteps(query func() (pgx.Rows, error), sagas map[uuid.UUID]*Instance) error {
-	rows, err := query()
-	if err != nil {
-		return err
-	}
+func readSteps(rows pgx.Rows, sagas map[uuid.UUID]*Instance) error {
 	type owned struct {
 		saga uuid.UUID
 		step StepState
@@ -266,7 +297,15 @@ type change struct {
 // write queues every change's state, steps, log and commands into one pipeline: one
 // round trip and one statement per table whatever the number of sagas. Once it went
 // through, cache (if not nil) remembers the steps written.
-func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change, cache *stepCache) error {
+//
+// With pre (the load of the changed sagas, done with the BEGIN of a reply consumer's
+// transaction that only the orchestrator writes in), the pipeline goes with the
+// consumer's COMMIT instead (consumer.QueueAtCommit), and the steps are remembered at
+// once with pre.xid, the xmin the rows get if it commits (if not, the rows keep
+// theirs, which the cache entry then never matches). A saga no longer at the version
+// read then fails the commit with a transient ErrConcurrentUpdate: it cannot happen
+// while pre's row locks hold, and the consumer runs the transaction again if it does.
+func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change, cache *stepCache, pre *loading) error {
 	var started, updated []*Instance // started: those whose row must be rewritten
 	var versions []int64
 	var newSteps, changedSteps []ownedStep
@@ -328,7 +367,7 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	if len(changedSteps) > 0 {
 		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
 	}
-	if len(updated) > 0 || len(changedSteps) > 0 {
+	if (len(updated) > 0 || len(changedSteps) > 0) && pre == nil { // the commit resets it
 		w.queue(nil, q.sql("index_scans_as_before"))
 	}
 	if len(events) > 0 {
@@ -339,8 +378,14 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 			return fmt.Errorf("sagastate: enqueue commands of %s: %w", what, err)
 		}
 	}
-	if err := w.run(ctx, db); err != nil {
-		return fmt.Errorf("sagastate: write %s: %w", what, err)
+	if pre != nil && consumer.QueueAtCommit(ctx, w.batch, func(err error) error {
+		return concurrentUpdate(fmt.Errorf("sagastate: write %s: %w", what, err), true)
+	}) {
+		for _, s := range updated {
+			xmins[s.ID] = pre.xid
+		}
+	} else if err := w.run(ctx, db); err != nil {
+		return concurrentUpdate(fmt.Errorf("sagastate: write %s: %w", what, err), false)
 	}
 	if cache != nil {
 		for _, c := range changes {
@@ -356,6 +401,21 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 		}
 	}
 	return nil
+}
+
+// concurrentUpdate marks err as ErrConcurrentUpdate when update_instances refused a
+// saga no longer at the version read (its NULL "version"), and as transient too when
+// the consumer is to run the transaction again.
+func concurrentUpdate(err error, transient bool) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23502" || pe.TableName != "saga_instances" || pe.ColumnName != "version" {
+		return err
+	}
+	err = fmt.Errorf("%w: %w", ErrConcurrentUpdate, err)
+	if transient {
+		return consumer.Transient(err)
+	}
+	return err
 }
 
 type ownedStep struct {

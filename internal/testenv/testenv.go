@@ -219,7 +219,9 @@ func (k *Kafka) CreateTopic(t testing.TB, topic string, partitions int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(k.Brokers...)}
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections() // or its connection pool outlives the call (goleak)
+	client := &kafka.Client{Addr: kafka.TCP(k.Brokers...), Transport: tr}
 	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{
 		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}},
 	})
