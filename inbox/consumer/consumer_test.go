@@ -728,3 +728,57 @@ func (e *env) applied(t *testing.T) int {
 	}
 	return n
 }
+
+// TestTxValueLivesAsLongAsItsTransaction: the handlers of one transaction share what
+// TxValue keeps (here a total, written once with the commit by a statement that reads
+// it then); a transaction run again after a transient error starts from nothing, so
+// no amount counts twice.
+func TestTxValueLivesAsLongAsItsTransaction(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	const n = 5
+	type totalKey struct{}
+	var mu sync.Mutex
+	var failedTotal *int64 // the value of the transaction that failed
+	reused := false
+	c, err := consumer.New(e.db.Pool, e.config(), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
+		v, ok := consumer.TxValue(ctx, totalKey{}, func() any {
+			total := new(int64)
+			b := &pgx.Batch{}
+			// The argument is the pointer: encoded when the commit is sent.
+			b.Queue(`INSERT INTO "accounts" VALUES ($1, $2) ON CONFLICT ("id") DO UPDATE SET "balance" = "accounts"."balance" + $2`, string(msg.Key), total)
+			consumer.QueueAtCommit(ctx, b, nil)
+			return total
+		})
+		again, _ := consumer.TxValue(ctx, totalKey{}, func() any { panic("made twice in one transaction") })
+		if !ok || v != again {
+			return consumer.Permanent(errors.New("no value, or another one on the second call"))
+		}
+		total := v.(*int64)
+		amount, _ := strconv.ParseInt(string(msg.Value), 10, 64)
+		*total += amount
+		mu.Lock()
+		defer mu.Unlock()
+		reused = reused || total == failedTotal
+		if msg.Headers["n"] == "2" && failedTotal == nil {
+			failedTotal = total
+			return consumer.Transient(errors.New("fails once, after adding to the total"))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.produceAccount0(t, n)
+	start(t, c)
+	kafkatest.Poll(t, waitFor, func() bool { return e.balances(t)["acct-0"] >= 1+2+3+4+5 },
+		func() string { return fmt.Sprintf("balance %d, want 15", e.balances(t)["acct-0"]) })
+	mu.Lock()
+	defer mu.Unlock()
+	if b := e.balances(t)["acct-0"]; b != 15 || failedTotal == nil || reused {
+		t.Fatalf("balance %d (want 15: each once), failed once: %v, failed transaction's value used again: %v", b, failedTotal != nil, reused)
+	}
+	if _, ok := consumer.TxValue(context.Background(), totalKey{}, func() any { return 0 }); ok {
+		t.Fatal("TxValue outside a consumer transaction must report false")
+	}
+}

@@ -414,7 +414,7 @@ func (r *run) inTx(ids []uuid.UUID, msgs []Message, fn func(ctx context.Context,
 	if err := fn(context.WithValue(ctx, commitKey{}, q), tx, fresh); err != nil {
 		return r.rollback(tx, err)
 	}
-	if q.b.Len() > 0 {
+	if q.b.Len()+q.last.b.Len() > 0 {
 		return r.commitQueued(tx, q)
 	}
 	if err := tx.Commit(r.ctx); err != nil {
@@ -446,6 +446,11 @@ func commitError(err error) error {
 // commitQueued sends the queued statements and COMMIT in one round trip. A failing
 // statement stops the rest, COMMIT included, so nothing commits.
 func (r *run) commitQueued(tx pgx.Tx, q *atCommit) error {
+	n := q.b.Len()
+	q.b.QueuedQueries = append(q.b.QueuedQueries, q.last.b.QueuedQueries...)
+	for i, end := range q.last.ends {
+		q.ends, q.mapErr = append(q.ends, n+end), append(q.mapErr, q.last.mapErr[i])
+	}
 	q.b.Queue("commit")
 	br := tx.SendBatch(r.ctx, &q.b)
 	err := func() error {
@@ -494,11 +499,47 @@ func (c *Consumer) Prefetch(f func(msgs []Message, b *pgx.Batch) any) { c.prefet
 // (the context a handler got), or nil.
 func Prefetched(ctx context.Context) any { return ctx.Value(prefetchKey{}) }
 
-// atCommit holds the statements handlers queued to run with the commit.
+// atCommit holds the statements handlers queued to run with the commit, those to
+// run after them (QueueLastAtCommit), and the values handlers keep for the
+// transaction (TxValue).
 type atCommit struct {
+	queued
+	last   queued
+	values map[any]any
+}
+
+// queued are statements queued for the commit.
+type queued struct {
 	b      pgx.Batch
-	ends   []int // the number of statements queued up to each QueueAtCommit call
+	ends   []int // the number of statements queued up to each call
 	mapErr []func(error) error
+}
+
+func (q *queued) add(b *pgx.Batch, mapErr func(error) error) {
+	q.b.QueuedQueries = append(q.b.QueuedQueries, b.QueuedQueries...)
+	q.ends, q.mapErr = append(q.ends, q.b.Len()), append(q.mapErr, mapErr)
+}
+
+// TxValue returns the value kept under key for the consumer transaction that ctx (the
+// context a Handler or BatchHandler got) belongs to, made by mk on the first call for
+// that transaction; ok is false when ctx is not a consumer's. It lets the handlers of
+// the records of one transaction share what lives as long as it does, such as totals
+// written once with the commit (QueueAtCommit). A transaction run again (after a
+// transient error, or record by record) starts with no values. Not safe for
+// concurrent use: the handlers of one transaction run one after another.
+func TxValue(ctx context.Context, key any, mk func() any) (v any, ok bool) {
+	q, ok := ctx.Value(commitKey{}).(*atCommit)
+	if !ok {
+		return nil, false
+	}
+	if v, ok = q.values[key]; !ok {
+		if q.values == nil {
+			q.values = map[any]any{}
+		}
+		v = mk()
+		q.values[key] = v
+	}
+	return v, true
 }
 
 // QueueAtCommit queues the statements of b to run in the round trip of the commit of
@@ -510,12 +551,24 @@ type atCommit struct {
 // b's statements must not set callbacks (QueuedQuery.Exec and the like).
 func QueueAtCommit(ctx context.Context, b *pgx.Batch, mapErr func(error) error) bool {
 	q, ok := ctx.Value(commitKey{}).(*atCommit)
-	if !ok {
-		return false
+	if ok {
+		q.add(b, mapErr)
 	}
-	q.b.QueuedQueries = append(q.b.QueuedQueries, b.QueuedQueries...)
-	q.ends, q.mapErr = append(q.ends, q.b.Len()), append(q.mapErr, mapErr)
-	return true
+	return ok
+}
+
+// QueueLastAtCommit is QueueAtCommit for statements that run after all those queued
+// with QueueAtCommit, right before COMMIT. A hot row updated there stays locked for
+// the least time, and a savepoint that a batch handler's later statements release or
+// roll back (package participants queues those with QueueAtCommit) does not contain
+// them: a handler under package participants that queues its own statements for the
+// commit must queue them here.
+func QueueLastAtCommit(ctx context.Context, b *pgx.Batch, mapErr func(error) error) bool {
+	q, ok := ctx.Value(commitKey{}).(*atCommit)
+	if ok {
+		q.last.add(b, mapErr)
+	}
+	return ok
 }
 
 // handled marks committed records for the offset commit: the newest offset of every
