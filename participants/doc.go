@@ -63,7 +63,13 @@
 //     (the demo's inventory service returns the SKU from the payload): the records of
 //     a shared transaction then run sorted by it, every transaction takes those locks
 //     in one global order, and they cannot deadlock;
-//   - touch hot rows in as few statements as it can, late in the handler.
+//   - touch hot rows in as few statements as it can, late in the handler, or leave
+//     the update to the commit: consumer.QueueLastAtCommit runs statements in the
+//     commit's round trip, after the barrier's writes, so the row is locked for that
+//     round trip only (the demo's inventory service decides on the stock it reads
+//     and takes it there, once per SKU per transaction, summed with consumer.TxValue).
+//     Not consumer.QueueAtCommit: its statements run inside the savepoint of the
+//     transaction's last handler, which that handler's refusal rolls back.
 //
 // Two transactions deciding the same row at once (a command redelivered to another
 // member during a rebalance, a forward racing its compensation) both run their handler;

@@ -25,6 +25,56 @@ import (
 // avoided by lock order, and any other transient error is the consumer loop's.
 func TestHotSKUSagasNeverRetryOnDeadlock(t *testing.T) {
 	t.Parallel()
+	hot := []string{"widget", "gadget"}
+	r := runOrderSagas(t, map[string]int{"widget": 100000, "gadget": 100000}, 160, func(j int, id uuid.UUID) demo.Order {
+		amount := int64(100)
+		if j%5 == 4 {
+			amount = demo.PaymentLimit + 1 // declined: compensates, releasing its reservation
+		}
+		return demo.Order{ID: id, Customer: "c", SKU: hot[(j/3)%2], Qty: 1 + j%3, Amount: amount, Address: fmt.Sprint(j)}
+	})
+	t.Logf("%d sagas over 2 hot SKUs: %d saga-level retries (timeouts only), none after a deadlock", len(r.outcomes), r.retries.Attempts)
+}
+
+// TestLastItemsOfAHotSKUAreReservedOnce: many sagas at once want the last items of a
+// SKU. The inventory service decides on the stock without locking it and takes it
+// with the commit; transactions that counted on the same items must not both get
+// them. Exactly as many orders complete as there were items, the others are refused
+// (out of stock) and compensated, and the stock ends at zero.
+func TestLastItemsOfAHotSKUAreReservedOnce(t *testing.T) {
+	t.Parallel()
+	const items, n = 12, 60
+	r := runOrderSagas(t, map[string]int{"last": items}, n, func(j int, id uuid.UUID) demo.Order {
+		return demo.Order{ID: id, Customer: "c", SKU: "last", Qty: 1, Amount: 10, Address: fmt.Sprint(j)}
+	})
+	completed := 0
+	for _, st := range r.outcomes {
+		if st == "completed" {
+			completed++
+		}
+	}
+	var available int
+	if err := r.pool.QueryRow(context.Background(), `SELECT "available" FROM "demo_inventory"."stock" WHERE "sku" = 'last'`).Scan(&available); err != nil {
+		t.Fatal(err)
+	}
+	if completed != items || available != 0 {
+		t.Fatalf("%d of %d orders completed, %d items left; want %d completed and none left", completed, n, available, items)
+	}
+}
+
+type sagaRun struct {
+	pool interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}
+	outcomes map[uuid.UUID]string
+	retries  demo.Retries
+}
+
+// runOrderSagas runs n order sagas (order(j, id) is the j-th) at once over stock, and
+// checks that every one completed or compensated, that no step was retried by the
+// saga because of a transient database error, and that the business invariants hold.
+func runOrderSagas(t *testing.T, stock map[string]int, n int, order func(j int, id uuid.UUID) demo.Order) sagaRun {
+	t.Helper()
 	db, k := testenv.NewDB(t), testenv.NewKafka(t)
 	ctx := context.Background()
 	svc, err := demo.NewServices(demo.Schemas{})
@@ -34,8 +84,6 @@ func TestHotSKUSagasNeverRetryOnDeadlock(t *testing.T) {
 	if err := svc.Setup(ctx, db.Pool); err != nil {
 		t.Fatal(err)
 	}
-	hot := []string{"widget", "gadget"}
-	stock := map[string]int{"widget": 100000, "gadget": 100000}
 	if err := svc.SeedStock(ctx, db.Pool, stock); err != nil {
 		t.Fatal(err)
 	}
@@ -53,20 +101,14 @@ func TestHotSKUSagasNeverRetryOnDeadlock(t *testing.T) {
 		Participants: runners, Topics: topics.All(), Partitions: 8,
 	})
 
-	const n = 160
 	ids := make([]uuid.UUID, n)
 	// Started in a few transactions of many sagas each, so their commands arrive
 	// together and the participants' consumers batch them into shared transactions.
 	for i := 0; i < n; i += 40 {
 		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-			for j := i; j < i+40; j++ {
+			for j := i; j < min(i+40, n); j++ {
 				ids[j], _ = uuid.NewV7()
-				amount := int64(100)
-				if j%5 == 4 {
-					amount = demo.PaymentLimit + 1 // declined: compensates, releasing its reservation
-				}
-				o := demo.Order{ID: ids[j], Customer: "c", SKU: hot[(j/3)%2], Qty: 1 + j%3, Amount: amount, Address: fmt.Sprint(j)}
-				if err := env.Orchestrator.Start(ctx, tx, demo.SagaType, ids[j], o); err != nil {
+				if err := env.Orchestrator.Start(ctx, tx, demo.SagaType, ids[j], order(j, ids[j])); err != nil {
 					return err
 				}
 			}
@@ -114,5 +156,5 @@ func TestHotSKUSagasNeverRetryOnDeadlock(t *testing.T) {
 	if err := rep.Err(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d sagas over 2 hot SKUs: %d saga-level retries (timeouts only), none after a deadlock", n, r.Attempts)
+	return sagaRun{pool: db.Pool, outcomes: outcomes, retries: r}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sagabox/sagabox/inbox/consumer"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/wire"
 )
@@ -262,53 +263,121 @@ func (s *Services) CancelOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command)
 }
 
 // ReserveInventory takes qty items of the sku out of available stock, or refuses
-// when there are not enough. A repeated command changes nothing. The stock and the
-// reservation change in one statement.
+// when there are not enough. A repeated command changes nothing.
 //
-// Lock order: records of many sagas share one transaction (the consumer's batch) and
-// each keeps its stock row locked until that transaction commits, so two batches that
-// reserve gadget then widget, and widget then gadget, would deadlock. The inventory
-// participant therefore runs a batch's records sorted by SKU (LockKey in Participant):
-// every transaction takes the stock rows' locks in SKU order, which cannot deadlock.
+// Hot rows: a few SKUs are shared by every saga, and a stock row's lock is held until
+// the transaction commits. Under a consumer, records of many sagas share one
+// transaction (the consumer's batch), so the handler neither locks nor updates the
+// stock row: it decides on the committed count less what the transaction's earlier
+// commands took (stockMoves), records the reservation, and the stock row is updated
+// once per SKU with the commit (consumer.QueueAtCommit), its lock held only for that
+// round trip. A concurrent transaction that took the same items first makes that
+// update break the stock's CHECK: the transaction then runs again (Transient) and
+// decides anew on the new count. Within a commit the rows are updated in the order the
+// handlers first named them, which is SKU order (LockKey in Participant), so two
+// transactions cannot deadlock on them.
 func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	var left int
-	err = tx.QueryRow(ctx, s.q["reserve"], o.SKU, o.Qty, o.ID).Scan(&left)
+	moves := stockMovesOf(ctx)
+	var free *int // nil: no such sku
+	var held, took bool
+	err = tx.QueryRow(ctx, s.q["reserve"], o.SKU, o.Qty, o.ID, moves.net(o.SKU)).Scan(&free, &held, &took)
 	switch {
-	case err == nil:
-		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": left}), nil
-	case !errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
 		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
-	}
-	// Nothing taken: reserved before, out of stock, or no such sku.
-	var reserved bool
-	var avail *int
-	if err := tx.QueryRow(ctx, s.q["whyNotReserved"], o.SKU, o.ID).Scan(&reserved, &avail); err != nil {
-		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
-	}
-	switch {
-	case reserved:
+	case took:
+		if err := s.moveStock(ctx, tx, moves, o.SKU, -o.Qty); err != nil {
+			return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+		}
+		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": *free - o.Qty}), nil
+	case held:
 		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
-	case avail == nil:
+	case free == nil:
 		return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
 	}
-	return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, *avail))
+	return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, *free))
 }
 
-// ReleaseInventory returns a reservation's items to stock, in one statement. Releasing
-// twice, or releasing what was never reserved, changes nothing.
+// ReleaseInventory returns a reservation's items to stock (with the commit, as
+// ReserveInventory takes them). Releasing twice, or releasing what was never reserved,
+// changes nothing.
 func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, s.q["release"], o.ID, o.SKU); err != nil {
+	var qty int
+	switch err := tx.QueryRow(ctx, s.q["release"], o.ID, o.SKU).Scan(&qty); {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+	}
+	if err := s.moveStock(ctx, tx, stockMovesOf(ctx), o.SKU, qty); err != nil {
 		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
 	}
 	return nil, nil
+}
+
+// stockMoves are the stock changes of one consumer transaction's handlers, by SKU,
+// not yet applied: each is applied by one statement queued with the commit when the
+// SKU is first moved. The statement's argument is the pointer, read when the commit
+// is sent, after every handler of the transaction ran.
+type stockMoves map[string]*int
+
+type stockMovesKey struct{}
+
+// stockMovesOf returns the stock moves of ctx's consumer transaction, or nil outside
+// a consumer (HandleCommand in a transaction of the caller's): moves then apply at once.
+func stockMovesOf(ctx context.Context) stockMoves {
+	v, ok := consumer.TxValue(ctx, stockMovesKey{}, func() any { return stockMoves{} })
+	if !ok {
+		return nil
+	}
+	return v.(stockMoves)
+}
+
+// net is the change to sku's stock not yet applied.
+func (m stockMoves) net(sku string) int {
+	if d, ok := m[sku]; ok {
+		return *d
+	}
+	return 0
+}
+
+// moveStock adds delta to sku's available stock: with the commit of the consumer
+// transaction when moves is not nil, else now.
+func (s *Services) moveStock(ctx context.Context, tx pgx.Tx, moves stockMoves, sku string, delta int) error {
+	if moves == nil {
+		_, err := tx.Exec(ctx, s.q["moveStock"], sku, delta)
+		return stockTaken(err)
+	}
+	d, ok := moves[sku]
+	if !ok {
+		d = new(int)
+		moves[sku] = d
+		b := &pgx.Batch{}
+		b.Queue(s.q["moveStock"], sku, d)
+		if !consumer.QueueLastAtCommit(ctx, b, stockTaken) {
+			return errors.New("demo: stock moves outside a consumer transaction")
+		}
+	}
+	*d += delta
+	return nil
+}
+
+// stockTaken turns the stock's CHECK failing (a concurrent transaction took the
+// items this one counted on) into a transient error: the transaction runs again and
+// decides on the new count.
+func stockTaken(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23514" && pe.TableName == "stock" {
+		return consumer.Transient(fmt.Errorf("demo: stock taken meanwhile by a concurrent transaction: %w", err))
+	}
+	return err
 }
 
 // ChargePayment captures the order's amount, or declines an amount above PaymentLimit.
@@ -371,20 +440,20 @@ var queries = map[string]string{
 	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
 		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,
 	"cancelOrder": `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
-	// Takes the stock and records the reservation in one statement; no row when the
-	// order holds a reservation already or the stock is short.
-	"reserve": `WITH "taken" AS (
-			UPDATE {stock} SET "available" = "available" - $2
-			WHERE "sku" = $1 AND "available" >= $2 AND NOT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $3)
-			RETURNING "available")
-		INSERT INTO {reservations} ("order_id", "sku", "qty", "status")
-		SELECT $3, $1, $2, 'reserved' FROM "taken" RETURNING (SELECT "available" FROM "taken")`,
-	"whyNotReserved": `SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $2),
-		(SELECT "available" FROM {stock} WHERE "sku" = $1)`,
-	"release": `WITH "released" AS (
-			UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
-			WHERE "order_id" = $1 AND "sku" = $2 AND "status" = 'reserved' RETURNING "qty")
-		UPDATE {stock} SET "available" = "available" + "released"."qty" FROM "released" WHERE "sku" = $2`,
+	// Records the reservation when the stock, less what this transaction's earlier
+	// commands moved ($4, applied with the commit), is enough; reads the stock row
+	// without locking it. Returns that free count (NULL: no such sku), whether the
+	// order held a reservation already, and whether this one took it.
+	"reserve": `WITH "stock" AS (SELECT "available" + $4::int AS "free" FROM {stock} WHERE "sku" = $1),
+		"before" AS (SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $3) AS "held"),
+		"taken" AS (INSERT INTO {reservations} ("order_id", "sku", "qty", "status")
+			SELECT $3, $1, $2, 'reserved' FROM "stock", "before" WHERE "free" >= $2::int AND NOT "held" RETURNING 1)
+		SELECT (SELECT "free" FROM "stock"), (SELECT "held" FROM "before"), EXISTS (SELECT 1 FROM "taken")`,
+	"release": `UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
+		WHERE "order_id" = $1 AND "sku" = $2 AND "status" = 'reserved' RETURNING "qty"`,
+	// A net change of zero leaves the row alone, unlocked. The CHECK refuses stock
+	// taken below zero (see stockTaken).
+	"moveStock": `UPDATE {stock} SET "available" = "available" + $2::int WHERE "sku" = $1 AND $2::int <> 0`,
 	"capturePayment": `INSERT INTO {payments} ("order_id", "amount", "status") VALUES ($1, $2, 'captured')
 		ON CONFLICT ("order_id") DO NOTHING`,
 	"refundPayment": `UPDATE {payments} SET "status" = 'refunded', "updated_at" = now()
