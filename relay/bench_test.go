@@ -14,7 +14,7 @@ package relay_test
 // Knobs (environment):
 //
 //	SAGABOX_BENCH_BACKLOG=N     rows of the drain backlogs (default 100000)
-//	SAGABOX_BENCH_PROFILE=DIR   write the relay ×1 drain's CPU profile to DIR/relay-drain.pprof
+//	SAGABOX_BENCH_PROFILE=DIR   write the relay drains' CPU profiles to DIR/relay-drain.pprof (×1) and relay-drain-x3-N.pprof
 //	SAGABOX_BENCH_MEMORY=1      run BenchmarkRelayMemory: RSS draining 1M rows of 1 KiB (about 3 minutes)
 //	SAGABOX_BENCH_DELAYS=D,…    injected broker latencies of the scale-out figures (default 10ms)
 //	SAGABOX_BENCH_WAKE=TEXT     BenchmarkRelayWakeup runs only the relay lines whose name contains TEXT
@@ -79,15 +79,19 @@ func BenchmarkRelayDrain(b *testing.B) {
 	load0, cpu0 := loadAvg(), sampleCPU()
 	plain := startBroker(b, 0)
 
-	rawDelete := rawDrain(b, n, false)
-	rawReturning := rawDrain(b, n, true)
-	rawProduce := rawKafkaProduce(b, plain, n)
+	rawDelete, rawDeleteCPU := rawDrain(b, n, false)
+	rawReturning, rawReturningCPU := rawDrain(b, n, true)
+	rawProduce, rawProduceCPU := rawKafkaProduce(b, plain, n)
 	var prof string
 	if dir := os.Getenv("SAGABOX_BENCH_PROFILE"); dir != "" {
 		prof = filepath.Join(dir, "relay-drain.pprof")
 	}
 	one := relayDrain(b, plain, n, 1, benchRelayOpts{CPUProfile: prof}, true)
-	three := relayDrain(b, plain, n, 3, benchRelayOpts{}, false)
+	var prof3 string
+	if prof != "" {
+		prof3 = filepath.Join(filepath.Dir(prof), "relay-drain-x3.pprof")
+	}
+	three := relayDrain(b, plain, n, 3, benchRelayOpts{CPUProfile: prof3}, true)
 	type delayedRun struct {
 		delay      time.Duration
 		one, three drainResult
@@ -116,26 +120,35 @@ func BenchmarkRelayDrain(b *testing.B) {
 	line := func(name string, v float64, unit, cmp string) {
 		fmt.Fprintf(w, "  %-52s %9.0f %-7s %s\n", name, v, unit, cmp)
 	}
-	line("baseline: raw claim+delete, 1 connection, 1000/stmt", rawDelete, "rows/s", "")
-	line("baseline: same, DELETE … RETURNING the rows", rawReturning, "rows/s", fmt.Sprintf("%.2f× of raw claim+delete", rawReturning/rawDelete))
-	line("baseline: raw kafka-go produce, 1000/call, acks=all", rawProduce, "msgs/s", "")
+	line("baseline: raw claim+delete, 1 connection, 1000/stmt", rawDelete, "rows/s", rawDeleteCPU.perMsg(n))
+	line("baseline: same, DELETE … RETURNING the rows", rawReturning, "rows/s", fmt.Sprintf("%.2f× of raw claim+delete; %s", rawReturning/rawDelete, rawReturningCPU.perMsg(n)))
+	line("baseline: raw kafka-go produce, 1000/call, acks=all", rawProduce, "msgs/s", rawProduceCPU.perMsg(n))
 	serial := 1 / (1/rawReturning + 1/rawProduce)
 	line("bound: RETURNING drain and produce one after the other", serial, "msgs/s", "")
 	line("relay ×1", one.rate, "msgs/s", fmt.Sprintf("%.2f× raw claim+delete (target ≥ 0.85); %.2f× with RETURNING; %.2f× raw produce; %.2f× the bound",
 		one.rate/rawDelete, one.rate/rawReturning, one.rate/rawProduce, one.rate/serial))
+	fmt.Fprintf(w, "  %52s %s\n", "", one.cpu.perMsg(n))
 	line("relay ×3", three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 0.95)%s; published per relay %v", three.rate/one.rate, three.dupNote(), three.published))
+	fmt.Fprintf(w, "  %52s %s\n", "", three.cpu.perMsg(n))
 	for _, d := range delayedRuns {
 		fmt.Fprintf(w, "  broker latency %v per produce request, backlog of %d:\n", d.delay, nDelayed)
 		line("  relay ×1", d.one.rate, "msgs/s", "")
+		fmt.Fprintf(w, "  %52s %s\n", "", d.one.cpu.perMsg(nDelayed))
 		line("  relay ×3", d.three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 2.5)%s; published per relay %v", d.three.rate/d.one.rate, d.three.dupNote(), d.three.published))
+		fmt.Fprintf(w, "  %52s %s\n", "", d.three.cpu.perMsg(nDelayed))
 	}
 	fmt.Fprintf(w, "  relay ×1 memory: peak RSS %.1f MiB (limit 100 MiB at 1M rows: SAGABOX_BENCH_MEMORY=1), peak heap in use %.1f MiB\n", mib(one.rss), mib(one.heap))
 	fmt.Fprintf(w, "  relay ×1: drained (deleted) %v after its first record; busiest statements (pg_stat_statements):\n", one.toEmpty.Round(time.Millisecond))
 	for _, s := range one.statements {
 		fmt.Fprintf(w, "    %s\n", s)
 	}
+	fmt.Fprintf(w, "  relay ×3: drained (deleted) %v after its first record; busiest statements:\n", three.toEmpty.Round(time.Millisecond))
+	for _, s := range three.statements {
+		fmt.Fprintf(w, "    %s\n", s)
+	}
 	if prof != "" {
 		fmt.Fprintf(w, "  relay ×1 CPU profile: %s (go tool pprof -top %s)\n", prof, prof)
+		fmt.Fprintf(w, "  relay ×3 CPU profiles: %s-{0,1,2}.pprof\n", strings.TrimSuffix(prof3, ".pprof"))
 	}
 }
 
@@ -161,7 +174,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 // rawDrain deletes a backlog of n rows in seq order, 1000 per statement, on one
 // connection: the database's limit for the relay's work. With returning, the
 // statement also sends the rows back, as a claim must.
-func rawDrain(b *testing.B, n int, returning bool) float64 {
+func rawDrain(b *testing.B, n int, returning bool) (float64, cpuSplit) {
 	b.Helper()
 	ctx := context.Background()
 	db := newBenchDB(b, 2)
@@ -176,6 +189,8 @@ func rawDrain(b *testing.B, n int, returning bool) float64 {
 	if returning {
 		sql += ` RETURNING "id", "topic", "key", "payload", "headers", "attempts"`
 	}
+	postmaster := serverPID(db.pool)
+	cpu0 := sampleSplit(postmaster, 0, nil)
 	start := time.Now()
 	for done := 0; done < n; {
 		rows, err := conn.Query(ctx, sql)
@@ -195,11 +210,12 @@ func rawDrain(b *testing.B, n int, returning bool) float64 {
 		}
 		done += affected
 	}
-	return float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
+	return rate, sampleSplit(postmaster, 0, nil).since(cpu0)
 }
 
 // rawKafkaProduce writes n 1 KiB records, 1000 per call, acks=all: the broker's limit.
-func rawKafkaProduce(b *testing.B, k *benchKafka, n int) float64 {
+func rawKafkaProduce(b *testing.B, k *benchKafka, n int) (float64, cpuSplit) {
 	b.Helper()
 	ctx := context.Background()
 	topic := k.createTopic(b, "raw", benchPartitions)
@@ -207,6 +223,7 @@ func rawKafkaProduce(b *testing.B, k *benchKafka, n int) float64 {
 		BatchSize: 1000, BatchBytes: 2 << 20, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	payload := make([]byte, 1024)
+	cpu0 := sampleSplit(0, k.cmd.Process.Pid, nil)
 	start := time.Now()
 	for i := 0; i < n; i += 1000 {
 		batch := make([]kafka.Message, min(1000, n-i))
@@ -218,7 +235,8 @@ func rawKafkaProduce(b *testing.B, k *benchKafka, n int) float64 {
 			b.Fatal(err)
 		}
 	}
-	return float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
+	return rate, sampleSplit(0, k.cmd.Process.Pid, nil).since(cpu0)
 }
 
 type drainResult struct {
@@ -228,6 +246,7 @@ type drainResult struct {
 	dups       int64   // records beyond n (redeliveries)
 	published  []int64 // per relay
 	statements []string
+	cpu        cpuSplit // from the first record to the backlog deleted
 }
 
 func (d drainResult) dupNote() string {
@@ -257,9 +276,14 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	fill(b, db.pool, topic, n, benchKeys)
 	procs := make([]*relayProc, relays)
 	for i := range procs {
-		procs[i] = startRelayProc(b, db.url, k.brokers, fmt.Sprintf("bench-%d", i), o)
+		oi := o
+		if o.CPUProfile != "" && relays > 1 { // a profile per relay process
+			oi.CPUProfile = strings.TrimSuffix(o.CPUProfile, ".pprof") + fmt.Sprintf("-%d.pprof", i)
+		}
+		procs[i] = startRelayProc(b, db.url, k.brokers, fmt.Sprintf("bench-%d", i), oi)
 	}
 	waitShares(b, db.pool, relays)
+	postmaster := serverPID(db.pool)
 	if pgss {
 		_, _ = db.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
 	}
@@ -270,16 +294,20 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 		b.Fatal(err)
 	}
 	var first time.Time
+	var cpu0 cpuSplit
 	var n0, seen int64
 	deadline := time.Now().Add(10 * time.Minute)
 	for seen < int64(n) {
 		if time.Now().After(deadline) {
 			b.Fatalf("relays published %d of %d in 10 minutes", seen, n)
 		}
-		time.Sleep(2 * time.Millisecond)
+		// Polled every 10 ms, not faster: each poll (ListOffsets) costs this process and
+		// the broker CPU that the relays then lack (at 2 ms: 5.9 µs per message here).
+		time.Sleep(10 * time.Millisecond)
 		seen = k.ends(client, topic, benchPartitions)
 		if seen > 0 && first.IsZero() {
 			first, n0 = time.Now(), seen
+			cpu0 = sampleSplit(postmaster, k.cmd.Process.Pid, procs)
 		}
 	}
 	res := drainResult{rate: float64(int64(n)-n0) / time.Since(first).Seconds()}
@@ -297,6 +325,8 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.toEmpty = time.Since(first)
+	cpu1 := sampleSplit(postmaster, k.cmd.Process.Pid, procs)
+	res.cpu = cpu1.since(cpu0)
 	if pgss {
 		res.statements = db.topStatements(4)
 	}

@@ -153,7 +153,8 @@ func (d *benchDB) setTrigger(b *testing.B, on bool) {
 
 // topStatements returns pg_stat_statements' busiest statements of this database.
 func (d *benchDB) topStatements(n int) []string {
-	rows, err := d.pool.Query(context.Background(), `SELECT calls, total_exec_time, rows, wal_bytes::int8, wal_fpi, left(regexp_replace(query, '\s+', ' ', 'g'), 70)
+	rows, err := d.pool.Query(context.Background(), `SELECT calls, total_exec_time, rows, wal_bytes::int8, wal_fpi,
+    jit_generation_time + jit_inlining_time + jit_optimization_time + jit_emission_time, shared_blks_hit + shared_blks_read, left(regexp_replace(query, '\s+', ' ', 'g'), 70)
 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY total_exec_time DESC LIMIT $1`, n)
 	if err != nil {
@@ -162,13 +163,17 @@ ORDER BY total_exec_time DESC LIMIT $1`, n)
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
-		var calls, nrows, walBytes, fpi int64
-		var total float64
+		var calls, nrows, walBytes, fpi, blocks int64
+		var total, jit float64
 		var q string
-		if rows.Scan(&calls, &total, &nrows, &walBytes, &fpi, &q) == nil {
+		if rows.Scan(&calls, &total, &nrows, &walBytes, &fpi, &jit, &blocks, &q) == nil {
 			c := float64(max(calls, 1))
-			out = append(out, fmt.Sprintf("%8d calls %9.0f ms total %7.3f ms/call %7.1f rows/call %8.0f WAL B/call %5.2f FPI/call  %s",
-				calls, total, total/c, float64(nrows)/c, float64(walBytes)/c, float64(fpi)/c, q))
+			jitNote := "" // JIT compiles a plan whose estimated cost passes jit_above_cost, per execution
+			if jit > 0 {
+				jitNote = fmt.Sprintf(" (JIT %.3f ms/call)", jit/c)
+			}
+			out = append(out, fmt.Sprintf("%8d calls %9.0f ms total %7.3f ms/call%s %7.1f rows/call %7.0f buffers/call %8.0f WAL B/call %5.2f FPI/call  %s",
+				calls, total, total/c, jitNote, float64(nrows)/c, float64(blocks)/c, float64(walBytes)/c, float64(fpi)/c, q))
 		}
 	}
 	return out
