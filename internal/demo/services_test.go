@@ -127,6 +127,12 @@ func TestOrderServices(t *testing.T) {
 		if _, err := b.call(t, demo.CmdCreateOrder, bad); err == nil || !strings.Contains(err.Error(), "qty is 0") {
 			t.Fatalf("err %v", err)
 		}
+		// Refused by the handler: a write with the commit must not fail on it.
+		nul := newOrder(10, 1)
+		nul.Address = "1 Saga St\x00"
+		if _, err := b.call(t, demo.CmdScheduleShipping, nul); err == nil || !strings.Contains(err.Error(), "address contains a NUL") {
+			t.Fatalf("err %v", err)
+		}
 	})
 
 	t.Run("CheckCatchesBrokenInvariants", func(t *testing.T) {
