@@ -18,6 +18,7 @@ package relay_test
 //	SAGABOX_BENCH_MEMORY=1      run BenchmarkRelayMemory: RSS draining 1M rows of 1 KiB (about 3 minutes)
 //	SAGABOX_BENCH_DELAYS=D,…    injected broker latencies of the scale-out figures (default 10ms)
 //	SAGABOX_BENCH_WAKE=TEXT     BenchmarkRelayWakeup runs only the relay lines whose name contains TEXT
+//	SAGABOX_BENCH_WAKE_DELAY=D  BenchmarkRelayWakeup's broker delays every produce request by D (default none)
 
 import (
 	"context"
@@ -346,15 +347,17 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 func BenchmarkRelayWakeup(b *testing.B) {
 	const rate, seconds = 2000, 10
 	load0, cpu0 := loadAvg(), sampleCPU()
-	k := startBroker(b, 0)
+	delay, _ := time.ParseDuration(os.Getenv("SAGABOX_BENCH_WAKE_DELAY"))
+	k := startBroker(b, delay)
 	modes := []wakeMode{
 		{name: "baseline: kafka-go produce → read, 1 msg/call", direct: true},
 		{name: "no relay, no trigger (producers' baseline)"},
 		{name: "NOTIFY trigger + LISTEN (Listen)", relay: true, trigger: true, opts: benchRelayOpts{Listen: true}},
 		{name: "busy re-claim and probe every 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
-		{name: "adaptive, BusyInterval 1ms (the default)", relay: true},
-		{name: "default, relay pool of 8 connections", relay: true, opts: benchRelayOpts{MaxConns: 8}},
-		{name: "default, 1 publish loop (Workers 1)", relay: true, opts: benchRelayOpts{Workers: 1}},
+		{name: "1 pub/loop, Workers 2 (the default)", relay: true},
+		{name: "2 pub/loop (MaxPublishes 2), Workers 2", relay: true, opts: benchRelayOpts{MaxPublishes: 2}},
+		{name: "1 pub/loop, Workers 1", relay: true, opts: benchRelayOpts{Workers: 1}},
+		{name: "2 pub/loop (MaxPublishes 2), Workers 1", relay: true, opts: benchRelayOpts{Workers: 1, MaxPublishes: 2}},
 		{name: "no relay, no trigger (baseline again)"},
 	}
 	if only := os.Getenv("SAGABOX_BENCH_WAKE"); only != "" { // keep the baselines and the relay lines naming it
@@ -369,7 +372,7 @@ func BenchmarkRelayWakeup(b *testing.B) {
 
 	w := os.Stdout
 	fmt.Fprintf(w, "\nWake-ups at %d msgs/s offered for %d s: 16 producer connections, 1 msg (1 KiB) per transaction, %d partitions\n", rate, seconds, benchPartitions)
-	fmt.Fprintf(w, "  %s; broker: kfake, own process; relay: own process\n", benchPG.settings)
+	fmt.Fprintf(w, "  %s; broker: kfake, own process, %v injected per produce request; relay: own process\n", benchPG.settings, delay)
 	fmt.Fprintf(w, "  load average %s at start, %s at end; machine CPU busy %.0f%% (%d cores, shared)\n", load0, loadAvg(), 100*busy, runtimeCPUs())
 	fmt.Fprintf(w, "  %-44s %26s %26s %s\n", "", "commit → Kafka", "producer tx", "producer rate")
 	for i, m := range modes {
@@ -394,9 +397,9 @@ func BenchmarkRelayWakeup(b *testing.B) {
 	fmt.Fprintf(w, "  where commit → Kafka goes, p50 / p99 (the relay's publish trace):\n")
 	for i, m := range modes {
 		if r := results[i]; len(r.claim) > 0 {
-			fmt.Fprintf(w, "    %-42s commit → publish %6.2f / %6.2fms, publish %5.2f / %6.2fms, ack → read %5.2f / %6.2fms\n", m.name,
+			fmt.Fprintf(w, "    %-42s commit → publish %6.2f / %6.2fms, publish %5.2f / %6.2fms, ack → read %5.2f / %6.2fms; relay CPU %.0f ms\n", m.name,
 				ms(r.pct(r.claim, 0.5)), ms(r.pct(r.claim, 0.99)), ms(r.pct(r.pub, 0.5)), ms(r.pct(r.pub, 0.99)),
-				ms(r.pct(r.read, 0.5)), ms(r.pct(r.read, 0.99)))
+				ms(r.pct(r.read, 0.5)), ms(r.pct(r.read, 0.99)), ms(r.relayCPU))
 			for _, st := range r.statements {
 				fmt.Fprintf(w, "      %s\n", st)
 			}
@@ -488,6 +491,7 @@ type wakeResult struct {
 	waits            map[string]int // samples of the producers' busy backends by wait event
 	rate             float64
 	readErrs         int64
+	relayCPU         time.Duration // the relay process's user + system time
 }
 
 func (r wakeResult) pct(s []time.Duration, q float64) time.Duration {
@@ -627,6 +631,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	readers.Wait()
 	if proc != nil {
 		proc.stop(b)
+		res.relayCPU = proc.cmd.ProcessState.UserTime() + proc.cmd.ProcessState.SystemTime()
 		res.statements = db.topStatements(4)
 	}
 	if withRelay && len(res.lat) != total {

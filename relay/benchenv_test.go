@@ -300,6 +300,7 @@ func runBenchBroker() int {
 // benchRelayOpts are a relay process's settings; zero fields keep the library's defaults.
 type benchRelayOpts struct {
 	Workers       int
+	MaxPublishes  int
 	BatchSize     int
 	PollInterval  time.Duration
 	ProbeInterval time.Duration
@@ -397,7 +398,7 @@ func runBenchRelay() int {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}()
-	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, BatchSize: o.BatchSize,
+	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, MaxPublishes: o.MaxPublishes, BatchSize: o.BatchSize,
 		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, BusyInterval: o.BusyInterval, Listen: o.Listen}
 	var tr publishTrace
 	if o.Trace != "" {

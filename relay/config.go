@@ -18,6 +18,7 @@ import (
 const (
 	BatchSizeDefault         = 500
 	WorkersDefault           = 2
+	MaxPublishesDefault      = 1
 	MaxAttemptsDefault       = 10
 	PollIntervalDefault      = time.Second
 	ProbeIntervalDefault     = 5 * time.Millisecond
@@ -47,6 +48,14 @@ type Config struct {
 	// overlap while every key (one shard) stays on one loop, in order.
 	// Defaults to 2.
 	Workers int
+	// MaxPublishes is how many batches one publish loop has under way at once
+	// (published, not yet settled). A loop that caught up leaves its last batch
+	// publishing and claims the next rows meanwhile, leaving the keys of the
+	// batches under way, so a key's rows are still published one batch after the
+	// other, in order (doc.go, Pipelining). It pays against brokers that answer
+	// in parallel; against kfake, which answers one request at a time, it did not
+	// (doc.go, Wake-ups). Defaults to 1: one batch after another.
+	MaxPublishes int
 	// PollInterval is how often a publish loop looks for rows from the oldest one
 	// on, whatever the wake-ups say: the bound on latency for rows the probe cannot
 	// see (doc.go, Wake-ups), and how soon a retry becomes due. Defaults to 1s.
@@ -131,6 +140,9 @@ func (c *Config) applyDefaults() {
 	if c.Workers == 0 {
 		c.Workers = WorkersDefault
 	}
+	if c.MaxPublishes == 0 {
+		c.MaxPublishes = MaxPublishesDefault
+	}
 	def(&c.PollInterval, PollIntervalDefault)
 	def(&c.ProbeInterval, ProbeIntervalDefault)
 	def(&c.BusyInterval, min(BusyIntervalDefault, c.ProbeInterval))
@@ -168,6 +180,9 @@ func (c *Config) validate() error {
 	}
 	if c.Workers < 1 || c.Workers > Shards {
 		bad("Workers is %d; use 1..%d", c.Workers, Shards)
+	}
+	if c.MaxPublishes < 1 || c.MaxPublishes > 16 {
+		bad("MaxPublishes is %d; use 1..16", c.MaxPublishes)
 	}
 	if c.MaxAttempts < 1 {
 		bad("MaxAttempts is %d; it must be at least 1", c.MaxAttempts)

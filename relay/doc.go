@@ -89,14 +89,28 @@
 //     it was: at most the unsettled batches (now up to two per loop) are
 //     published again by the new owner, in order.
 //
+// With MaxPublishes above 1 (the default is 1), a loop whose cycle caught up (its
+// last claim did not fill a batch) leaves that batch publishing and settling in
+// the background and starts its next cycle, with up to MaxPublishes batches under
+// way. The claims of that cycle leave every key of the batches under way (through
+// outbox.Cursor.Blocked) and their rows without a key, so a key still has one
+// batch in flight at a time and its rows go out in order. A batch under way that
+// fails, as a whole or per message, holds its keys until it is dropped or settled
+// (its failures recorded), and the next claim finds its rows again in their turn
+// (TestOverlappingPublishesKeepKeyOrderWhenOneFails). Leases and takeover are as
+// above: each batch checks its shards' leases before it publishes and holds off
+// their release until it is settled or dropped.
+//
 // Settles commit with synchronous_commit off (their transaction only): a settle
 // lost in a crash means its rows are published again, which at-least-once allows,
 // and the relay's commits do not queue behind the producers' WAL flushes.
 // A loop then uses up to two pool connections at once (the claim running ahead,
-// the settle before), so a relay wants 2·Workers + 2 (heartbeats, the probe); with
+// the settle before), one more per batch under way after its cycle, so a relay
+// wants (1+MaxPublishes)·Workers + 2 (heartbeats, the probe); with
 // fewer the loops queue for connections and Run logs a warning (New refuses only
 // Workers ≥ MaxConns). cmd/outbox-relay sizes its pool for that.
-// Memory is bounded by three batches per loop (claiming, publishing, settling):
+// Memory is bounded by three batches per loop (claiming, publishing, settling),
+// plus MaxPublishes-1 under way after their cycles:
 // draining 1M rows of 1 KiB, a relay's peak RSS was 37 MiB, heap in use 17 MiB
 // (BenchmarkRelayMemory).
 
@@ -213,6 +227,32 @@
 // relay running is the relay's share of the CPU and of the flushes, and it varies
 // with what else the machine's disk is flushing: their tx p50 was 0.86-1.45× of
 // the no-relay lines in runs at load 10-16 and 2.4-2.9× at load 1-7.
+//
+// Overlapping publishes (MaxPublishes 2) do not pay against this broker: kfake
+// handles the requests of all connections in one loop, one after another, so two
+// publishes in flight share its time (publish p50 10.8-12.0 ms against 6.4-7.6 ms
+// with one per loop, same runs) instead of overlapping; a loop's wait for its
+// previous publish, which the overlap removes, is then spent waiting for the
+// broker anyway. Against brokers that answer in parallel and over a network that
+// wait is what it saves. Same benchmark, three runs with the lines interleaved
+// (load 11-21, machine 100% busy; producers reached 1,090-1,650/s with no relay,
+// so no line could meet 20 ms): commit→Kafka p50 / p99, and the relay process's
+// CPU time for the 20,000 messages:
+//
+//	                                    run 1          run 2                run 3
+//	1 publish per loop, Workers 2   121 / 688 ms   92.1 / 353 ms, 3.96 s   93.7 / 389 ms, 2.40 s
+//	MaxPublishes 2, Workers 2       298 / 943 ms    168 / 707 ms, 2.59 s   66.4 / 328 ms, 3.58 s
+//	1 publish per loop, Workers 1   117 / 591 ms   39.8 / 224 ms, 2.79 s   75.7 / 456 ms, 2.56 s
+//	MaxPublishes 2, Workers 1      48.7 / 390 ms   84.1 / 759 ms, 3.50 s    143 / 760 ms, 2.77 s
+//
+// The default stays one publish per loop. What the database spends on the relay
+// at this rate is mostly its claims: a claim starts from the oldest pending row
+// and steps over every row deleted since the table's last vacuum (up to the
+// 20,000 of a run: autovacuum looks at most once a minute), which a bitmap scan
+// visits in the heap each time: 2-31 ms per claim on the loaded machine, 2.3-19 s
+// of database time per 10 s run (the producers' 20,000 INSERTs took 4-9 s); on a
+// quiet server, 20 live rows behind 20,000 deleted ones took 11.6 ms (2,858 heap
+// pages). A second publish loop doubles those claims.
 
 // # Residual ordering limits
 //

@@ -15,6 +15,9 @@ func Cycle(ctx context.Context, r *Relay) (int, error) {
 	for w := range r.cfg.Workers {
 		n, _, err := r.cycle(ctx, w)
 		total += n
+		if dErr := r.loops[w].drain(); err == nil {
+			err = dErr // the cycle's last batch is published in the background
+		}
 		if err != nil {
 			return total, err
 		}

@@ -31,6 +31,7 @@ type Relay struct {
 	releases   sync.WaitGroup  // background releases of surplus shards
 	hook       func(at string) // tests: called at named points of a heartbeat (testHook)
 	wakeC      []chan struct{} // one per publish loop
+	loops      []*loop         // one per publish loop
 	idle       atomic.Int32    // publish loops whose last cycle claimed nothing
 	running    atomic.Bool
 	lastOK     atomic.Int64 // unix nanos of the last successful heartbeat
@@ -58,8 +59,10 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	wakeC := make([]chan struct{}, cfg.Workers)
+	loops := make([]*loop, cfg.Workers)
 	for i := range wakeC {
 		wakeC[i] = make(chan struct{}, 1)
+		loops[i] = &loop{}
 	}
 	return &Relay{
 		db: db, pub: pub, cfg: cfg,
@@ -67,6 +70,7 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 		log:    cfg.Logger.With("relay", cfg.ID),
 		leases: leaseSet{owned: map[int16]time.Time{}, releasing: map[int16]bool{}},
 		wakeC:  wakeC,
+		loops:  loops,
 	}, nil
 }
 
@@ -132,11 +136,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	return nil
 }
 
-// poolWanted is how many pool connections the relay uses at once at most: two
-// per publish loop (the claim running ahead and the settle of the batch before,
-// doc.go, Pipelining), one for heartbeats, one for the probe.
+// poolWanted is how many pool connections the relay uses at once at most: per
+// publish loop, the claim running ahead and the settle of the batch before
+// (doc.go, Pipelining) and the settles of its MaxPublishes-1 batches under way
+// after their cycles; then one for heartbeats and one for the probe.
 func (r *Relay) poolWanted() int32 {
-	want := 2*int32(r.cfg.Workers) + 1
+	want := int32((1+r.cfg.MaxPublishes)*r.cfg.Workers) + 1
 	if !r.cfg.Listen { // LISTEN holds a connection of its own, outside the pool
 		want++
 	}
@@ -209,6 +214,7 @@ func nextHeldPause(prev time.Duration, held int, afterPause bool, lo, poll time.
 func (r *Relay) publishLoop(ctx context.Context, w int) {
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
+	defer r.loops[w].drain() // the publishes still under way finish, bounded by PublishTimeout
 	failures := 0
 	heldPause := time.Duration(0)
 	heldTimer := false // the last wait was the held pause running out, not a wake-up
@@ -315,20 +321,27 @@ func (r *Relay) runLimit() time.Duration { return min(r.cfg.PollInterval, time.S
 // batch is one claim: the rows to publish and what it holds.
 type batch struct {
 	rows    []row
-	scanned int
+	scanned int // rows the claim scanned, of which skipped were rows under way in tails
+	skipped int
 	start   time.Time
 	err     error
 	release func() // ends the batch's hold on cycleMu; safe to call twice
 }
 
-// claimBatch claims the next rows after cur. The batch read-holds cycleMu until
-// it is settled or dropped, so shards are never released under it.
-func (r *Relay) claimBatch(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) batch {
+// claimBatch claims the next rows after cur, leaving the unkeyed rows in skip
+// (under way in a tail; keyed ones are left by cur.Blocked). The batch
+// read-holds cycleMu until it is settled or dropped, so shards are never
+// released under it.
+func (r *Relay) claimBatch(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor, skip map[uuid.UUID]bool) batch {
 	r.cycleMu.RLock()
 	b := batch{start: time.Now(), release: sync.OnceFunc(r.cycleMu.RUnlock)}
 	b.rows, b.scanned, b.err = r.claim(ctx, shards, now, cur)
 	if b.err != nil {
 		b.release()
+	} else if len(skip) > 0 {
+		n := len(b.rows)
+		b.rows = slices.DeleteFunc(b.rows, func(rw row) bool { return skip[rw.msg.ID] })
+		b.skipped = n - len(b.rows)
 	}
 	return b
 }
@@ -340,17 +353,94 @@ func dropBatch(next <-chan batch) {
 	}
 }
 
+// loop is what a publish loop keeps between its cycles: the batches its cycles
+// left under way when they returned (tails), oldest first. Only the loop's own
+// goroutine (or Cycle, in tests) touches the slice.
+type loop struct {
+	tails []*tail
+}
+
+// tail is the last batch of a cycle that caught up, published and settled while
+// the loop goes on, so that rows committed during its publish do not wait for
+// its acknowledgement.
+type tail struct {
+	rows []row
+	done chan struct{} // closed once the batch is settled or dropped
+	err  error         // set before done is closed
+}
+
+// reap forgets the tails that ended and returns their errors.
+func (l *loop) reap() error {
+	var errs []error
+	l.tails = slices.DeleteFunc(l.tails, func(t *tail) bool {
+		select {
+		case <-t.done:
+			errs = append(errs, t.err)
+			return true
+		default:
+			return false
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// waitBelow waits until fewer than n tails are under way (each ends within two
+// PublishTimeouts: its publish and its settle) and returns the errors of those
+// that ended.
+func (l *loop) waitBelow(n int) error {
+	var errs []error
+	for {
+		errs = append(errs, l.reap())
+		if len(l.tails) < n {
+			return errors.Join(errs...)
+		}
+		<-l.tails[0].done
+	}
+}
+
+// drain waits for every tail.
+func (l *loop) drain() error { return l.waitBelow(1) }
+
+// pending returns the keys of the rows under way in tails, and the ids of those
+// without a key. A claim leaves both, so no later row of such a key is published
+// before the one under way is acknowledged and settled, or dropped and claimed
+// again in its turn.
+func (l *loop) pending() (keys map[string]bool, unkeyed map[uuid.UUID]bool) {
+	keys = map[string]bool{}
+	for _, t := range l.tails {
+		for _, rw := range t.rows {
+			if rw.msg.Key != "" {
+				keys[rw.msg.Key] = true
+				continue
+			}
+			if unkeyed == nil {
+				unkeyed = map[uuid.UUID]bool{}
+			}
+			unkeyed[rw.msg.ID] = true
+		}
+	}
+	return keys, unkeyed
+}
+
 // cycle publishes loop w's usable shards until it has caught up (a claim scanned
 // less than a full batch) or runLimit passed. Its work is pipelined: while one
 // batch is published, the next is claimed (on another connection), and the batch
-// before is settled; publishes follow each other in claim order, so a key's rows
-// go out in order. A key whose row failed in one batch is dropped from the
-// batches claimed after it in the run, and the next run finds its rows again.
-// Every batch is published only if all of the run's shards stay leased for
-// PublishTimeout; otherwise the run ends and the next one uses the shards it has.
-// It returns how many rows it claimed, and how many it scanned but left because
-// they are not ready yet (an older transaction is still open).
+// before is settled; publishes of a run follow each other in claim order, so a
+// key's rows go out in order. A key whose row failed in one batch is dropped from
+// the batches claimed after it in the run, and the next run finds its rows again.
+// The last batch of a run that caught up is a tail: the cycle returns while it is
+// published and settled, and the loop's next cycles leave the keys (and the
+// unkeyed rows) of its tails, so up to MaxPublishes batches of disjoint keys are
+// published at once. Every batch is published only if all of the run's shards
+// stay leased for PublishTimeout; otherwise the run ends and the next one uses
+// the shards it has. It returns how many rows it claimed, and how many it scanned
+// but left because they are not ready yet (an older transaction is still open,
+// or an earlier row of their key is under way in a tail).
 func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
+	l := r.loops[w]
+	if err := l.waitBelow(r.cfg.MaxPublishes); err != nil {
+		return 0, 0, err
+	}
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
 	if r.cfg.Workers > 1 {
 		shards = slices.DeleteFunc(shards, func(s int16) bool { return int(s)%r.cfg.Workers != w })
@@ -360,7 +450,8 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	}
 	runEnd := time.Now().Add(r.runLimit())
 	now := r.cfg.Now() // one now for the run's claims: see outbox.Cursor
-	cur := &outbox.Cursor{}
+	keys, skip := l.pending()
+	cur := &outbox.Cursor{Blocked: keys}
 	var settling <-chan error // the settle in flight
 	defer func() {
 		if settling != nil {
@@ -370,17 +461,18 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 		}
 	}()
 	var failedKeys []string // keys that failed in the batch last published
-	b := r.claimBatch(ctx, shards, now, cur)
+	b := r.claimBatch(ctx, shards, now, cur, skip)
 	for {
 		if b.err != nil {
 			return claimed, held, b.err
 		}
-		held += b.scanned - len(b.rows)
+		held += b.scanned - b.skipped - len(b.rows)
 		var next chan batch
-		if b.scanned == r.cfg.BatchSize && len(b.rows) > 0 { // more may be waiting behind this batch
+		full := b.scanned == r.cfg.BatchSize
+		if full && len(b.rows) > 0 { // more may be waiting behind this batch
 			if time.Now().Before(runEnd) {
 				next = make(chan batch, 1)
-				go func() { next <- r.claimBatch(ctx, shards, now, cur) }()
+				go func() { next <- r.claimBatch(ctx, shards, now, cur, skip) }()
 			} else {
 				r.wakeWorker(w) // a new run, from the oldest row
 			}
@@ -393,6 +485,11 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 				dropBatch(next)
 				r.wakeWorker(w)
 				return claimed, held, nil
+			}
+			if !full {
+				// Caught up: the next cycle need not wait for this publish.
+				l.tails = append(l.tails, r.publishTail(ctx, w, b))
+				return claimed + len(b.rows), held, nil
 			}
 			s, pubErr := r.publish(ctx, b.rows)
 			if pubErr != nil {
@@ -433,6 +530,32 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 		}
 		failedKeys = nil
 	}
+}
+
+// publishTail publishes and settles b, the last batch of a cycle, in the
+// background. Its tail ends when b is settled or dropped (the publish failed as
+// a whole: its rows are claimed again), and then wakes the loop: rows of its keys
+// may be waiting for it.
+func (r *Relay) publishTail(ctx context.Context, w int, b batch) *tail {
+	t := &tail{rows: b.rows, done: make(chan struct{})}
+	go func() {
+		defer r.wakeWorker(w)
+		defer close(t.done)
+		s, err := r.publish(ctx, b.rows)
+		if err != nil {
+			b.release()
+			t.err = err
+			return
+		}
+		if err := <-r.settle(ctx, b, s); err != nil {
+			t.err = err
+			return
+		}
+		if s.unavailable != nil {
+			t.err = fmt.Errorf("publish: %w", s.unavailable)
+		}
+	}()
+	return t
 }
 
 // published is what a publish leaves to settle.

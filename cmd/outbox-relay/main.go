@@ -48,7 +48,7 @@ type options struct {
 	tls, tlsInsecure                                   bool
 	tlsCA, tlsCert, tlsKey                             string
 	saslMechanism, saslUser, saslPassword              string
-	batchSize, workers, maxAttempts                    int
+	batchSize, workers, maxPublishes, maxAttempts      int
 	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
 	noNotify                                           bool
 	listen                                             bool
@@ -141,6 +141,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error, f
 	secret(&o.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password (prefer the environment variable)")
 	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", relay.BatchSizeDefault, "rows claimed, published and settled per batch")
 	integer(&o.workers, "workers", "RELAY_WORKERS", relay.WorkersDefault, "parallel publish loops; each serves its own shards, so per-key order holds")
+	integer(&o.maxPublishes, "max-publishes", "RELAY_MAX_PUBLISHES", relay.MaxPublishesDefault, "batches one publish loop has under way at once, on disjoint keys (1: one after another)")
 	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", relay.MaxAttemptsDefault, "failed publishes of a message before it is dead-lettered")
 	duration(&o.pollInterval, "poll-interval", "RELAY_POLL_INTERVAL", relay.PollIntervalDefault, "polling interval, the fallback for LISTEN/NOTIFY")
 	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", relay.LeaseTTLDefault, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
@@ -315,8 +316,10 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	if err != nil {
 		return &startError{fmt.Errorf("--database-url: %w", err)}
 	}
-	if want := 2*int32(o.workers) + 3; !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < want {
-		poolCfg.MaxConns = want // two per publish loop (claim ahead, settle), heartbeats, the probe, the backlog gauge
+	if want := int32((1+o.maxPublishes)*o.workers) + 3; !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < want {
+		// Per publish loop: the claim ahead, the settle, and that of each batch under way
+		// after its cycle; then heartbeats, the probe, the backlog gauge.
+		poolCfg.MaxConns = want
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
@@ -341,7 +344,7 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	}
 	reg.MustRegister(backlog, relayprom.BuildInfo())
 	r, err := relay.New(pool, pub, relay.Config{
-		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxAttempts: o.maxAttempts,
+		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxPublishes: o.maxPublishes, MaxAttempts: o.maxAttempts,
 		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
 		PublishTimeout: o.publishTimeout, Listen: o.listen && !o.noNotify, Logger: log, Hooks: metrics.Hooks(),
 	})
