@@ -57,6 +57,7 @@ func BenchmarkSagaLoad(b *testing.B) {
 	fmt.Fprintf(os.Stderr, "\nsaga load (kfake in-process, PostgreSQL fsync=off; load: %s)\n", strings.TrimSpace(string(load)))
 	sagabench.Print(os.Stderr, base, rows)
 	fmt.Fprintln(os.Stderr, "local-rt: transactions the consumers ran again after a transient database error; saga-rt: step commands the orchestrator sent again; deadlock: steps failed by a deadlock or serialization failure")
+	fmt.Fprintln(os.Stderr, "cpu/flow: CPU time of this process (services, relays, kfake) and the PostgreSQL server per finished flow (the kinds measured earlier idle meanwhile); ×base cpu: the baseline's cpu/flow over this row's, the throughput ratio where the benchmark has the CPU to itself")
 	for _, r := range rows {
 		if r.InFlight == 64 || r.InFlight == 256 {
 			name := strings.Fields(r.Name)[0]
@@ -85,6 +86,11 @@ type env struct {
 // measure runs the closed-loop levels and the open-loop one on a fresh env.
 func measure(b *testing.B, name string, start func(b *testing.B) env) []sagabench.Result {
 	e := start(b)
+	var backend int
+	if err := e.pool.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		b.Fatal(err)
+	}
+	e.driver.CPU = sagabench.CPUMeter(backend)
 	e.driver.Closed(b, name+" (warm-up)", 1, 1) // groups joined, topics warm
 	var out []sagabench.Result
 	peak := 0.0

@@ -2,7 +2,9 @@
 // loop with a fixed number of flows in flight, and open loop at a steady offered rate
 // (so time to consistency is not only queueing). It reports flows per second, time to
 // consistency (p50, p99), the consumer loops' local transient retries and the sagas'
-// own retries, read from the saga log in the database.
+// own retries, read from the saga log in the database, and the CPU time per flow of
+// the process and the PostgreSQL server (CPUMeter), whose ratio to the baseline's is
+// what a machine shared with other work cannot show in flows per second.
 //
 // A flow is anything started by a function and known finished by a signal: a saga of
 // the orchestrator (finished when its SagaFinished hook fires, after the commit) or

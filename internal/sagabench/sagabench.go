@@ -33,6 +33,8 @@ type Result struct {
 	Unfinished int
 	// FirstError is why the first unfinished flow failed.
 	FirstError error
+	// CPU is the CPU time per finished flow (Driver.CPU), 0 when unknown.
+	CPU time.Duration
 }
 
 // StartFunc starts flow id (the ith of its level) and returns once it is committed.
@@ -44,6 +46,9 @@ type Driver struct {
 	start StartFunc
 	// LocalRetries is the counter the consumers' LocalRetry hooks add to.
 	LocalRetries atomic.Int64
+	// CPU, if not nil, reports the CPU time used so far by everything the flows run on
+	// (CPUMeter): each level reports its CPU per flow.
+	CPU func() time.Duration
 
 	mu      sync.Mutex
 	waiting map[uuid.UUID]chan struct{}
@@ -99,7 +104,7 @@ func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
-	retries := d.LocalRetries.Load()
+	retries, cpu := d.LocalRetries.Load(), d.cpu()
 	begin := time.Now()
 	for range inFlight {
 		wg.Add(1)
@@ -115,7 +120,7 @@ func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []
 	}
 	close(jobs)
 	wg.Wait()
-	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries)
+	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries, d.cpu()-cpu)
 }
 
 // Open offers n flows at rate per second, each started on schedule whatever the
@@ -124,7 +129,7 @@ func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, 
 	tb.Helper()
 	var wg sync.WaitGroup
 	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
-	retries := d.LocalRetries.Load()
+	retries, cpu := d.LocalRetries.Load(), d.cpu()
 	begin := time.Now()
 	interval := time.Duration(float64(time.Second) / rate)
 	for i := range n {
@@ -138,7 +143,15 @@ func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, 
 		}()
 	}
 	wg.Wait()
-	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries)
+	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries, d.cpu()-cpu)
+}
+
+// cpu is Driver.CPU's reading, or 0.
+func (d *Driver) cpu() time.Duration {
+	if d.CPU == nil {
+		return 0
+	}
+	return d.CPU()
 }
 
 // run collects one level's flows.
@@ -159,7 +172,7 @@ func (r *run) do(d *Driver, i int) {
 	}
 }
 
-func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64) (Result, []uuid.UUID) {
+func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, cpu time.Duration) (Result, []uuid.UUID) {
 	tb.Helper()
 	elapsed := time.Since(begin)
 	if len(r.errs) > 0 {
@@ -179,26 +192,37 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64) 
 		res.P99 = ttc[min(len(ttc)-1, len(ttc)*99/100)]
 	}
 	res.LocalRetries = retries
+	if len(ttc) > 0 {
+		res.CPU = cpu / time.Duration(len(ttc))
+	}
 	return res, r.ids
 }
 
 // Print writes results as a table, each closed-loop row's throughput with its ratio
-// to the baseline row of the same InFlight.
+// to the baseline row of the same InFlight, and its CPU per flow with the baseline's
+// CPU per flow divided by it: the throughput ratio a machine the benchmark had to
+// itself would show (a loaded machine's throughput ratios are noise).
 func Print(w io.Writer, baseline, rows []Result) {
-	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s\n",
-		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished")
+	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s %9s %9s\n",
+		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished", "cpu/flow", "×base cpu")
 	for _, r := range append(append([]Result(nil), baseline...), rows...) {
 		load := fmt.Sprintf("%d in flight", r.InFlight)
 		if r.Rate > 0 {
 			load = fmt.Sprintf("open %.0f/s", r.Rate)
 		}
-		ratio := "-"
+		ratio, cpu, cpuRatio := "-", "-", "-"
+		if r.CPU > 0 {
+			cpu = r.CPU.Round(10 * time.Microsecond).String()
+		}
 		for _, b := range baseline {
 			if b.InFlight == r.InFlight && r.InFlight > 0 {
 				ratio = fmt.Sprintf("%.2f", r.PerSec/b.PerSec)
+				if b.CPU > 0 && r.CPU > 0 {
+					cpuRatio = fmt.Sprintf("%.2f", float64(b.CPU)/float64(r.CPU))
+				}
 			}
 		}
-		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d\n", r.Name, load, r.Flows, r.PerSec, ratio,
-			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished)
+		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d %9s %9s\n", r.Name, load, r.Flows, r.PerSec, ratio,
+			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, cpuRatio)
 	}
 }
