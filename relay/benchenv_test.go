@@ -384,8 +384,26 @@ func runBenchRelay() int {
 			return 1
 		}
 		defer f.Close()
-		_ = pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
+		// The profile covers the drain only: it starts at SIGUSR1, which relayDrain
+		// sends at the first record (before it, the loops claim the held-back
+		// backlog again and again).
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		started := make(chan bool, 1)
+		go func() {
+			select {
+			case <-usr1:
+				started <- pprof.StartCPUProfile(f) == nil
+			case <-ctx.Done():
+				started <- false
+			}
+		}()
+		defer func() {
+			stop()
+			if <-started {
+				pprof.StopCPUProfile()
+			}
+		}()
 	}
 	var peakHeap atomic.Int64
 	go func() {
