@@ -72,6 +72,27 @@ func TestClaimHoldsBackOnlyRowsBehindAWaitingRowOfTheirKey(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	t.Run("OneShard", func(t *testing.T) {
+		var b, unkeyed int16
+		if err := db.Pool.QueryRow(ctx, `SELECT (hashtext('b') & 255)::smallint, (hashtext('') & 255)::smallint`).Scan(&b, &unkeyed); err != nil {
+			t.Fatal(err)
+		}
+		if b == unkeyed {
+			t.Skip("key b shares the shard of rows without a key")
+		}
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			rows, _, err := store.Claim(ctx, db.Pool, []int16{b}, now, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) == 1 && string(rows[0].Payload) == "b1" {
+				return
+			}
+			if len(rows) > 1 || time.Now().After(deadline) {
+				t.Fatalf("claim of key b's shard %d: %d rows, want b1 only", b, len(rows))
+			}
+		}
+	})
 	t.Run("RowsWait", func(t *testing.T) {
 		claim(t, now, "a1", "b1", "u1", "u3")
 	})

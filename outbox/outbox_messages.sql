@@ -25,13 +25,19 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 -- asked in outbox_messages_waiting_idx's order so that every plan reads that index:
 -- as a plain EXISTS, the generic plan read the whole table when many failed rows
 -- were due again (TestClaimDoesNotScanTheTableWhenManyRetriesAreDue).
+-- The shard test, "shard IN $5", is written NOT ... NOT IN so that it stays a hashed
+-- SubPlan (NOT IN is never made a join): one hash probe per scanned row. "= ANY($5)"
+-- compares with each of up to 256 shards per row in a generic plan (its array is a
+-- parameter, not a constant PostgreSQL would hash), and "IN (SELECT ...)" becomes a
+-- nested-loop semi join. Measured, backend CPU of a 500-row claim of 128 shards:
+-- 2.2-3.0 ms with = ANY, 1.9 ms so, 1.5-1.8 ms with no shard test.
 WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
 SELECT m."seq", m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
     m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3
-  AND m."shard" = ANY($5::smallint[])
+  AND NOT (m."shard" NOT IN (SELECT unnest($5::smallint[])))
   AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2)
   AND (m."key" = ''
        OR (SELECT w."seq" FROM "sagabox"."outbox_messages" AS w WHERE w."dead_at" IS NULL AND w."next_attempt_at" > $2
