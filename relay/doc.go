@@ -65,6 +65,31 @@
 // ×3/×1 to 0.83 and 1.47 (load 8-11; single runs, noisy). On these two cores
 // three relays then compete for the CPU that one relay already uses.
 //
+// Where a drain's CPU goes (BenchmarkRelayDrain's CPU µs per message, read from
+// /proc between the first record and the backlog deleted; four runs at load 8-22,
+// the machine 94-100% busy during the relay lines): the raw claim+delete costs
+// PostgreSQL 4.4-8.2 µs a row, on one connection; relay ×1 costs PostgreSQL
+// 12.2-15.2 (claim and delete), the broker 5.3-6.9 and the relay process 14.8-21.1
+// (kafka-go, GC and the Go scheduler the most; the claim's reading and scanning
+// about a quarter), 35-47 in all. Two cores then give at most 2/35 per µs where
+// the raw drain, bound by one backend, gets 1/4.4-1/8.2: relay ×1 cannot reach
+// 0.85× raw claim+delete here (≤ 0.25-0.45×) unless the relay's and the broker's
+// CPU go, and the raw produce alone (broker 4.1-5.3 plus client 5.3-6.3) is 1.2-2.4×
+// the raw drain's. Relay ×3 costs 59-70 µs per message: PostgreSQL 20.5-25.9,
+// broker 7.2-10.6, relay processes 26.0-33.3. So on CPU-bound cores three relays
+// deliver about 0.5-0.7× one (the rates of single runs swing with the other load:
+// 0.58-1.20×). Half of the extra is the three relay processes (their runtimes'
+// scheduling and GC, per process), half PostgreSQL: every publish loop scans past
+// the rows of all the others' shards, and ×3 has 6 loops. With Workers 1 (3 loops
+// in all) PostgreSQL took 17.1-19.3 µs, with one loop (relay ×1, Workers 1; claim
+// with no shard test) 10.9-15.1. The claim's per-row costs are down (pg_stat_statements
+// buffers per claim: ×1 1250 → 309-346, ×3 1797 → 846-863): the lookup of a
+// waiting earlier row of the key runs only when some row waits for a retry, and
+// the shard test is a hash probe. What the scan past other loops' rows still costs,
+// an index on ("shard", "seq") would save only with a merge of per-shard scans
+// (PostgreSQL 15 cannot merge an array's index ranges in seq order), read ahead
+// of the cut per shard, and one more index entry per producer insert.
+//
 // # Pipelining
 //
 // A loop's cycle is a run of batches: while batch N is published, batch N+1 is
