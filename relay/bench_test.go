@@ -380,9 +380,9 @@ func BenchmarkRelayWakeup(b *testing.B) {
 		{name: "NOTIFY trigger + LISTEN (Listen)", relay: true, trigger: true, opts: benchRelayOpts{Listen: true}},
 		{name: "busy re-claim and probe every 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
 		{name: "1 pub/loop, Workers 2 (the default)", relay: true},
-		{name: "2 pub/loop (MaxPublishes 2), Workers 2", relay: true, opts: benchRelayOpts{MaxPublishes: 2}},
 		{name: "1 pub/loop, Workers 1", relay: true, opts: benchRelayOpts{Workers: 1}},
-		{name: "2 pub/loop (MaxPublishes 2), Workers 1", relay: true, opts: benchRelayOpts{Workers: 1, MaxPublishes: 2}},
+		{name: "MaxPublishes 2, Workers 2, pool 8", relay: true, opts: benchRelayOpts{MaxPublishes: 2, MaxConns: 8}},
+		{name: "1 pub/loop, Workers 2, pool 8", relay: true, opts: benchRelayOpts{MaxConns: 8}},
 		{name: "no relay, no trigger (baseline again)"},
 	}
 	if only := os.Getenv("SAGABOX_BENCH_WAKE"); only != "" { // keep the baselines and the relay lines naming it

@@ -52,9 +52,10 @@ type Config struct {
 	// (published, not yet settled). A loop that caught up leaves its last batch
 	// publishing and claims the next rows meanwhile, leaving the keys of the
 	// batches under way, so a key's rows are still published one batch after the
-	// other, in order (doc.go, Pipelining). It pays against brokers that answer
-	// in parallel; against kfake, which answers one request at a time, it did not
-	// (doc.go, Wake-ups). Defaults to 1: one batch after another.
+	// other, in order (doc.go, Pipelining). Each batch under way wants a pool
+	// connection for its settle; with too few the loops queue for them and it costs
+	// more than it saves (doc.go, Wake-ups, has the figures). Defaults to 1: one
+	// batch after another.
 	MaxPublishes int
 	// PollInterval is how often a publish loop looks for rows from the oldest one
 	// on, whatever the wake-ups say: the bound on latency for rows the probe cannot

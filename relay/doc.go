@@ -253,16 +253,19 @@
 // with what else the machine's disk is flushing: their tx p50 was 0.86-1.45× of
 // the no-relay lines in runs at load 10-16 and 2.4-2.9× at load 1-7.
 //
-// Overlapping publishes (MaxPublishes 2) do not pay against this broker: kfake
-// handles the requests of all connections in one loop, one after another, so two
-// publishes in flight share its time (publish p50 10.8-12.0 ms against 6.4-7.6 ms
-// with one per loop, same runs) instead of overlapping; a loop's wait for its
-// previous publish, which the overlap removes, is then spent waiting for the
-// broker anyway. Against brokers that answer in parallel and over a network that
-// wait is what it saves. Same benchmark, three runs with the lines interleaved
-// (load 11-21, machine 100% busy; producers reached 1,090-1,650/s with no relay,
-// so no line could meet 20 ms): commit→Kafka p50 / p99, and the relay process's
-// CPU time for the 20,000 messages:
+// Overlapping publishes (MaxPublishes 2) need the connections for it: the
+// benchmark's relay has pgxpool's default pool (4 on these cores), two loops with
+// two batches under way each want 8, and commit→Kafka got worse in 5 of 6 runs.
+// Three runs at load 7-16 (the machine 96-100% busy) with the relay's pool at 8
+// (what outbox-relay sizes for it): 35 / 211 against 60 / 452 ms, 81 / 838
+// against 78 / 561 ms, and 29 / 136 against 61 / 262 ms (that run had the
+// MaxPublishes line first); commit → publish call p50 19-22 against 45-51 ms in
+// the two runs it won. Its publishes take longer (p50 8.7-12.2 against 6.4-8.4 ms):
+// kfake handles the requests of all connections in one loop, so publishes that
+// overlap share its time. Runs with the default pool, lines interleaved (load
+// 11-21, 100% busy; producers reached 1,090-1,650/s with no relay, so no line
+// could meet 20 ms): commit→Kafka p50 / p99, and the relay process's CPU time for
+// the 20,000 messages:
 //
 //	                                    run 1          run 2                run 3
 //	1 publish per loop, Workers 2   121 / 688 ms   92.1 / 353 ms, 3.96 s   93.7 / 389 ms, 2.40 s
@@ -270,14 +273,24 @@
 //	1 publish per loop, Workers 1   117 / 591 ms   39.8 / 224 ms, 2.79 s   75.7 / 456 ms, 2.56 s
 //	MaxPublishes 2, Workers 1      48.7 / 390 ms   84.1 / 759 ms, 3.50 s    143 / 760 ms, 2.77 s
 //
-// The default stays one publish per loop. What the database spends on the relay
-// at this rate is mostly its claims: a claim starts from the oldest pending row
-// and steps over every row deleted since the table's last vacuum (up to the
-// 20,000 of a run: autovacuum looks at most once a minute), which a bitmap scan
-// visits in the heap each time: 2-31 ms per claim on the loaded machine, 2.3-19 s
-// of database time per 10 s run (the producers' 20,000 INSERTs took 4-9 s); on a
-// quiet server, 20 live rows behind 20,000 deleted ones took 11.6 ms (2,858 heap
-// pages). A second publish loop doubles those claims.
+// Workers 1 against 2, in those and four more runs: the claims' database time was
+// 25-93% of two loops' in all seven, commit→Kafka p50 lower in six (23-117 against
+// 29-121 ms), p99 lower in three. Workers stays 2: a second loop also doubles the
+// publishes in flight, which is what a relay's rate under broker latency rests on
+// (above, Several relays); relay ×1 drains of 100,000 rows on the plain broker
+// gave Workers 1 0.53-2.3× Workers 2 (five pairs, load 9-14), no drop.
+//
+// MaxPublishes stays 1 until a quieter machine settles it.
+//
+// What the database spends on the relay at this rate is mostly its claims: a
+// claim starts from the oldest pending row and steps over every row deleted since
+// the table's last vacuum (up to the 20,000 of a run: autovacuum looks at most
+// once a minute). Before the claim's per-row lookup of waiting rows went, that was
+// 2-31 ms per claim on the loaded machine and 2.3-19 s of database time per 10 s
+// run (the producers' 20,000 INSERTs took 4-9 s; on a quiet server, 20 live rows
+// behind 20,000 deleted ones took 11.6 ms, 2,858 heap pages); since, about 100
+// buffers and 0.8-2.7 ms per claim in nine runs of ten (13.7 in one), 1.6-9.6 s
+// per run. A second publish loop runs its own claims over the same index range.
 
 // # Residual ordering limits
 //
