@@ -256,13 +256,14 @@
 // Overlapping publishes (MaxPublishes 2) need the connections for it: the
 // benchmark's relay has pgxpool's default pool (4 on these cores), two loops with
 // two batches under way each want 8, and commit→Kafka got worse in 5 of 6 runs.
-// Three runs at load 7-16 (the machine 96-100% busy) with the relay's pool at 8
-// (what outbox-relay sizes for it): 35 / 211 against 60 / 452 ms, 81 / 838
-// against 78 / 561 ms, and 29 / 136 against 61 / 262 ms (that run had the
-// MaxPublishes line first); commit → publish call p50 19-22 against 45-51 ms in
-// the two runs it won. Its publishes take longer (p50 8.7-12.2 against 6.4-8.4 ms):
-// kfake handles the requests of all connections in one loop, so publishes that
-// overlap share its time. Runs with the default pool, lines interleaved (load
+// Six runs at load 7-16 (the machine 86-100% busy) with the relay's pool at 8
+// (what outbox-relay sizes for it), MaxPublishes 2 against 1, p50 / p99:
+// 35 / 211 against 60 / 452 ms, 81 / 838 against 78 / 561, 29 / 136 against
+// 61 / 262, 26 / 85 against 20 / 61, 40 / 538 against 44 / 343, 26 / 117 against
+// 69 / 321: p50 lower in four, p99 in three, noise larger than the difference.
+// Its publishes take longer (p50 8.7-12.2 against 6.4-8.4 ms): kfake handles
+// the requests of all connections in one loop, so publishes that overlap share
+// its time. Runs with the default pool, lines interleaved (load
 // 11-21, 100% busy; producers reached 1,090-1,650/s with no relay, so no line
 // could meet 20 ms): commit→Kafka p50 / p99, and the relay process's CPU time for
 // the 20,000 messages:
