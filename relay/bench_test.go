@@ -8,7 +8,8 @@ package relay_test
 // What runs where: PostgreSQL is a durable cluster of the benchmarks' own
 // (benchServer); the broker (kfake) and every relay are processes of their own
 // (the test binary run again, see benchenv_test.go), each relay with the
-// library's defaults unless a line says otherwise; producers, readers and the
+// library's defaults (its pool sized by Config.PoolConns, as outbox-relay sizes it)
+// unless a line says otherwise; producers, readers and the
 // baselines run in the benchmark process.
 //
 // Knobs (environment):
@@ -120,7 +121,7 @@ func BenchmarkRelayDrain(b *testing.B) {
 
 	w := os.Stdout
 	fmt.Fprintf(w, "\nRelay drain, backlog of %d rows × 1 KiB, %d keys, topic of %d partitions\n", n, benchKeys, benchPartitions)
-	fmt.Fprintf(w, "  %s; broker: kfake, 1 broker, own process, acks=all; relays: own processes, library defaults\n", benchPG.settings)
+	fmt.Fprintf(w, "  %s; broker: kfake, 1 broker, own process, acks=all; relays: own processes, library defaults, pool sized as outbox-relay sizes it (Config.PoolConns)\n", benchPG.settings)
 	fmt.Fprintf(w, "  load average %s at start, %s at end; machine CPU busy %.0f%% during the benchmark (%d cores, shared)\n",
 		load0, loadAvg(), 100*busy, runtimeCPUs())
 	line := func(name string, v float64, unit, cmp string) {

@@ -119,6 +119,21 @@ type Config struct {
 	Hooks Hooks
 }
 
+// PoolConns is how many pool connections a relay with c uses at once at most: per
+// publish loop, the claim running ahead and the settle of the batch before (doc.go,
+// Pipelining) and the settles of its MaxPublishes-1 batches under way after their
+// cycles; then one for heartbeats and one for the probe (none with Listen, whose
+// connection is its own). Give the pool at least this many (pool_max_conns): with
+// fewer the loops wait for connections, and Run warns.
+func (c Config) PoolConns() int32 {
+	c.applyDefaults()
+	want := int32((1+c.MaxPublishes)*c.Workers) + 1
+	if !c.Listen {
+		want++
+	}
+	return want
+}
+
 func (c *Config) applyDefaults() {
 	if c.Schema == "" {
 		c.Schema = migrations.DefaultSchema

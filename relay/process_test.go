@@ -38,10 +38,20 @@ func runChild() int {
 	return runRelayProcess(ctx, cfg)
 }
 
-// runRelayProcess runs a relay with cfg on DATABASE_URL and KAFKA_BROKERS until
+// runRelayProcess runs a relay with cfg on DATABASE_URL (its pool sized as
+// outbox-relay sizes it, unless the URL says) and KAFKA_BROKERS until
 // ctx ends, and returns the process's exit code.
 func runRelayProcess(ctx context.Context, cfg relay.Config) int {
-	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	url := os.Getenv("DATABASE_URL")
+	poolCfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if !strings.Contains(url, "pool_max_conns") { // as outbox-relay sizes its pool
+		poolCfg.MaxConns = max(poolCfg.MaxConns, cfg.PoolConns())
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -51,7 +51,7 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 	cfg.applyDefaults()
 	if db != nil && int32(cfg.Workers) >= db.Config().MaxConns {
 		// Each loop needs a connection for its claim; heartbeats need one more. Fewer
-		// than pipelining wants (see poolWanted) only makes the loops queue: Run warns.
+		// than pipelining wants (see Config.PoolConns) only makes the loops queue: Run warns.
 		errs = append(errs, fmt.Errorf("%w: Workers (%d) needs %d pool connections (one per publish loop, one for heartbeats), the pool has MaxConns %d: lower Workers or raise pool_max_conns in the database URL",
 			ErrInvalidConfig, cfg.Workers, cfg.Workers+1, db.Config().MaxConns))
 	}
@@ -108,7 +108,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	}
 	r.log.Info("relay: started", "schema", r.cfg.Schema, "batch", r.cfg.BatchSize, "workers", r.cfg.Workers, "lease_ttl", r.cfg.LeaseTTL)
-	if have, want := r.db.Config().MaxConns, r.poolWanted(); have < want {
+	if have, want := r.db.Config().MaxConns, r.cfg.PoolConns(); have < want {
 		r.log.Warn("relay: the pool is smaller than the relay can use: publish loops will wait for connections (raise pool_max_conns in the database URL, or lower Workers)",
 			"pool_max_conns", have, "wanted", want, "workers", r.cfg.Workers)
 	}
@@ -134,18 +134,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.leaveAll(stopCtx)
 	r.log.Info("relay: stopped")
 	return nil
-}
-
-// poolWanted is how many pool connections the relay uses at once at most: per
-// publish loop, the claim running ahead and the settle of the batch before
-// (doc.go, Pipelining) and the settles of its MaxPublishes-1 batches under way
-// after their cycles; then one for heartbeats and one for the probe.
-func (r *Relay) poolWanted() int32 {
-	want := int32((1+r.cfg.MaxPublishes)*r.cfg.Workers) + 1
-	if !r.cfg.Listen { // LISTEN holds a connection of its own, outside the pool
-		want++
-	}
-	return want
 }
 
 // checkSchema fails fast on a schema without the outbox tables; other errors

@@ -316,10 +316,13 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 	if err != nil {
 		return &startError{fmt.Errorf("--database-url: %w", err)}
 	}
-	if want := int32((1+o.maxPublishes)*o.workers) + 3; !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < want {
-		// Per publish loop: the claim ahead, the settle, and that of each batch under way
-		// after its cycle; then heartbeats, the probe, the backlog gauge.
-		poolCfg.MaxConns = want
+	cfg := relay.Config{
+		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxPublishes: o.maxPublishes, MaxAttempts: o.maxAttempts,
+		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
+		PublishTimeout: o.publishTimeout, Listen: o.listen && !o.noNotify, Logger: log,
+	}
+	if want := cfg.PoolConns() + 1; !strings.Contains(o.databaseURL, "pool_max_conns") && poolCfg.MaxConns < want {
+		poolCfg.MaxConns = want // and one for the backlog gauge
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
@@ -343,11 +346,8 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 		return err
 	}
 	reg.MustRegister(backlog, relayprom.BuildInfo())
-	r, err := relay.New(pool, pub, relay.Config{
-		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxPublishes: o.maxPublishes, MaxAttempts: o.maxAttempts,
-		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
-		PublishTimeout: o.publishTimeout, Listen: o.listen && !o.noNotify, Logger: log, Hooks: metrics.Hooks(),
-	})
+	cfg.Hooks = metrics.Hooks()
+	r, err := relay.New(pool, pub, cfg)
 	if err != nil {
 		return err
 	}
