@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -274,29 +275,31 @@ func (s *Services) CancelOrder(ctx context.Context, tx pgx.Tx, cmd wire.Command)
 // Hot rows: a few SKUs are shared by every saga, and a stock row's lock is held until
 // the transaction commits. Under a consumer, records of many sagas share one
 // transaction (the consumer's batch), so the handler neither locks nor updates the
-// stock row: it decides on the committed count less what the transaction's earlier
-// commands took (stockMoves), records the reservation, and the stock row is updated
-// once per SKU with the commit (consumer.QueueAtCommit), its lock held only for that
-// round trip. A concurrent transaction that took the same items first makes that
-// update break the stock's CHECK: the transaction then runs again (Transient) and
-// decides anew on the new count. Within a commit the rows are updated in the order the
-// handlers first named them, which is SKU order (LockKey in Participant), so two
-// transactions cannot deadlock on them.
+// stock row: it reads the SKU's stock once per transaction (skuTx), decides each order
+// on that count less what the transaction's earlier orders took, and one statement
+// with the commit (consumer.QueueLastAtCommit) records the SKU's reservations and
+// takes their items, the row locked for that round trip only. A concurrent transaction
+// that took the same items first makes that statement break the stock's CHECK: the
+// transaction then runs again (Transient) and decides anew on the new count. Within a
+// commit the rows are updated in the order the handlers first named them, which is SKU
+// order (LockKey in Participant), so two transactions cannot deadlock on them.
 func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
 	}
-	moves := stockMovesOf(ctx)
+	if skus := skusOf(ctx); skus != nil {
+		return s.reserveAtCommit(ctx, tx, skus, o)
+	}
 	var free *int // nil: no such sku
 	var held, took bool
-	err = tx.QueryRow(ctx, s.q["reserve"], o.SKU, o.Qty, o.ID, moves.net(o.SKU)).Scan(&free, &held, &took)
+	err = tx.QueryRow(ctx, s.q["reserve"], o.SKU, o.Qty, o.ID).Scan(&free, &held, &took)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
 	case took:
-		if err := s.moveStock(ctx, tx, moves, o.SKU, -o.Qty); err != nil {
-			return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+		if _, err := tx.Exec(ctx, s.q["moveStock"], o.SKU, -o.Qty); err != nil {
+			return nil, fmt.Errorf("reserve for order %s: %w", o.ID, stockTaken(err))
 		}
 		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": *free - o.Qty}), nil
 	case held:
@@ -304,16 +307,55 @@ func (s *Services) ReserveInventory(ctx context.Context, tx pgx.Tx, cmd wire.Com
 	case free == nil:
 		return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
 	}
-	return nil, refuse(fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, *free))
+	return nil, refuse(outOfStock(o, *free))
 }
 
-// ReleaseInventory returns a reservation's items to stock (with the commit, as
-// ReserveInventory takes them). Releasing twice, or releasing what was never reserved,
-// changes nothing.
+func outOfStock(o Order, free int) string {
+	return fmt.Sprintf("out of stock: %d of %s wanted, %d available", o.Qty, o.SKU, free)
+}
+
+// reserveAtCommit is ReserveInventory under a consumer. An order that holds a
+// reservation already (the barrier lets no repeated command through, so only a
+// reservation made outside it) is not reserved twice: the commit's insert skips it
+// and takes no items for it.
+func (s *Services) reserveAtCommit(ctx context.Context, tx pgx.Tx, skus skuTxs, o Order) ([]byte, error) {
+	st, err := s.skuTx(ctx, tx, skus, o.SKU, true)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
+	case st.free == nil:
+		return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
+	case slices.Contains(st.orders, o.ID):
+		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
+	case *st.free < o.Qty:
+		return nil, refuse(outOfStock(o, *st.free))
+	}
+	st.orders, st.qtys = append(st.orders, o.ID), append(st.qtys, o.Qty)
+	*st.free -= o.Qty
+	return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": *st.free}), nil
+}
+
+// ReleaseInventory returns a reservation's items to stock (with the commit, under a
+// consumer). Releasing twice, or releasing what was never reserved, changes nothing.
 func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
 	o, err := order(cmd)
 	if err != nil {
 		return nil, err
+	}
+	skus := skusOf(ctx)
+	if skus != nil {
+		st, err := s.skuTx(ctx, tx, skus, o.SKU, false)
+		if err != nil {
+			return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+		}
+		if i := slices.Index(st.orders, o.ID); i >= 0 {
+			// Reserved by this transaction: not recorded at all, then.
+			if st.free != nil {
+				*st.free += st.qtys[i]
+			}
+			st.orders, st.qtys = slices.Delete(st.orders, i, i+1), slices.Delete(st.qtys, i, i+1)
+			return nil, nil
+		}
 	}
 	var qty int
 	switch err := tx.QueryRow(ctx, s.q["release"], o.ID, o.SKU).Scan(&qty); {
@@ -322,8 +364,16 @@ func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Com
 	case err != nil:
 		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
 	}
-	if err := s.moveStock(ctx, tx, stockMovesOf(ctx), o.SKU, qty); err != nil {
-		return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+	if skus == nil {
+		if _, err := tx.Exec(ctx, s.q["moveStock"], o.SKU, qty); err != nil {
+			return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
+		}
+		return nil, nil
+	}
+	st := skus[o.SKU]
+	st.returned += qty
+	if st.free != nil {
+		*st.free += qty
 	}
 	return nil, nil
 }
@@ -344,51 +394,58 @@ func (s *Services) write(ctx context.Context, tx pgx.Tx, name string, args ...an
 	return err
 }
 
-// stockMoves are the stock changes of one consumer transaction's handlers, by SKU,
-// not yet applied: each is applied by one statement queued with the commit when the
-// SKU is first moved. The statement's argument is the pointer, read when the commit
-// is sent, after every handler of the transaction ran.
-type stockMoves map[string]*int
+// skuTx is one SKU's part of a consumer transaction: its stock, read once (free:
+// what is left for this transaction's orders; nil for no such sku), the reservations
+// decided and the items released, all written by one statement with the commit. That
+// statement's arguments are pointers to these fields, read when the commit is sent,
+// after every handler of the transaction ran.
+type skuTx struct {
+	read     bool
+	free     *int
+	orders   []uuid.UUID
+	qtys     []int
+	returned int
+}
 
-type stockMovesKey struct{}
+type skuTxs map[string]*skuTx
 
-// stockMovesOf returns the stock moves of ctx's consumer transaction, or nil outside
-// a consumer (HandleCommand in a transaction of the caller's): moves then apply at once.
-func stockMovesOf(ctx context.Context) stockMoves {
-	v, ok := consumer.TxValue(ctx, stockMovesKey{}, func() any { return stockMoves{} })
+type skuTxsKey struct{}
+
+// skusOf returns the SKUs of ctx's consumer transaction, or nil outside a consumer
+// (HandleCommand in a transaction of the caller's): the stock then changes at once.
+func skusOf(ctx context.Context) skuTxs {
+	v, ok := consumer.TxValue(ctx, skuTxsKey{}, func() any { return skuTxs{} })
 	if !ok {
 		return nil
 	}
-	return v.(stockMoves)
+	return v.(skuTxs)
 }
 
-// net is the change to sku's stock not yet applied.
-func (m stockMoves) net(sku string) int {
-	if d, ok := m[sku]; ok {
-		return *d
-	}
-	return 0
-}
-
-// moveStock adds delta to sku's available stock: with the commit of the consumer
-// transaction when moves is not nil, else now.
-func (s *Services) moveStock(ctx context.Context, tx pgx.Tx, moves stockMoves, sku string, delta int) error {
-	if moves == nil {
-		_, err := tx.Exec(ctx, s.q["moveStock"], sku, delta)
-		return stockTaken(err)
-	}
-	d, ok := moves[sku]
+// skuTx returns sku's part of the transaction, queuing its statement for the commit
+// on first use and, with read, reading its stock (without locking it) if not read yet.
+func (s *Services) skuTx(ctx context.Context, tx pgx.Tx, skus skuTxs, sku string, read bool) (*skuTx, error) {
+	st, ok := skus[sku]
 	if !ok {
-		d = new(int)
-		moves[sku] = d
+		st = &skuTx{}
+		skus[sku] = st
 		b := &pgx.Batch{}
-		b.Queue(s.q["moveStock"], sku, d)
+		b.Queue(s.q["reserveAtCommit"], sku, &st.orders, &st.qtys, &st.returned)
 		if !consumer.QueueLastAtCommit(ctx, b, stockTaken) {
-			return errors.New("demo: stock moves outside a consumer transaction")
+			return nil, errors.New("demo: stock moves outside a consumer transaction")
 		}
 	}
-	*d += delta
-	return nil
+	if read && !st.read {
+		var free int
+		switch err := tx.QueryRow(ctx, s.q["stock"], sku).Scan(&free); {
+		case err == nil:
+			free += st.returned
+			st.free = &free
+		case !errors.Is(err, pgx.ErrNoRows):
+			return nil, err
+		}
+		st.read = true
+	}
+	return st, nil
 }
 
 // stockTaken turns the stock's CHECK failing (a concurrent transaction took the
@@ -462,20 +519,28 @@ var queries = map[string]string{
 	"createOrder": `INSERT INTO {orders} ("id", "customer", "sku", "qty", "amount", "status")
 		VALUES ($1, $2, $3, $4, $5, 'created') ON CONFLICT ("id") DO NOTHING`,
 	"cancelOrder": `UPDATE {orders} SET "status" = 'cancelled', "updated_at" = now() WHERE "id" = $1 AND "status" <> 'cancelled'`,
-	// Records the reservation when the stock, less what this transaction's earlier
-	// commands moved ($4, applied with the commit), is enough; reads the stock row
-	// without locking it. Returns that free count (NULL: no such sku), whether the
-	// order held a reservation already, and whether this one took it.
-	"reserve": `WITH "stock" AS (SELECT "available" + $4::int AS "free" FROM {stock} WHERE "sku" = $1),
+	// Takes the stock and records the reservation in one statement (outside a
+	// consumer); no reservation when the order holds one already or the stock is
+	// short. Returns the stock before (NULL: no such sku), whether the order held a
+	// reservation already, and whether this one took it; moveStock then takes the items.
+	"reserve": `WITH "stock" AS (SELECT "available" AS "free" FROM {stock} WHERE "sku" = $1),
 		"before" AS (SELECT EXISTS (SELECT 1 FROM {reservations} WHERE "order_id" = $3) AS "held"),
 		"taken" AS (INSERT INTO {reservations} ("order_id", "sku", "qty", "status")
 			SELECT $3, $1, $2, 'reserved' FROM "stock", "before" WHERE "free" >= $2::int AND NOT "held" RETURNING 1)
 		SELECT (SELECT "free" FROM "stock"), (SELECT "held" FROM "before"), EXISTS (SELECT 1 FROM "taken")`,
+	"stock": `SELECT "available" FROM {stock} WHERE "sku" = $1`,
+	// With the commit: a SKU's reservations of the transaction ($2, $3; one it holds
+	// already is skipped) take their items, and the items released ($4) come back. The
+	// CHECK refuses stock taken below zero (see stockTaken); nothing to do leaves the
+	// row alone, unlocked.
+	"reserveAtCommit": `WITH "new" AS (INSERT INTO {reservations} ("order_id", "sku", "qty", "status")
+			SELECT "o", $1, "q", 'reserved' FROM unnest($2::uuid[], $3::int[]) AS r("o", "q")
+			ON CONFLICT ("order_id") DO NOTHING RETURNING "qty")
+		UPDATE {stock} SET "available" = "available" + $4::int - (SELECT coalesce(sum("qty"), 0)::int FROM "new")
+		WHERE "sku" = $1 AND ($4::int <> 0 OR cardinality($2::uuid[]) > 0)`,
 	"release": `UPDATE {reservations} SET "status" = 'released', "updated_at" = now()
 		WHERE "order_id" = $1 AND "sku" = $2 AND "status" = 'reserved' RETURNING "qty"`,
-	// A net change of zero leaves the row alone, unlocked. The CHECK refuses stock
-	// taken below zero (see stockTaken).
-	"moveStock": `UPDATE {stock} SET "available" = "available" + $2::int WHERE "sku" = $1 AND $2::int <> 0`,
+	"moveStock": `UPDATE {stock} SET "available" = "available" + $2::int WHERE "sku" = $1`,
 	"capturePayment": `INSERT INTO {payments} ("order_id", "amount", "status") VALUES ($1, $2, 'captured')
 		ON CONFLICT ("order_id") DO NOTHING`,
 	"refundPayment": `UPDATE {payments} SET "status" = 'refunded', "updated_at" = now()
