@@ -54,7 +54,9 @@ WHERE "id" = $1;
 -- gets a NULL "version", which its NOT NULL constraint refuses (SQLSTATE 23502, column
 -- "version"), so the statement can go with the COMMIT and nothing commits when it
 -- fails. It returns the rows' new xmin, for the orchestrator's memory of their steps
--- (a row deleted meanwhile is missing: the caller checks the count).
+-- (a row deleted meanwhile is missing: the caller checks the count, except when the
+-- statement goes with the COMMIT, where the rows locked by the prefetched read cannot
+-- be deleted meanwhile).
 UPDATE "sagabox"."saga_instances" AS s
 SET "status" = u.status, "version" = CASE WHEN s."version" = u.version THEN s."version" + 1 END,
     "last_error" = u.last_error, "wake_at" = u.wake_at,

@@ -356,7 +356,7 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 			var xmin uint32
 			_, err := pgx.ForEachRow(rows, []any{&id, &xmin}, func() error { xmins[id] = xmin; return nil })
 			if err == nil && len(xmins) != n {
-				err = fmt.Errorf("%w: %s: %d of %d no longer at the version read", ErrConcurrentUpdate, what, n-len(xmins), n)
+				err = fmt.Errorf("%w: %s: %d of %d deleted since they were read", ErrConcurrentUpdate, what, n-len(xmins), n)
 			}
 			return err
 		}, q.sql("update_instances"), instanceArgs(updated, versions)...)
