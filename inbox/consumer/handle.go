@@ -525,8 +525,10 @@ func (q *queued) add(b *pgx.Batch, mapErr func(error) error) {
 // that transaction; ok is false when ctx is not a consumer's. It lets the handlers of
 // the records of one transaction share what lives as long as it does, such as totals
 // written once with the commit (QueueAtCommit). A transaction run again (after a
-// transient error, or record by record) starts with no values. Not safe for
-// concurrent use: the handlers of one transaction run one after another.
+// transient error, or record by record) starts with no values. A handler that
+// changes a value and then fails (or, under package participants, refuses) does not
+// undo the change: change values only on the way to success. Not safe for concurrent
+// use: the handlers of one transaction run one after another.
 func TxValue(ctx context.Context, key any, mk func() any) (v any, ok bool) {
 	q, ok := ctx.Value(commitKey{}).(*atCommit)
 	if !ok {
@@ -562,7 +564,11 @@ func QueueAtCommit(ctx context.Context, b *pgx.Batch, mapErr func(error) error) 
 // the least time, and a savepoint that a batch handler's later statements release or
 // roll back (package participants queues those with QueueAtCommit) does not contain
 // them: a handler under package participants that queues its own statements for the
-// commit must queue them here.
+// commit must queue them here. Nothing takes queued statements back: a handler that
+// queues and then fails (or refuses) still has them committed with the transaction's
+// other records, so queue only on the way to success, and only statements that
+// cannot fail on what the handler validated (a failure fails the whole transaction,
+// and each rerun of the record, until it is dead-lettered).
 func QueueLastAtCommit(ctx context.Context, b *pgx.Batch, mapErr func(error) error) bool {
 	q, ok := ctx.Value(commitKey{}).(*atCommit)
 	if ok {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -60,8 +61,8 @@ func (o Order) Validate() error {
 	if o.SKU == "" {
 		errs = append(errs, errors.New("sku is empty"))
 	}
-	if o.Qty <= 0 {
-		errs = append(errs, fmt.Errorf("qty is %d; it must be positive", o.Qty))
+	if o.Qty <= 0 || o.Qty > math.MaxInt32 { // orders.qty and the reservations are integer
+		errs = append(errs, fmt.Errorf("qty is %d; it must be from 1 to %d", o.Qty, math.MaxInt32))
 	}
 	if o.Amount < 0 {
 		errs = append(errs, fmt.Errorf("amount is %d; it must not be negative", o.Amount))
