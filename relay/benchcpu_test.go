@@ -10,32 +10,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagabox/sagabox/internal/proccpu"
 )
-
-// clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on Linux).
-const clockTick = 10 * time.Millisecond
-
-// procTimes returns /proc/<pid>/stat's utime+stime (the process's threads) and
-// cutime+cstime (its children it has waited for); zero when pid is gone.
-func procTimes(pid int) (self, children time.Duration, ppid int) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, 0
-	}
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // the command may hold spaces
-	if len(f) < 15 {
-		return 0, 0, 0
-	}
-	v := func(i int) int64 { n, _ := strconv.ParseInt(f[i], 10, 64); return n }
-	return time.Duration(v(11)+v(12)) * clockTick, time.Duration(v(13)+v(14)) * clockTick, int(v(1))
-}
 
 // serverPID returns the pid of the postmaster serving pool (0 when it is not a
 // local process this benchmark can read).
@@ -44,29 +24,8 @@ func serverPID(pool *pgxpool.Pool) int {
 	if err := pool.QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
 		return 0
 	}
-	_, _, ppid := procTimes(backend)
+	_, _, ppid, _ := proccpu.Times(backend)
 	return ppid
-}
-
-// serverCPU is the CPU time of the postmaster pid and of every process it
-// started, running or ended.
-func serverCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	self, reaped, _ := procTimes(pid)
-	total := self + reaped
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		child, err := strconv.Atoi(filepath.Base(d))
-		if err != nil || child == pid {
-			continue
-		}
-		if s, _, ppid := procTimes(child); ppid == pid {
-			total += s
-		}
-	}
-	return total
 }
 
 // cpuSplit is CPU time spent by each party of a drain.
@@ -78,15 +37,18 @@ type cpuSplit struct {
 }
 
 func sampleSplit(postmaster, broker int, relays []*relayProc) cpuSplit {
-	s := cpuSplit{pg: serverCPU(postmaster), machine: sampleCPU()}
+	s := cpuSplit{machine: sampleCPU()}
+	if postmaster != 0 {
+		s.pg, _ = proccpu.Tree(postmaster)
+	}
 	if broker != 0 {
-		s.broker, _, _ = procTimes(broker)
+		s.broker, _, _, _ = proccpu.Times(broker)
 	}
 	for _, p := range relays {
-		t, _, _ := procTimes(p.cmd.Process.Pid)
+		t, _, _, _ := proccpu.Times(p.cmd.Process.Pid)
 		s.relays += t
 	}
-	s.bench, _, _ = procTimes(os.Getpid())
+	s.bench, _, _, _ = proccpu.Times(os.Getpid())
 	s.wall = time.Duration(time.Now().UnixNano())
 	return s
 }
