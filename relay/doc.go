@@ -63,7 +63,11 @@
 // write in progress, so each publish loop has its requests in flight: relay ×1
 // went to 28.8k msgs/s at 20 ms (15.5k before) and 14.6k at 50 ms (9.1k), and
 // ×3/×1 to 0.83 and 1.47 (load 8-11; single runs, noisy). On these two cores
-// three relays then compete for the CPU that one relay already uses.
+// three relays then compete for the CPU that one relay already uses. Quiet runs
+// (16:25 and 16:43 UTC on 2026-12-01, load 0.2-2.6, the relays' pools sized by
+// Config.PoolConns): plain broker ×3/×1 0.70 and 1.11; 10 ms 1.00 and 1.19 (one
+// relay 38k msgs/s, the machine 79% busy); 50 ms 1.78 (15.6k → 27.8k msgs/s).
+// make bench prints the 10 ms and 50 ms lines (SAGABOX_BENCH_DELAYS picks others).
 //
 // Where a drain's CPU goes (BenchmarkRelayDrain's CPU µs per message, read from
 // /proc between the first record and the backlog deleted; four runs at load 8-22,
