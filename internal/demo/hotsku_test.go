@@ -75,31 +75,8 @@ type sagaRun struct {
 // saga because of a transient database error, and that the business invariants hold.
 func runOrderSagas(t *testing.T, stock map[string]int, n int, order func(j int, id uuid.UUID) demo.Order) sagaRun {
 	t.Helper()
-	db, k := testenv.NewDB(t), testenv.NewKafka(t)
 	ctx := context.Background()
-	svc, err := demo.NewServices(demo.Schemas{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Setup(ctx, db.Pool); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.SeedStock(ctx, db.Pool, stock); err != nil {
-		t.Fatal(err)
-	}
-	topics := demo.Topics{}.WithDefaults()
-	var runners []sagatest.Runner
-	for _, role := range demo.Roles {
-		p, err := svc.Participant(db.Pool, role, topics, participants.Config{Brokers: k.Brokers, Consumer: sagatest.FastConsumer()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		runners = append(runners, p)
-	}
-	env := sagatest.Start(t, db.Pool, k.Brokers, sagatest.Config{
-		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{demo.OrderSaga(topics)}},
-		Participants: runners, Topics: topics.All(), Partitions: 8,
-	})
+	db, svc, env := startOrderSagas(t, stock, 8)
 
 	ids := make([]uuid.UUID, n)
 	// Started in a few transactions of many sagas each, so their commands arrive
@@ -157,4 +134,37 @@ func runOrderSagas(t *testing.T, stock map[string]int, n int, order func(j int, 
 		t.Fatal(err)
 	}
 	return sagaRun{pool: db.Pool, outcomes: outcomes, retries: r}
+}
+
+// startOrderSagas sets up the demo's services over stock, runs every participant and
+// the orchestrator of the order saga on topics of the given partitions, and returns
+// the database, the services and the saga environment.
+func startOrderSagas(t *testing.T, stock map[string]int, partitions int) (*testenv.DB, *demo.Services, *sagatest.Env) {
+	t.Helper()
+	db, k := testenv.NewDB(t), testenv.NewKafka(t)
+	ctx := context.Background()
+	svc, err := demo.NewServices(demo.Schemas{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Setup(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.SeedStock(ctx, db.Pool, stock); err != nil {
+		t.Fatal(err)
+	}
+	topics := demo.Topics{}.WithDefaults()
+	var runners []sagatest.Runner
+	for _, role := range demo.Roles {
+		p, err := svc.Participant(db.Pool, role, topics, participants.Config{Brokers: k.Brokers, Consumer: sagatest.FastConsumer()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runners = append(runners, p)
+	}
+	env := sagatest.Start(t, db.Pool, k.Brokers, sagatest.Config{
+		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{demo.OrderSaga(topics)}},
+		Participants: runners, Topics: topics.All(), Partitions: partitions,
+	})
+	return db, svc, env
 }

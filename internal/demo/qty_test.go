@@ -10,10 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sagabox/sagabox/internal/demo"
-	"github.com/sagabox/sagabox/internal/testenv"
-	"github.com/sagabox/sagabox/participants"
 	"github.com/sagabox/sagabox/sagastate"
-	"github.com/sagabox/sagabox/sagastate/sagatest"
 )
 
 // The order service's insert goes with the commit, so whatever orders.qty (integer)
@@ -24,34 +21,11 @@ import (
 // command on its first attempt.
 func TestOrderWithQtyBeyondInt4IsRefusedNotLeftUnanswered(t *testing.T) {
 	t.Parallel()
-	db, k := testenv.NewDB(t), testenv.NewKafka(t)
 	ctx := context.Background()
-	svc, err := demo.NewServices(demo.Schemas{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Setup(ctx, db.Pool); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.SeedStock(ctx, db.Pool, map[string]int{"widget": 10}); err != nil {
-		t.Fatal(err)
-	}
-	topics := demo.Topics{}.WithDefaults()
-	var runners []sagatest.Runner
-	for _, role := range demo.Roles {
-		p, err := svc.Participant(db.Pool, role, topics, participants.Config{Brokers: k.Brokers, Consumer: sagatest.FastConsumer()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		runners = append(runners, p)
-	}
-	env := sagatest.Start(t, db.Pool, k.Brokers, sagatest.Config{
-		Orchestrator: sagastate.Config{Sagas: []sagastate.Definition{demo.OrderSaga(topics)}},
-		Participants: runners, Topics: topics.All(), Partitions: 1,
-	})
+	db, _, env := startOrderSagas(t, map[string]int{"widget": 10}, 1)
 	id := uuid.New()
 	o := demo.Order{ID: id, Customer: "c", SKU: "widget", Qty: 1 << 31, Amount: 10, Address: "x"}
-	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return env.Orchestrator.Start(ctx, tx, demo.SagaType, id, o) })
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return env.Orchestrator.Start(ctx, tx, demo.SagaType, id, o) })
 	if errors.Is(err, demo.ErrBadPayload) {
 		return // refused before it started (the saga definition validates the payload): nothing waits for an answer
 	}
