@@ -1,9 +1,29 @@
-// Package kafkapub is the relay's Kafka publisher, built on segmentio/kafka-go.
+// Package kafkapub is the relay's Kafka publisher, built on segmentio/kafka-go's
+// protocol layer.
 //
 // Guarantee: Publish returns nil only after every message was acknowledged by all
 // in-sync replicas (acks=all). Messages of one key go to one partition (kafka-go's
 // Murmur2Balancer, the partitioner of the Java client and librdkafka, so keys land
 // where other Kafka producers would put them) in the order given.
+//
+// How a batch is sent: its messages are placed on their topics' partitions, and
+// each partition's messages cut into record batches of at most MaxMessageBytes
+// (kafka-go's record batch encoding, no compression). The partition leaders come
+// from the metadata kafka-go's Transport caches (MetadataTTL 2s) and routes by.
+// Then each round sends, per leader broker, ONE produce request carrying the next
+// record batch of every partition it leads; the leaders in parallel. Further
+// rounds carry what one did not: the rest of a partition holding more than one
+// record batch, a batch the broker refused as too large (its messages one by one),
+// a batch that failed with a retriable error (after a backoff, up to MaxAttempts
+// tries; after NOT_LEADER_FOR_PARTITION and the like the metadata is refreshed
+// first, so a moved leader is found within the Publish). A partition has one
+// request in flight at a time, so its messages reach the broker in order; once a
+// message of a key failed, the key's later messages are held back
+// (relay.ErrHeldBack), not sent. Each partition's answer counts for its own
+// messages only: one refused partition fails its messages, the request's other
+// partitions land. kafka-go's Writer sent one request per partition instead, each
+// on its own connection: against a broker that serves requests one at a time a
+// batch waited for the slowest of them.
 //
 // Failures are classified for the relay (see relay.Publisher):
 //   - the broker cannot be reached, or answers with a retriable error (leader
@@ -28,8 +48,8 @@
 // the batch's messages are sent again one by one, so only the oversized message
 // fails and its neighbours are published.
 //
-// A slow broker: a write kafka-go started is never abandoned (kafka-go would send
-// its queued batches anyway). When Publish's deadline passes first, its messages
+// A slow broker: a write (a Publish's rounds) is never abandoned: a request the
+// broker got may still land. When Publish's deadline passes first, its messages
 // fail as relay.ErrUnavailable while the write goes on; the next Publish of such
 // a message sends no second copy while the first is in flight, waits for its
 // outcome instead and takes a late acknowledgement as its own. So acks slower

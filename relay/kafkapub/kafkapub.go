@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -54,18 +54,14 @@ type Config struct {
 	// broker's message.max.bytes, and outbox.Config.MaxMessageBytes to the same.
 	// Defaults to outbox.DefaultMaxMessageBytes (1 MiB).
 	MaxMessageBytes int
-	// BatchTimeout is how long kafka-go waits to fill a partition batch before
-	// sending it. Defaults to 10µs, next to no wait: the relay hands over whole
-	// batches already, and kafka-go puts the messages of one call for one partition
-	// into one batch however short the timeout. The 1ms it was cost every hop of a
-	// saga a millisecond (publish p50 1.7ms → 0.5ms, BenchmarkHopLatency).
-	BatchTimeout time.Duration
-	// WriteTimeout bounds one produce request. Keep it at least the relay's
-	// PublishTimeout (outbox-relay does): a shorter one makes kafka-go resend a batch
-	// the broker may still be writing. Defaults to 10s.
+	// WriteTimeout bounds one produce request (and is the broker's ack timeout in
+	// it). Keep it at least the relay's PublishTimeout (outbox-relay does): a
+	// shorter one makes the publisher resend a batch the broker may still be
+	// writing. Defaults to 10s.
 	WriteTimeout time.Duration
-	// MaxAttempts is how often kafka-go itself tries a produce request before
-	// reporting failure to the relay. Defaults to 3.
+	// MaxAttempts is how often the publisher itself tries a partition batch that
+	// fails with a retriable error (leader moving, timeout) before reporting
+	// failure to the relay. Defaults to 3.
 	MaxAttempts int
 	// CreateTopics creates a missing topic before the first publish to it.
 	// Defaults to false: a missing topic is an error.
@@ -86,9 +82,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = outbox.DefaultMaxMessageBytes
-	}
-	if c.BatchTimeout == 0 {
-		c.BatchTimeout = 10 * time.Microsecond
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = WriteTimeoutDefault
@@ -123,8 +116,8 @@ func (c *Config) validate() error {
 	if c.MaxMessageBytes < 0 {
 		bad("MaxMessageBytes is %d; it must be positive", c.MaxMessageBytes)
 	}
-	if c.BatchTimeout < 0 || c.WriteTimeout < 0 {
-		bad("BatchTimeout and WriteTimeout must be positive")
+	if c.WriteTimeout < 0 {
+		bad("WriteTimeout is %v; it must be positive", c.WriteTimeout)
 	}
 	if c.MaxAttempts < 0 {
 		bad("MaxAttempts is %d; it must be positive", c.MaxAttempts)
@@ -138,20 +131,20 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// Publisher implements relay.Publisher with kafka-go Writers, one per write in
-// progress: a Writer sends one produce request per partition at a time, so
-// concurrent Publish calls (the relay's publish loops) sharing one would queue
-// behind each other's round trips to the broker.
+// Publisher implements relay.Publisher on kafka-go's protocol layer: its
+// Transport (connections, SASL, TLS, API versions, cached metadata) carries one
+// produce request per leader broker per Publish (see send).
 type Publisher struct {
 	cfg       Config
+	addr      net.Addr
 	transport *kafka.Transport
-	newWriter func() *kafka.Writer
-	slots     chan struct{} // one per Writer in use or idle: at most maxWriters
 	client    *kafka.Client
+	balancer  kafka.Murmur2Balancer
+	slots     chan struct{} // one per write in progress: at most maxWrites
+	writes    sync.WaitGroup
 
-	writersMu sync.Mutex
-	writers   []*kafka.Writer // every Writer made, for Close
-	idle      []*kafka.Writer
+	refreshMu sync.Mutex
+	refreshed time.Time // the last forced metadata refresh
 
 	mu        sync.Mutex
 	created   map[string]bool
@@ -161,9 +154,9 @@ type Publisher struct {
 	probeErr  error
 }
 
-// flight is one kafka-go write of one topic. A write is never cancelled: kafka-go
-// would keep its batches queued and send them anyway. When the Publish that
-// started it returns first (its deadline passed), the write's messages stay in
+// flight is one write of a Publish's messages. A write is never cancelled: a
+// produce request the broker got may still land. When the Publish that started
+// it returns first (its deadline passed), the write's messages stay in
 // Publisher.inflight; the next Publish of such a message waits for the write's
 // outcome instead of sending another copy, and takes a late acknowledgement as
 // its own.
@@ -198,81 +191,30 @@ func New(cfg Config) (*Publisher, error) {
 		MetadataTTL: 2 * time.Second,
 	}
 	addr := kafka.TCP(cfg.Brokers...)
-	newWriter := func() *kafka.Writer {
-		return &kafka.Writer{
-			Addr:            addr,
-			Balancer:        &kafka.Murmur2Balancer{},
-			RequiredAcks:    kafka.RequireAll,
-			MaxAttempts:     cfg.MaxAttempts,
-			WriteBackoffMin: 50 * time.Millisecond,
-			WriteBackoffMax: 500 * time.Millisecond,
-			// kafka-go allocates BatchSize messages for every partition batch: keep it near
-			// what one relay batch puts on one partition, not at the 10000 rows it could.
-			BatchSize:    1000,
-			BatchBytes:   int64(cfg.MaxMessageBytes) + 4096,
-			BatchTimeout: cfg.BatchTimeout,
-			ReadTimeout:  cfg.WriteTimeout,
-			WriteTimeout: cfg.WriteTimeout,
-			Transport:    transport,
-		}
-	}
 	return &Publisher{
-		cfg: cfg, transport: transport, newWriter: newWriter, slots: make(chan struct{}, maxWriters),
+		cfg: cfg, addr: addr, transport: transport, slots: make(chan struct{}, maxWrites),
 		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
 		created: map[string]bool{}, inflight: map[uuid.UUID]flying{},
 	}, nil
 }
 
-// maxWriters bounds the Writers of a Publisher: one per publish loop is what the
-// relay needs, more are writes that outlived their Publish (a slow broker).
-const maxWriters = 16
+// maxWrites bounds the writes of a Publisher in progress: one per publish loop is
+// what the relay needs, more are writes that outlived their Publish (a slow broker).
+const maxWrites = 16
 
-// writer returns an idle Writer, or a new one, waiting while maxWriters are busy.
-func (p *Publisher) writer(ctx context.Context) (*kafka.Writer, error) {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWriters, ctx.Err())
-	}
-	p.writersMu.Lock()
-	defer p.writersMu.Unlock()
-	if n := len(p.idle); n > 0 {
-		w := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		return w, nil
-	}
-	w := p.newWriter()
-	p.writers = append(p.writers, w)
-	return w, nil
-}
-
-func (p *Publisher) putWriter(w *kafka.Writer) {
-	p.writersMu.Lock()
-	p.idle = append(p.idle, w)
-	p.writersMu.Unlock()
-	<-p.slots
-}
-
-// Close flushes and closes the writers.
+// Close waits for the writes still under way (each bounded by its timeouts) and
+// closes the connections.
 func (p *Publisher) Close() error {
-	p.writersMu.Lock()
-	ws := p.writers
-	p.writers, p.idle = nil, nil
-	p.writersMu.Unlock()
-	var errs []error
-	for _, w := range ws {
-		errs = append(errs, w.Close())
-	}
+	p.writes.Wait()
 	p.transport.CloseIdleConnections()
-	return errors.Join(errs...)
+	return nil
 }
 
-// Publish sends msgs, one kafka-go call per topic, and classifies failures (see
-// the package documentation).
+// Publish sends msgs, one produce request per leader broker, and classifies
+// failures (see the package documentation).
 func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 	errs := make([]error, len(msgs))
-	byTopic := map[string][]int{}
-	var topics []string
+	var idx []int
 	failedKeys := map[string]bool{}
 	p.sweep()
 	for i := range msgs {
@@ -302,17 +244,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs []outbox.Message) error {
 			}
 			continue
 		}
-		t := msgs[i].Topic
-		if _, ok := byTopic[t]; !ok {
-			topics = append(topics, t)
-		}
-		byTopic[t] = append(byTopic[t], i)
+		idx = append(idx, i)
 	}
-	var wg sync.WaitGroup
-	for _, topic := range topics {
-		wg.Go(func() { p.publishTopic(ctx, topic, msgs, byTopic[topic], errs) })
+	if len(idx) > 0 {
+		p.publish(ctx, msgs, idx, errs)
 	}
-	wg.Wait()
 
 	failed, unavailable := 0, 0
 	var firstUnavailable error
@@ -419,16 +355,19 @@ func (p *Publisher) sweep() {
 	}
 }
 
-// publishTopic writes msgs[idx] (all of topic) and sets errs[idx]. If ctx ends
-// first, the write goes on (see flight) and its messages fail as ErrUnavailable.
-func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbox.Message, idx []int, errs []error) {
+// publish writes msgs[idx] and sets errs[idx]. If ctx ends first, the write goes
+// on (see flight) and its messages fail as ErrUnavailable.
+func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
 	f := &flight{done: make(chan struct{}), errs: make([]error, len(idx))}
-	// kafka-go's own timeouts bound the write; this bounds its metadata look-ups.
+	// WriteTimeout bounds each produce request; this bounds the write with its
+	// retries and metadata look-ups.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(p.cfg.MaxAttempts+1)*(p.cfg.WriteTimeout+time.Second))
+	p.writes.Add(1)
 	go func() {
+		defer p.writes.Done()
 		defer cancel()
 		sub := make([]error, len(msgs))
-		p.write(wctx, topic, msgs, idx, sub)
+		p.write(wctx, msgs, idx, sub)
 		for j, i := range idx {
 			f.errs[j] = sub[i]
 		}
@@ -443,8 +382,8 @@ func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbo
 			errs[i] = f.errs[j]
 		}
 	case <-ctx.Done():
-		err := fmt.Errorf("%w: topic %q: no answer from the broker before the publish deadline (%v); the write goes on, and its outcome counts for the next publish of these messages",
-			relay.ErrUnavailable, topic, context.Cause(ctx))
+		err := fmt.Errorf("%w: no answer from the broker before the publish deadline (%v); the write goes on, and its outcome counts for the next publish of these messages",
+			relay.ErrUnavailable, context.Cause(ctx))
 		p.mu.Lock()
 		for j, i := range idx {
 			p.inflight[msgs[i].ID] = flying{f: f, j: j}
@@ -454,60 +393,37 @@ func (p *Publisher) publishTopic(ctx context.Context, topic string, msgs []outbo
 	}
 }
 
-// write is publishTopic's kafka-go write.
-func (p *Publisher) write(ctx context.Context, topic string, msgs []outbox.Message, idx []int, errs []error) {
+// write is publish's write: missing topics created (CreateTopics), then send.
+func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
 	if p.cfg.CreateTopics {
-		if err := p.ensureTopic(ctx, topic); err != nil {
-			for _, i := range idx {
-				errs[i] = err
+		ready := map[string]error{}
+		var keep []int
+		for _, i := range idx {
+			t := msgs[i].Topic
+			err, ok := ready[t]
+			if !ok {
+				err = p.ensureTopic(ctx, t)
+				ready[t] = err
 			}
-			return
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			keep = append(keep, i)
 		}
+		idx = keep
 	}
-	kms := make([]kafka.Message, len(idx))
-	for j, i := range idx {
-		kms[j] = toKafka(&msgs[i])
-	}
-	w, err := p.writer(ctx)
-	if err != nil {
+	select {
+	case p.slots <- struct{}{}:
+		defer func() { <-p.slots }()
+	case <-ctx.Done():
+		err := fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWrites, ctx.Err())
 		for _, i := range idx {
 			errs[i] = err
 		}
 		return
 	}
-	defer p.putWriter(w)
-	err = w.WriteMessages(ctx, kms...)
-	var tooLarge []int
-	for j, i := range idx {
-		errs[i] = p.classify(topic, messageError(err, j))
-		if errors.Is(errs[i], ErrMessageTooLarge) {
-			tooLarge = append(tooLarge, j)
-		}
-	}
-	// The broker refuses a partition batch as a whole; find the culprit(s), one
-	// message at a time, holding back the rest of a key once one of it fails.
-	if len(tooLarge) > 1 {
-		failedKeys := map[string]bool{}
-		for _, j := range tooLarge {
-			key := msgs[idx[j]].Key
-			if key != "" && failedKeys[key] {
-				errs[idx[j]] = relay.ErrHeldBack
-				continue
-			}
-			errs[idx[j]] = p.classify(topic, messageError(w.WriteMessages(ctx, kms[j]), 0))
-			if errs[idx[j]] != nil && key != "" {
-				failedKeys[key] = true
-			}
-		}
-	}
-}
-
-func messageError(err error, j int) error {
-	var werrs kafka.WriteErrors
-	if errors.As(err, &werrs) && j < len(werrs) {
-		return werrs[j]
-	}
-	return err
+	p.send(ctx, msgs, idx, errs)
 }
 
 // classify turns a kafka-go error into the relay's vocabulary.
@@ -516,12 +432,11 @@ func (p *Publisher) classify(topic string, err error) error {
 		return nil
 	}
 	var kerr kafka.Error
-	var tooLarge kafka.MessageTooLargeError
 	switch {
 	case isAuth(err):
 		return fmt.Errorf("%w: %w: topic %q: %v; check the relay's SASL credentials (KAFKA_SASL_*) and its ACLs (write on the topic)",
 			relay.ErrUnavailable, ErrBrokerAuth, topic, err)
-	case errors.As(err, &tooLarge), errors.Is(err, kafka.MessageSizeTooLarge), errors.Is(err, kafka.RecordListTooLarge):
+	case tooLarge(err):
 		return fmt.Errorf("%w: topic %q refused it (%v); raise the topic's max.message.bytes or shrink the message",
 			ErrMessageTooLarge, topic, err)
 	case errors.Is(err, kafka.UnknownTopicOrPartition):
@@ -571,22 +486,4 @@ func (p *Publisher) ensureTopic(ctx context.Context, topic string) error {
 	p.created[topic] = true
 	p.mu.Unlock()
 	return nil
-}
-
-func toKafka(m *outbox.Message) kafka.Message {
-	km := kafka.Message{Topic: m.Topic, Value: m.Payload}
-	if m.Key != "" {
-		km.Key = []byte(m.Key)
-	}
-	names := make([]string, 0, len(m.Headers))
-	for k := range m.Headers {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	km.Headers = make([]kafka.Header, 0, len(names)+1)
-	km.Headers = append(km.Headers, kafka.Header{Key: outbox.HeaderMessageID, Value: []byte(m.ID.String())})
-	for _, k := range names {
-		km.Headers = append(km.Headers, kafka.Header{Key: k, Value: []byte(m.Headers[k])})
-	}
-	return km
 }

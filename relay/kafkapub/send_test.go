@@ -1,0 +1,237 @@
+package kafkapub_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
+	"github.com/sagabox/sagabox/relay/kafkapub"
+)
+
+// produceLog records the produce requests a kfake cluster gets: per request, the
+// broker and its topic-partitions.
+type produceLog struct {
+	mu   sync.Mutex
+	reqs []string
+}
+
+func watchProduce(c *kfake.Cluster) *produceLog {
+	l := &produceLog{}
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		var parts []string
+		for _, t := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range t.Partitions {
+				parts = append(parts, fmt.Sprintf("%s/%d", t.Topic, p.Partition))
+			}
+		}
+		l.mu.Lock()
+		l.reqs = append(l.reqs, fmt.Sprintf("node %d: %s", c.CurrentNode(), strings.Join(parts, " ")))
+		l.mu.Unlock()
+		return nil, nil, false
+	})
+	return l
+}
+
+func (l *produceLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.reqs
+	l.reqs = nil
+	return r
+}
+
+func twoBrokers(t *testing.T, partitions int32, topics ...string) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(2), kfake.SeedTopics(partitions, topics...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// keyed returns n messages of topic over keys k0..k(keys-1), values in order
+// (padded to pad bytes).
+func keyed(topic string, n, keys, pad int) []outbox.Message {
+	var msgs []outbox.Message
+	for i := range n {
+		v := fmt.Sprintf("%04d", i)
+		msgs = append(msgs, msg(topic, fmt.Sprintf("k%d", i%keys), v+strings.Repeat(".", max(0, pad-len(v)))))
+	}
+	return msgs
+}
+
+// checkKeyOrder fails unless each key's records hold increasing values.
+func checkKeyOrder(t *testing.T, brokers []string, topic string, want int) {
+	t.Helper()
+	last := map[string]string{}
+	for _, r := range readAll(t, brokers, topic, want) {
+		if prev := last[string(r.Key)]; string(r.Value) <= prev {
+			t.Fatalf("key %s: %q after %q", r.Key, r.Value, prev)
+		}
+		last[string(r.Key)] = string(r.Value)
+	}
+}
+
+// TestOneProduceRequestPerLeaderBroker: a batch over two topics and sixteen
+// partitions led by two brokers goes out as two produce requests, one per
+// leader with all of its partitions, not one per partition.
+func TestOneProduceRequestPerLeaderBroker(t *testing.T) {
+	t.Parallel()
+	c := twoBrokers(t, 8, "one-a", "one-b")
+	log := watchProduce(c)
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	msgs := append(keyed("one-a", 200, 40, 0), keyed("one-b", 200, 40, 0)...)
+	if err := p.Publish(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	if reqs := log.take(); len(reqs) != 2 {
+		t.Fatalf("%d produce requests, want 2 (one per leader):\n%s", len(reqs), strings.Join(reqs, "\n"))
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "one-a", 200)
+	checkKeyOrder(t, c.ListenAddrs(), "one-b", 200)
+}
+
+// TestLeaderMovedMidBatch: a partition's leader moves after the publisher cached
+// the metadata. The old leader refuses that partition (NOT_LEADER_FOR_PARTITION)
+// while the request's other partitions land; the publisher refreshes the
+// metadata and sends the partition to its new leader within the same Publish.
+func TestLeaderMovedMidBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := twoBrokers(t, 4, "moved")
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	msgs := keyed("moved", 400, 10, 0)
+	if err := p.Publish(ctx, msgs[:40]); err != nil {
+		t.Fatal(err)
+	}
+	from := c.LeaderFor("moved", 1)
+	if err := c.MoveTopicPartition("moved", 1, 1-from); err != nil {
+		t.Fatal(err)
+	}
+	log := watchProduce(c)
+	if err := p.Publish(ctx, msgs[40:]); err != nil {
+		t.Fatalf("publish across a leader move: %v", err)
+	}
+	var sent []int32
+	for _, r := range log.take() {
+		if strings.Contains(r+" ", " moved/1 ") {
+			var node int32
+			fmt.Sscanf(r, "node %d:", &node)
+			sent = append(sent, node)
+		}
+	}
+	if len(sent) != 2 || sent[0] != from || sent[1] != 1-from {
+		t.Fatalf("partition 1 went to nodes %v; want its old leader %d (refused), then its new one", sent, from)
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "moved", 400)
+}
+
+// TestFailedPartitionBatchHoldsBackItsKeysLaterMessages: the broker refuses one
+// partition batch of a multi-partition request. Only that batch's messages fail;
+// the other partitions land; the later messages of the refused keys are held
+// back, not sent after their predecessors failed, while the partition's other
+// keys flow. (Through kafka-go's Writer a partition's later batches went out
+// regardless: k4's message 28 landed after its message 4 had failed.)
+func TestFailedPartitionBatchHoldsBackItsKeysLaterMessages(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "refused"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	// Partition batches of two messages here, of a dozen in kafka-go's Writer
+	// (BatchBytes was MaxMessageBytes+4 KiB): a partition needs several either way.
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), MaxMessageBytes: 1000})
+	if err := p.Publish(context.Background(), []outbox.Message{msg("refused", "warm", "up")}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := keyed("refused", 40, 8, 300)
+	part := map[string]int{}
+	for _, m := range msgs {
+		part[m.Key] = kafka.Murmur2Balancer{}.Balance(kafka.Message{Key: []byte(m.Key)}, 0, 1)
+	}
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "refused", Partitions: []int32{0}, Err: kerr.InvalidRecord, Count: 1})
+
+	err = p.Publish(context.Background(), msgs)
+	var me relay.MessageErrors
+	if !errors.As(err, &me) || len(me) != len(msgs) {
+		t.Fatalf("err = %v, want MessageErrors for %d messages", err, len(msgs))
+	}
+	failed := map[string]bool{}
+	landed, heldBack := 1, 0 // the warm-up landed
+	for i, e := range me {
+		key := msgs[i].Key
+		switch {
+		case part[key] == 1:
+			if e != nil {
+				t.Fatalf("message %d (%s, partition 1): %v; want it published", i, key, e)
+			}
+			landed++
+		case failed[key] && e == nil:
+			t.Fatalf("message %d (%s) landed after an earlier message of its key failed", i, key)
+		case failed[key]:
+			if errors.Is(e, relay.ErrHeldBack) {
+				heldBack++
+			}
+		case e == nil:
+			landed++
+		case errors.Is(e, kafkapub.ErrMessageTooLarge) || errors.Is(e, relay.ErrUnavailable) || !strings.Contains(e.Error(), "refused"):
+			t.Fatalf("message %d (%s): %v; want the broker's refusal naming the topic", i, key, e)
+		default:
+			failed[key] = true
+		}
+	}
+	if len(failed) == 0 || heldBack == 0 || landed == len(msgs)+1 {
+		t.Fatalf("failed keys %v, %d held back, %d landed: want the refused batch's keys failed and their later messages held back", failed, heldBack, landed)
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "refused", landed)
+}
+
+// TestRetriablePartitionErrorFailsOnlyItsMessages: one partition keeps answering
+// NOT_ENOUGH_REPLICAS. After MaxAttempts tries its messages fail as
+// ErrUnavailable (no attempt spent), the request's other partitions land once.
+func TestRetriablePartitionErrorFailsOnlyItsMessages(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "isr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "isr", Partitions: []int32{2}, Err: kerr.NotEnoughReplicas, Count: -1})
+	msgs := keyed("isr", 80, 16, 0)
+	err = p.Publish(context.Background(), msgs)
+	h.Remove()
+	var me relay.MessageErrors
+	if !errors.As(err, &me) {
+		t.Fatalf("err = %v, want MessageErrors", err)
+	}
+	landed := 0
+	for i, e := range me {
+		switch {
+		case e == nil:
+			landed++
+		case !errors.Is(e, relay.ErrUnavailable) || errors.Is(e, relay.ErrHeldBack):
+			t.Fatalf("message %d: %v; want ErrUnavailable", i, e)
+		}
+	}
+	if landed == 0 || landed == len(msgs) {
+		t.Fatalf("%d of %d landed; want all but partition 2's", landed, len(msgs))
+	}
+	if h.Hits() != 3 {
+		t.Fatalf("partition 2 tried %d times, want MaxAttempts (3)", h.Hits())
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "isr", landed)
+}
