@@ -39,7 +39,7 @@
 //     message's attempts and dead-letters it after the last.
 //
 // Health reports the broker for health checks: the last Publish's failure of
-// the broker as a whole, or a metadata request that gets no answer.
+// the broker as a whole, or brokers that do not answer a request.
 //
 // A message larger than Config.MaxMessageBytes (measured as outbox.RecordSize,
 // like Enqueue's check) is refused before sending, as relay.ErrPermanent: the

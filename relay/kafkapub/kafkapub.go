@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol/apiversions"
 	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/sagabox/sagabox/outbox"
@@ -290,7 +291,7 @@ const healthProbeEvery = 2 * time.Second
 
 // Health returns nil while the broker takes the relay's writes: the last Publish
 // did not fail as a whole (unreachable, refused credentials or rights: its error
-// is returned then), and the brokers answered a metadata request in the last
+// is returned then), and the brokers answered a request in the last
 // healthProbeEvery, so an idle relay reports a broker outage too.
 func (p *Publisher) Health(ctx context.Context) error {
 	p.mu.Lock()
@@ -306,7 +307,9 @@ func (p *Publisher) Health(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
+	// Not a metadata request: kafka-go's Transport answers those from its cache of
+	// the last layout it saw, so they succeed while the brokers are gone.
+	_, err = p.transport.RoundTrip(ctx, p.addr, &apiversions.Request{})
 	if err != nil {
 		err = fmt.Errorf("kafkapub: brokers %s do not answer: %w", strings.Join(p.cfg.Brokers, ","), err)
 		if isAuth(err) {

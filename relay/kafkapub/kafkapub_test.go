@@ -184,3 +184,28 @@ func TestConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthReportsABrokerThatWentAway: an idle relay's broker stops after it
+// was seen. Health must report it within a few probes; the metadata request it
+// probed with was answered from kafka-go's cache of the last layout, so Health
+// stayed nil for as long as the relay was idle.
+func TestHealthReportsABrokerThatWentAway(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, err := embedkafka.Start(embedkafka.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPub(t, kafkapub.Config{Brokers: c.Addrs()})
+	if err := p.Health(ctx); err != nil {
+		t.Fatalf("Health with a running broker: %v", err)
+	}
+	c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for p.Health(ctx) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Health still nil 20s after the broker stopped")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
