@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/migrations"
 )
 
@@ -123,7 +124,7 @@ func (s *Store) Record(ctx context.Context, tx Execer, consumer string, id uuid.
 	if err := validate(consumer, id); err != nil {
 		return false, err
 	}
-	tag, err := tx.Exec(ctx, s.recordSQL, consumer, id)
+	tag, err := tx.Exec(ctx, s.recordSQL, consumer, [16]byte(id)) // not through uuid.UUID's Valuer (package pguuid)
 	if err != nil {
 		return false, fmt.Errorf("inbox: record message %s for consumer %q: %w", id, consumer, err)
 	}
@@ -148,7 +149,7 @@ func (s *Store) RecordMany(ctx context.Context, tx Querier, consumer string, ids
 	if err := validate(consumer, ids...); err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, s.recordManySQL, consumer, ids)
+	rows, err := tx.Query(ctx, s.recordManySQL, consumer, pguuid.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("inbox: record %d messages for consumer %q: %w", len(ids), consumer, err)
 	}
@@ -162,7 +163,7 @@ func (s *Store) QueueRecordMany(b *pgx.Batch, consumer string, ids []uuid.UUID, 
 	if err := validate(consumer, ids...); err != nil {
 		return err
 	}
-	b.Queue(s.recordManySQL, consumer, ids).Query(func(rows pgx.Rows) (err error) {
+	b.Queue(s.recordManySQL, consumer, pguuid.Array(ids)).Query(func(rows pgx.Rows) (err error) {
 		*first, err = firstOf(rows, consumer, ids)
 		return err
 	})

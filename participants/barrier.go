@@ -97,7 +97,7 @@ type stored struct {
 
 // keys are barrier rows as the statements' array arguments.
 type keys struct {
-	sagas      []uuid.UUID
+	sagas      [][16]byte // uuid.UUID would be encoded through its driver.Valuer (package pguuid)
 	steps, ops []string
 	outcomes   []string
 	reasons    []string

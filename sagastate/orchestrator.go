@@ -583,7 +583,7 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (handled, failed int, err
 			}
 			failed++
 			o.log.Error("sagastate: sweep saga; it is looked at again later", "saga", id, "retry_in", SweepRetryDelay, "err", err)
-			if _, err := tx.Exec(ctx, o.q.sql("postpone_instance"), id, SweepRetryDelay, ts(clock)); err != nil {
+			if _, err := tx.Exec(ctx, o.q.sql("postpone_instance"), [16]byte(id), SweepRetryDelay, ts(clock)); err != nil {
 				return fmt.Errorf("sagastate: sweep: postpone saga %s: %w", id, err)
 			}
 		}

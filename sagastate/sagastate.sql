@@ -159,7 +159,8 @@ WHERE s."saga_id" = u.saga_id AND s."name" = u.name;
 
 -- name: index_scans_only
 -- Around the statements of a transition (lock_instances and select_steps in one round
--- trip, update_instances and update_steps in the other), in the transaction: no
+-- trip, update_instances and update_steps in the other; once, with the first, when the
+-- two are the reply consumer's BEGIN and COMMIT), in the transaction: no
 -- sequential scans. Their plans are cached per connection (a generic plan after five
 -- runs) and kept until the table is next analyzed; built while the saga tables were a
 -- few pages (a new database, the first minute before autovacuum comes by), they read the

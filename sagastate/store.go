@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/sqlfile"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/wire"
@@ -155,12 +156,12 @@ func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock t
 	}
 	if lock {
 		batch.Queue(q.sql("index_scans_only"))
-		batch.Queue(q.sql("lock_instances"), ids, ts(clock)).Query(l.scanInstances)
+		batch.Queue(q.sql("lock_instances"), pguuid.Array(ids), ts(clock)).Query(l.scanInstances)
 	} else {
-		batch.Queue(q.sql("select_instance"), ids[0], ts(clock)).Query(l.scanInstances)
+		batch.Queue(q.sql("select_instance"), [16]byte(ids[0]), ts(clock)).Query(l.scanInstances)
 	}
 	if len(l.read) > 0 {
-		batch.Queue(q.sql("select_steps"), l.read).Query(func(rows pgx.Rows) error {
+		batch.Queue(q.sql("select_steps"), pguuid.Array(l.read)).Query(func(rows pgx.Rows) error {
 			if l.err == nil {
 				l.err = readSteps(rows, l.sagas)
 			}
@@ -230,7 +231,7 @@ func (q queries) finishLoad(ctx context.Context, db DB, l *loading, ids []uuid.U
 		}
 	}
 	if len(l.stale) > 0 {
-		rows, err := db.Query(ctx, q.sql("select_steps"), l.stale)
+		rows, err := db.Query(ctx, q.sql("select_steps"), pguuid.Array(l.stale))
 		if err == nil {
 			err = readSteps(rows, l.sagas)
 		}
@@ -272,7 +273,7 @@ func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType st
 	s := Instance{ID: id, Type: sagaType, Status: SagaRunning, Payload: payload}
 	wake := pgtype.Interval{Microseconds: firstWake.Microseconds(), Valid: true}
 	var xmin uint32
-	err := db.QueryRow(ctx, q.sql("insert_instance"), id, sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt, &xmin)
+	err := db.QueryRow(ctx, q.sql("insert_instance"), [16]byte(id), sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt, &xmin)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, 0, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
 	}
@@ -343,10 +344,12 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	}
 	w := &pipeline{batch: &pgx.Batch{}}
 	for _, s := range started {
-		w.queue(nil, q.sql("start_instance"), s.ID, string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
+		w.queue(nil, q.sql("start_instance"), [16]byte(s.ID), string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
 	}
-	if len(updated) > 0 || len(changedSteps) > 0 {
-		w.queue(nil, q.sql("index_scans_only")) // for update_instances and update_steps
+	// For update_instances and update_steps. With pre the load set it for the rest of
+	// the transaction already (queueLoad without restore).
+	if (len(updated) > 0 || len(changedSteps) > 0) && pre == nil {
+		w.queue(nil, q.sql("index_scans_only"))
 	}
 	xmins := make(map[uuid.UUID]uint32, len(updated))
 	if len(updated) > 0 {
@@ -480,7 +483,7 @@ func (p *pipeline) run(ctx context.Context, db DB) error {
 // instanceArgs are the parameters of update_instances.
 func instanceArgs(sagas []*Instance, versions []int64) []any {
 	n := len(sagas)
-	ids, statuses, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n)
+	ids, statuses, errs := make([][16]byte, n), make([]string, n), make([]string, n)
 	wakes, updates, fins, aborts := make([]pgtype.Timestamptz, n), make([]time.Time, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 	for i, s := range sagas {
 		ids[i], statuses[i], errs[i] = s.ID, string(s.Status), s.LastError
@@ -492,7 +495,7 @@ func instanceArgs(sagas []*Instance, versions []int64) []any {
 // newStepArgs are the 23 parameters of insert_steps.
 func newStepArgs(steps []ownedStep) []any {
 	n := len(steps)
-	ids, names, topics, dos, undos := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, names, topics, dos, undos := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	positions, stages, timeouts := make([]int32, n), make([]int32, n), make([]int64, n)
 	retries, undoRetries := make([][]byte, n), make([][]byte, n)
 	for i, st := range steps {
@@ -509,7 +512,7 @@ func newStepArgs(steps []ownedStep) []any {
 // change.
 func changedStepArgs(steps []ownedStep) []any {
 	n := len(steps)
-	ids, names, statuses, ops, errs := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, names, statuses, ops, errs := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n)
 	inputs, results := make([][]byte, n), make([][]byte, n)
 	deadlines, nexts, starts, fins := make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
@@ -525,7 +528,7 @@ func changedStepArgs(steps []ownedStep) []any {
 // eventArgs are the 7 parameters of insert_events.
 func eventArgs(events []Event) []any {
 	n := len(events)
-	ids, ats, types, steps, ops, attempts, details := make([]uuid.UUID, n), make([]time.Time, n), make([]string, n),
+	ids, ats, types, steps, ops, attempts, details := make([][16]byte, n), make([]time.Time, n), make([]string, n),
 		make([]string, n), make([]string, n), make([]int32, n), make([]string, n)
 	for i, e := range events {
 		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = e.SagaID, e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
@@ -534,7 +537,7 @@ func eventArgs(events []Event) []any {
 }
 
 func (q queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {
-	rows, err := db.Query(ctx, q.sql("select_events"), id)
+	rows, err := db.Query(ctx, q.sql("select_events"), [16]byte(id))
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: events of saga %s: %w", id, err)
 	}
