@@ -17,7 +17,7 @@ package relay_test
 //	SAGABOX_BENCH_BACKLOG=N     rows of the drain backlogs (default 100000)
 //	SAGABOX_BENCH_PROFILE=DIR   write the relay drains' CPU profiles to DIR/relay-drain.pprof (×1) and relay-drain-x3-N.pprof
 //	SAGABOX_BENCH_MEMORY=1      run BenchmarkRelayMemory: RSS draining 1M rows of 1 KiB (about 3 minutes)
-//	SAGABOX_BENCH_DELAYS=D,…    injected broker latencies of the scale-out figures (default 10ms,50ms)
+//	SAGABOX_BENCH_DELAYS=D,…    injected broker latencies of the scale-out figures (default 50ms,100ms)
 //	SAGABOX_BENCH_WAKE=TEXT     BenchmarkRelayWakeup runs only the relay lines whose name contains TEXT
 //	SAGABOX_BENCH_WAKE_DELAY=D  BenchmarkRelayWakeup's broker delays every produce request by D (default none)
 
@@ -35,10 +35,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
 )
 
 const (
@@ -47,9 +49,13 @@ const (
 )
 
 // benchProduceDelays are the broker latencies injected for the scale-out figures:
-// 10 ms, where one relay is still bound by the two cores, and 50 ms (a broker in
-// another region), where it waits for the broker and more relays can help.
-var benchProduceDelays = []time.Duration{10 * time.Millisecond, 50 * time.Millisecond}
+// 50 ms and 100 ms (a broker in another region), where one relay waits for the
+// broker (2 loops × 500 rows per round trip: about 16k and 9k msgs/s) and three
+// still leave the two cores room, so the ratio shows what the relays' coordination
+// costs, not how much CPU the machine has left. At 10 ms one relay is already
+// bound by the two cores (38k msgs/s, the machine 79% busy) and ×3/×1 stays
+// about 1.
+var benchProduceDelays = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
 
 // benchDelays returns the injected broker latencies of the scale-out figures:
 // SAGABOX_BENCH_DELAYS (comma-separated durations), else benchProduceDelays.
@@ -138,9 +144,10 @@ func BenchmarkRelayDrain(b *testing.B) {
 	line("bound: RETURNING drain and produce one after the other", serial, "msgs/s", "")
 	line("relay ×1", one.rate, "msgs/s", fmt.Sprintf("%.2f× raw claim+delete (target ≥ 0.85); %.2f× with RETURNING; %.2f× raw produce; %.2f× the bound",
 		one.rate/rawDelete, one.rate/rawReturning, one.rate/rawProduce, one.rate/serial))
-	fmt.Fprintf(w, "  %52s %s\n", "", one.cpuNote(n))
+	fmt.Fprintf(w, "  %52s %s; %s\n", "", one.cpuNote(n), one.spreadNote())
 	line("relay ×3", three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 0.95)%s; published per relay %v", three.rate/one.rate, three.dupNote(), three.published))
 	fmt.Fprintf(w, "  %52s %s\n", "", three.cpuNote(n))
+	fmt.Fprintf(w, "  %52s %s\n", "", three.spreadNote())
 	line("relay ×1, Workers 1", oneW1.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1", oneW1.rate/one.rate))
 	fmt.Fprintf(w, "  %52s %s\n", "", oneW1.cpuNote(n))
 	line("relay ×3, Workers 1 each", threeW1.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1, Workers 1%s", threeW1.rate/oneW1.rate, threeW1.dupNote()))
@@ -148,9 +155,10 @@ func BenchmarkRelayDrain(b *testing.B) {
 	for _, d := range delayedRuns {
 		fmt.Fprintf(w, "  broker latency %v per produce request, backlog of %d:\n", d.delay, nDelayed)
 		line("  relay ×1", d.one.rate, "msgs/s", "")
-		fmt.Fprintf(w, "  %52s %s\n", "", d.one.cpuNote(nDelayed))
+		fmt.Fprintf(w, "  %52s %s; %s\n", "", d.one.cpuNote(nDelayed), d.one.spreadNote())
 		line("  relay ×3", d.three.rate, "msgs/s", fmt.Sprintf("%.2f× relay ×1 (target ≥ 2.5)%s; published per relay %v", d.three.rate/d.one.rate, d.three.dupNote(), d.three.published))
 		fmt.Fprintf(w, "  %52s %s\n", "", d.three.cpuNote(nDelayed))
+		fmt.Fprintf(w, "  %52s %s\n", "", d.three.spreadNote())
 	}
 	fmt.Fprintf(w, "  relay ×1 memory: peak RSS %.1f MiB (limit 100 MiB at 1M rows: SAGABOX_BENCH_MEMORY=1), peak heap in use %.1f MiB\n", mib(one.rss), mib(one.heap))
 	fmt.Fprintf(w, "  relay ×1: drained (deleted) %v after its first record; busiest statements (pg_stat_statements):\n", one.toEmpty.Round(time.Millisecond))
@@ -263,6 +271,21 @@ type drainResult struct {
 	statements []string
 	vacuums    int64    // autovacuums of outbox_messages during the drain (their CPU counts as PostgreSQL's)
 	cpu        cpuSplit // from the first record to the backlog deleted
+	// How evenly the relays shared the work: the spread of their first publishes
+	// and of their last settles, and the rows of the busiest publish loop over the
+	// mean (a drain lasts as long as its busiest loop: keys sit on shards, a
+	// loop's shards are its relay's leased ones with shard mod Workers its number).
+	startSpread, endSpread time.Duration
+	busiestLoop            float64
+}
+
+// spreadNote says how evenly the relays of a drain shared it.
+func (d drainResult) spreadNote() string {
+	if len(d.published) == 1 {
+		return fmt.Sprintf("busiest publish loop %.2f× the mean rows", d.busiestLoop)
+	}
+	return fmt.Sprintf("relays' first publishes %v apart, last settles %v apart; busiest publish loop %.2f× the mean rows",
+		d.startSpread.Round(time.Millisecond), d.endSpread.Round(time.Millisecond), d.busiestLoop)
 }
 
 // cpuNote is the drain's CPU split per message, and whether autovacuum ran on
@@ -283,8 +306,8 @@ func (d drainResult) dupNote() string {
 
 // relayDrain fills a backlog of n rows, holds it back with an open transaction
 // (its rows are not ready while an older transaction runs) until the relays own
-// their shares, then lets it go and times the relays from the first record in
-// Kafka to the last.
+// their shares, then lets it go, waking every relay at once, and times the relays
+// from the first record in Kafka to the last.
 func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pgss bool) drainResult {
 	b.Helper()
 	ctx := context.Background()
@@ -298,24 +321,56 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	if _, err := blocker.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
 		b.Fatal(err)
 	}
-	fill(b, db.pool, topic, n, benchKeys)
+	fill(b, db.pool, topic, n-2, benchKeys)
 	procs := make([]*relayProc, relays)
 	for i := range procs {
 		oi := o
 		if o.CPUProfile != "" && relays > 1 { // a profile per relay process
 			oi.CPUProfile = strings.TrimSuffix(o.CPUProfile, ".pprof") + fmt.Sprintf("-%d.pprof", i)
 		}
+		if o.Trace != "" && relays > 1 { // a trace per relay process
+			oi.Trace = o.Trace + fmt.Sprintf("-%d", i)
+		}
 		procs[i] = startRelayProc(b, db.url, k.brokers, fmt.Sprintf("bench-%d", i), oi)
 	}
 	waitShares(b, db.pool, relays)
-	postmaster := serverPID(db.pool)
-	if pgss {
-		_, _ = db.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	workers := o.Workers
+	if workers == 0 {
+		workers = relay.WorkersDefault
 	}
+	var busiest float64
+	if err := db.pool.QueryRow(ctx, `SELECT max(n)::float8 / avg(n)::float8 FROM (
+    SELECT count(*) AS n FROM "sagabox"."outbox_messages" AS m JOIN "sagabox"."outbox_leases" AS l ON l."shard" = m."shard"
+    GROUP BY l."owner", m."shard" % $1) AS loops`, workers).Scan(&busiest); err != nil {
+		b.Fatal(err)
+	}
+	postmaster := serverPID(db.pool)
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(k.brokers...), Transport: tr}
-	if err := blocker.Rollback(ctx); err != nil {
+	// The relays start together: a committed row (held back too) puts every relay's
+	// probe into its fast pace (ProbeInterval, for a second after a row was found),
+	// then the blocker adds the backlog's last row and commits, which makes every
+	// row ready at once and wakes every probe within ProbeInterval. Rolled back
+	// instead, the blocker left each publish loop to find the rows when its
+	// held-rows pause ran out, up to PollInterval apart: ×3's loops started up to
+	// 470 ms apart in a 3 s drain, ×1's two loops (one process) 9 ms apart.
+	addRow := func(q interface {
+		Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+	}, i int) {
+		if _, err := q.Exec(ctx, `INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload")
+VALUES (gen_random_uuid(), $1, 'key-' || ($2::int % $3), convert_to(rpad('k' || ($2::int % $3) || ':start:', 1024, 'x'), 'UTF8'))`,
+			topic, i, benchKeys); err != nil {
+			b.Fatal(err)
+		}
+	}
+	addRow(db.pool, n-2)
+	time.Sleep(300 * time.Millisecond) // every probe has seen it (an idle probe looks every 100 ms)
+	addRow(blocker, n-1)
+	if pgss { // after the claims of the held-back rows
+		_, _ = db.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	}
+	if err := blocker.Commit(ctx); err != nil {
 		b.Fatal(err)
 	}
 	var first time.Time
@@ -361,11 +416,16 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	if pgss {
 		res.statements = db.topStatements(4)
 	}
+	res.busiestLoop = busiest
+	var firsts, lasts []int64
 	for _, p := range procs {
 		st := p.stop(b)
 		res.rss, res.heap = max(res.rss, st.PeakRSS), max(res.heap, st.PeakHeap)
 		res.published = append(res.published, st.Published)
+		firsts, lasts = append(firsts, st.FirstPublish), append(lasts, st.LastSettle)
 	}
+	res.startSpread = time.Duration(slices.Max(firsts) - slices.Min(firsts))
+	res.endSpread = time.Duration(slices.Max(lasts) - slices.Min(lasts))
 	res.dups = k.ends(client, topic, benchPartitions) - int64(n)
 	return res
 }

@@ -319,6 +319,9 @@ type procStats struct {
 	PeakRSS   int64 // VmHWM, bytes
 	PeakHeap  int64 // largest HeapInuse sampled every 50ms, bytes
 	Published int64 // messages acknowledged
+	// FirstPublish and LastSettle are unix nanos of the first publish call's start and
+	// the last settle of published rows: how far apart the relays of a drain started and ended.
+	FirstPublish, LastSettle int64
 }
 
 type relayProc struct {
@@ -419,11 +422,16 @@ func runBenchRelay() int {
 	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, MaxPublishes: o.MaxPublishes, BatchSize: o.BatchSize,
 		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, BusyInterval: o.BusyInterval, Listen: o.Listen}
 	var tr publishTrace
-	if o.Trace != "" {
-		cfg.Hooks.Publish = tr.hook
+	var firstPublish, lastSettle atomic.Int64
+	cfg.Hooks.Publish = func(msgs []outbox.Message) func(error) {
+		firstPublish.CompareAndSwap(0, time.Now().UnixNano())
+		if o.Trace != "" {
+			return tr.hook(msgs)
+		}
+		return nil
 	}
 	var published atomic.Int64
-	cfg.Hooks.Published = func(_ string, n int) { published.Add(int64(n)) }
+	cfg.Hooks.Published = func(_ string, n int) { published.Add(int64(n)); lastSettle.Store(time.Now().UnixNano()) }
 	if o.MaxConns > 0 {
 		u := os.Getenv("DATABASE_URL")
 		sep := "?"
@@ -441,7 +449,8 @@ func runBenchRelay() int {
 			return 1
 		}
 	}
-	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load(), Published: published.Load()})
+	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load(), Published: published.Load(),
+		FirstPublish: firstPublish.Load(), LastSettle: lastSettle.Load()})
 	fmt.Println("STATS " + string(st))
 	return 0
 }

@@ -67,7 +67,42 @@
 // (16:25 and 16:43 UTC on 2026-12-01, load 0.2-2.6, the relays' pools sized by
 // Config.PoolConns): plain broker ×3/×1 0.70 and 1.11; 10 ms 1.00 and 1.19 (one
 // relay 38k msgs/s, the machine 79% busy); 50 ms 1.78 (15.6k → 27.8k msgs/s).
-// make bench prints the 10 ms and 50 ms lines (SAGABOX_BENCH_DELAYS picks others).
+//
+// Part of that 1.78 was the benchmark's: it released the backlog by rolling back
+// the transaction holding it, and each publish loop found the rows only when its
+// held-rows pause (backed off to PollInterval meanwhile) ran out, so the three
+// processes' loops started up to 470 ms apart in a 3 s drain, where ×1's two
+// loops (one process, their pauses in step) started 9 ms apart. It now wakes
+// every relay at once (their first publishes 12-123 ms apart at load 8-21, the
+// spread of the first claims on busy cores). With that, and measured per batch
+// (publish trace, timings of each claim, publish and settle in the relay), the
+// rest is CPU, not coordination:
+//   - a publish takes as long with three relays as with one once the cores have
+//     room: 207-210 ms p50 against 207 ms with 200 ms injected. kafka-go opens a
+//     connection per concurrent produce request, so kfake's rule that a
+//     connection's requests are answered one after the other (a real broker's
+//     too) never queues one loop's request behind another's, and the injected
+//     sleeps of different connections overlap. At 50 ms the publishes of ×3 took
+//     62-64 ms p50 against 56 ms, and its claims 33-73 ms against 13 ms: both
+//     wait for CPU;
+//   - every claim returns a full batch (500 rows, p10 500); no shard changes hands
+//     during the drain (no release waits: the relays own their fair shares before
+//     the clock starts, 86/85/85 shards);
+//   - a drain lasts as long as its busiest publish loop: with 1000 keys on 256
+//     shards it has 1.05× the mean rows with ×3 (6 loops), 1.03× with ×1, which
+//     caps ×3/×1 near 2.94;
+//   - ×3 costs 54-66 µs of CPU per message against ×1's 40-58 (PostgreSQL 19-25
+//     against 11-14: each loop's claim scans past the rows of the five other
+//     loops), so at 50 ms, 40k msgs/s, three relays want about 1.3 of the two
+//     cores, and any other load on the machine shows in ×3 first.
+// Measured with the benchmark's new start (make bench's lines, 50 ms and 100 ms,
+// backlog 50k; single runs): 50 ms ×3/×1 2.41 (16.7k → 40.3k msgs/s, load 8) and
+// 2.36 (12.2k → 28.9k, load 13); 100 ms 2.12 (8.2k → 17.5k, load 13), 2.77-2.94
+// at load 18-20 with a 10-20k backlog, and 1.18 in a run where the other load
+// left the benchmark a third of the machine; 200 ms 2.92 (4.7k → 13.6k, load 7).
+// make bench prints the 50 ms and 100 ms lines (SAGABOX_BENCH_DELAYS picks
+// others), each relay line with the relays' start and end spread and the busiest
+// loop's share.
 //
 // Where a drain's CPU goes (BenchmarkRelayDrain's CPU µs per message, read from
 // /proc between the first record and the backlog deleted; four runs at load 8-22,
