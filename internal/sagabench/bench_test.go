@@ -2,6 +2,7 @@ package sagabench_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,6 +31,19 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 // Closed-loop levels: flows kept in flight.
 var levels = []int{8, 64, 256}
 
+// Flags that run part of BenchmarkSagaLoad, to profile one load of one kind:
+//
+//	go test -run '^$' -bench BenchmarkSagaLoad -benchtime 1x ./internal/sagabench/ \
+//	    -cpuprofile /tmp/x.cpu -args -sagaload.kinds baseline -sagaload.levels 8
+var (
+	onlyKinds  = flag.String("sagaload.kinds", "", "comma-separated kinds to run (baseline, no-op, order); empty: all")
+	onlyLevels = flag.String("sagaload.levels", "", "comma-separated loads to run (8, 64, 256, open); empty: all")
+	openRate   = flag.Float64("sagaload.rate", 0, "open-loop rate in flows/s; 0: half the closed-loop peak of the kind (of the levels run)")
+)
+
+// selected reports whether the comma-separated list sel is empty or holds v.
+func selected(sel, v string) bool { return sel == "" || slices.Contains(strings.Split(sel, ","), v) }
+
 // flows is how many flows a closed-loop level runs: a few waves of its in-flight count.
 func flows(inFlight int) int { return max(300, 3*inFlight) }
 
@@ -50,14 +64,22 @@ const openSeconds = 5
 func BenchmarkSagaLoad(b *testing.B) {
 	var base, rows []sagabench.Result
 	for range b.N {
-		base = measure(b, "baseline: raw outbox + consumer", rawEnv)
-		rows = append(measure(b, "no-op 4-step saga", noopEnv), measure(b, "order saga (demo tables)", orderEnv)...)
+		if selected(*onlyKinds, "baseline") {
+			base = measure(b, "baseline: raw outbox + consumer", rawEnv)
+		}
+		rows = nil
+		if selected(*onlyKinds, "no-op") {
+			rows = append(rows, measure(b, "no-op 4-step saga", noopEnv)...)
+		}
+		if selected(*onlyKinds, "order") {
+			rows = append(rows, measure(b, "order saga (demo tables)", orderEnv)...)
+		}
 	}
 	load, _ := exec.Command("uptime").Output()
 	fmt.Fprintf(os.Stderr, "\nsaga load (kfake in-process, PostgreSQL fsync=off; load: %s)\n", strings.TrimSpace(string(load)))
 	sagabench.Print(os.Stderr, base, rows)
 	fmt.Fprintln(os.Stderr, "local-rt: transactions the consumers ran again after a transient database error; saga-rt: step commands the orchestrator sent again; deadlock: steps failed by a deadlock or serialization failure")
-	fmt.Fprintln(os.Stderr, "cpu/flow: CPU time of this process (services, relays, kfake) and the PostgreSQL server per finished flow (the kinds measured earlier idle meanwhile); ×base cpu: the baseline's cpu/flow over this row's, the throughput ratio where the benchmark has the CPU to itself")
+	fmt.Fprintln(os.Stderr, "cpu/flow: CPU time of this process (services, relays, kfake) and the PostgreSQL server per finished flow (the kinds measured earlier idle meanwhile); pg part: the server's share of it; ×base cpu: the baseline's cpu/flow over this row's, the throughput ratio where the benchmark has the CPU to itself")
 	for _, r := range rows {
 		if r.InFlight == 64 || r.InFlight == 256 {
 			name := strings.Fields(r.Name)[0]
@@ -105,12 +127,20 @@ func measure(b *testing.B, name string, start func(b *testing.B) env) []sagabenc
 		out = append(out, r)
 	}
 	for _, n := range levels {
+		if !selected(*onlyLevels, fmt.Sprint(n)) {
+			continue
+		}
 		r, ids := e.driver.Closed(b, name, flows(n), n)
 		peak = max(peak, r.PerSec)
 		add(r, ids)
 	}
-	rate := max(peak/2, 1)
-	add(e.driver.Open(b, name, max(50, int(rate*openSeconds)), rate))
+	if selected(*onlyLevels, "open") {
+		rate := max(peak/2, 1)
+		if *openRate > 0 {
+			rate = *openRate
+		}
+		add(e.driver.Open(b, name, max(50, int(rate*openSeconds)), rate))
+	}
 	return out
 }
 

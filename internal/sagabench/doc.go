@@ -3,8 +3,10 @@
 // (so time to consistency is not only queueing). It reports flows per second, time to
 // consistency (p50, p99), the consumer loops' local transient retries and the sagas'
 // own retries, read from the saga log in the database, and the CPU time per flow of
-// the process and the PostgreSQL server (CPUMeter), whose ratio to the baseline's is
-// what a machine shared with other work cannot show in flows per second.
+// the process and the PostgreSQL server (CPUMeter, the server's share apart), whose
+// ratio to the baseline's is what a machine shared with other work cannot show in
+// flows per second. Flags after -args run part of it (-sagaload.kinds,
+// -sagaload.levels, -sagaload.rate), to profile one kind at one load.
 //
 // A flow is anything started by a function and known finished by a signal: a saga of
 // the orchestrator (finished when its SagaFinished hook fires, after the commit) or

@@ -33,8 +33,9 @@ type Result struct {
 	Unfinished int
 	// FirstError is why the first unfinished flow failed.
 	FirstError error
-	// CPU is the CPU time per finished flow (Driver.CPU), 0 when unknown.
-	CPU time.Duration
+	// CPU is the CPU time per finished flow (Driver.CPU), 0 when unknown; ServerCPU
+	// is the PostgreSQL server's part of it.
+	CPU, ServerCPU time.Duration
 }
 
 // StartFunc starts flow id (the ith of its level) and returns once it is committed.
@@ -47,8 +48,9 @@ type Driver struct {
 	// LocalRetries is the counter the consumers' LocalRetry hooks add to.
 	LocalRetries atomic.Int64
 	// CPU, if not nil, reports the CPU time used so far by everything the flows run on
-	// (CPUMeter): each level reports its CPU per flow.
-	CPU func() time.Duration
+	// (CPUMeter), this process's and the PostgreSQL server's: each level reports its
+	// CPU per flow.
+	CPU func() (proc, server time.Duration)
 
 	mu      sync.Mutex
 	waiting map[uuid.UUID]chan struct{}
@@ -120,7 +122,7 @@ func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []
 	}
 	close(jobs)
 	wg.Wait()
-	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries, d.cpu()-cpu)
+	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu))
 }
 
 // Open offers n flows at rate per second, each started on schedule whatever the
@@ -143,15 +145,21 @@ func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, 
 		}()
 	}
 	wg.Wait()
-	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries, d.cpu()-cpu)
+	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu))
 }
 
-// cpu is Driver.CPU's reading, or 0.
-func (d *Driver) cpu() time.Duration {
+// cpuTimes is a reading of Driver.CPU.
+type cpuTimes struct{ proc, server time.Duration }
+
+func (c cpuTimes) minus(o cpuTimes) cpuTimes { return cpuTimes{c.proc - o.proc, c.server - o.server} }
+
+// cpu is Driver.CPU's reading, or zero.
+func (d *Driver) cpu() cpuTimes {
 	if d.CPU == nil {
-		return 0
+		return cpuTimes{}
 	}
-	return d.CPU()
+	proc, server := d.CPU()
+	return cpuTimes{proc, server}
 }
 
 // run collects one level's flows.
@@ -172,7 +180,7 @@ func (r *run) do(d *Driver, i int) {
 	}
 }
 
-func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, cpu time.Duration) (Result, []uuid.UUID) {
+func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, cpu cpuTimes) (Result, []uuid.UUID) {
 	tb.Helper()
 	elapsed := time.Since(begin)
 	if len(r.errs) > 0 {
@@ -192,8 +200,8 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, 
 		res.P99 = ttc[min(len(ttc)-1, len(ttc)*99/100)]
 	}
 	res.LocalRetries = retries
-	if len(ttc) > 0 {
-		res.CPU = cpu / time.Duration(len(ttc))
+	if n := time.Duration(len(ttc)); n > 0 && cpu.proc+cpu.server > 0 {
+		res.CPU, res.ServerCPU = (cpu.proc+cpu.server)/n, cpu.server/n
 	}
 	return res, r.ids
 }
@@ -203,16 +211,17 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, 
 // CPU per flow divided by it: the throughput ratio a machine the benchmark had to
 // itself would show (a loaded machine's throughput ratios are noise).
 func Print(w io.Writer, baseline, rows []Result) {
-	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s %9s %9s\n",
-		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished", "cpu/flow", "×base cpu")
+	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s %9s %8s %9s\n",
+		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished", "cpu/flow", "pg part", "×base cpu")
 	for _, r := range append(append([]Result(nil), baseline...), rows...) {
 		load := fmt.Sprintf("%d in flight", r.InFlight)
 		if r.Rate > 0 {
 			load = fmt.Sprintf("open %.0f/s", r.Rate)
 		}
-		ratio, cpu, cpuRatio := "-", "-", "-"
+		ratio, cpu, pg, cpuRatio := "-", "-", "-", "-"
 		if r.CPU > 0 {
 			cpu = r.CPU.Round(10 * time.Microsecond).String()
+			pg = fmt.Sprintf("%.0f%%", 100*float64(r.ServerCPU)/float64(r.CPU))
 		}
 		for _, b := range baseline {
 			if b.InFlight == r.InFlight && r.InFlight > 0 {
@@ -222,7 +231,7 @@ func Print(w io.Writer, baseline, rows []Result) {
 				}
 			}
 		}
-		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d %9s %9s\n", r.Name, load, r.Flows, r.PerSec, ratio,
-			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, cpuRatio)
+		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d %9s %8s %9s\n", r.Name, load, r.Flows, r.PerSec, ratio,
+			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, pg, cpuRatio)
 	}
 }
