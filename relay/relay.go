@@ -33,6 +33,7 @@ type Relay struct {
 	wakeC      []chan struct{} // one per publish loop
 	loops      []*loop         // one per publish loop
 	idle       atomic.Int32    // publish loops whose last cycle claimed nothing
+	idleC      chan struct{}   // a publish loop went idle: the probe starts looking
 	running    atomic.Bool
 	lastOK     atomic.Int64 // unix nanos of the last successful heartbeat
 	holdLogged time.Time    // last warning of reportHeldBack; lease loop only
@@ -70,6 +71,7 @@ func New(db *pgxpool.Pool, pub Publisher, cfg Config) (*Relay, error) {
 		log:    cfg.Logger.With("relay", cfg.ID),
 		leases: leaseSet{owned: map[int16]time.Time{}, releasing: map[int16]bool{}},
 		wakeC:  wakeC,
+		idleC:  make(chan struct{}, 1),
 		loops:  loops,
 	}, nil
 }
@@ -233,6 +235,10 @@ func (r *Relay) publishLoop(ctx context.Context, w int) {
 		}
 		if idle {
 			r.idle.Add(1)
+			select {
+			case r.idleC <- struct{}{}:
+			default:
+			}
 		}
 		poll.Reset(wait)
 		select {
@@ -256,9 +262,11 @@ const (
 )
 
 // probeLoop wakes the publish loops when rows were added since its last look,
-// while any loop is idle (a busy loop claims again after BusyInterval by itself).
-// After rows were found, or while the loops were busy, it looks again after
-// BusyInterval and doubles the interval per empty probe up to ProbeInterval: the
+// while any loop is idle (a busy loop claims again after BusyInterval by itself;
+// while every loop is busy the probe sleeps until one goes idle, instead of
+// waking every BusyInterval for nothing). After rows were found, or once a loop
+// went idle, it looks again after BusyInterval and doubles the interval per empty
+// probe up to ProbeInterval: the
 // next row of a busy stream, or the reply a saga's step is about to commit, is
 // found within a millisecond or two instead of half a ProbeInterval on average,
 // for a few probes more per burst. After probeIdleAfter without new rows the
@@ -280,7 +288,14 @@ func (r *Relay) probeLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if r.idle.Load() > 0 {
+		if r.idle.Load() == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.idleC:
+			}
+			lastNew, interval = time.Now(), r.cfg.BusyInterval
+		} else {
 			next, found, err := r.q.msgs.Probe(ctx, r.db, seen)
 			switch {
 			case err != nil:
@@ -293,8 +308,6 @@ func (r *Relay) probeLoop(ctx context.Context) {
 			default:
 				interval = min(2*interval, max(r.cfg.ProbeInterval, interval))
 			}
-		} else {
-			lastNew, interval = time.Now(), r.cfg.BusyInterval
 		}
 		t.Reset(interval)
 	}
@@ -427,6 +440,19 @@ func (l *loop) pending() (keys map[string]bool, unkeyed map[uuid.UUID]bool) {
 func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
 	l := r.loops[w]
 	if err := l.waitBelow(r.cfg.MaxPublishes); err != nil {
+		return 0, 0, err
+	}
+	// A wake-up sent before this point is answered by this cycle's claim, which
+	// sees every row committed before it: forget it, or the loop claims again at
+	// once for nothing (the tail that has just ended sent one). A tail sends its
+	// wake-up after it ended, so the tails that ended before the drain are reaped
+	// after it, and the keys of those still under way are left only when their
+	// wake-up is still to come.
+	select {
+	case <-r.wakeC[w]:
+	default:
+	}
+	if err := l.reap(); err != nil {
 		return 0, 0, err
 	}
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
