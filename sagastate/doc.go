@@ -89,6 +89,11 @@
 // commit fails and the consumer runs the transaction again), and the xmin remembered
 // with the steps is the transaction's own id, read with the lock. The sweeper's and
 // the operators' transactions, and Start in the caller's, send their writes at once.
+// The sweeper applies a batch of due sagas (SweepBatch) as one transition of them all,
+// in a savepoint: locked and read in one round trip, written in one more; only if that
+// fails does it take them one at a time, a savepoint each, so that a saga it cannot
+// handle is postponed (SweepRetryDelay) without holding back the others. An idle sweep
+// is one query, outside a transaction.
 //
 // Package sagatest runs sagas end to end inside one test function.
 package sagastate

@@ -79,6 +79,12 @@ ORDER BY "wake_at"
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
 
+-- name: any_due
+-- The sweeper's look before it opens a transaction: whether due_sagas would find a
+-- saga (locked by another transaction or not), with the same bounds on the index scan.
+SELECT EXISTS (SELECT 1 FROM "sagabox"."saga_instances"
+    WHERE "wake_at" <= (SELECT coalesce($1::timestamptz, clock_timestamp())) AND "type" = ANY($2::text[]));
+
 -- name: postpone_instance
 -- The sweeper could not handle this saga: look again after $2 instead of at once, so
 -- one saga that keeps failing neither spins the sweeper nor stays first in line.

@@ -145,12 +145,51 @@ func TestSweep(t *testing.T) {
 // sagas due after them were never handled.
 func TestSweeperBacksOffSagasThatFailToApply(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	db := testenv.NewDB(t)
-	clk := newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := newBrittleSweep(t, 3)
+	n, err := r.o.Sweep(r.ctx)
+	if err != nil || n != 0 {
+		t.Fatalf("first sweep: handled %d, %v; want 0 (the first batch is all broken) and no error", n, err)
+	}
+	n, err = r.o.Sweep(r.ctx)
+	if err != nil || n != len(r.good) {
+		t.Fatalf("second sweep handled %d, %v; want the %d good sagas", n, err, len(r.good))
+	}
+	r.checkPostponed(t)
+}
+
+// The sweeper handles a batch in one transition of all its sagas; when that fails, one
+// saga at a time, so the broken ones do not hold back the others of their batch.
+func TestSweepBatchWithBrokenSagasHandlesTheOthers(t *testing.T) {
+	t.Parallel()
+	r := newBrittleSweep(t, 10)
+	n, err := r.o.Sweep(r.ctx)
+	if err != nil || n != len(r.good) {
+		t.Fatalf("sweep handled %d, %v; want the %d good sagas of the batch", n, err, len(r.good))
+	}
+	r.checkPostponed(t)
+	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND version = 2 AND status = 'timeout'`, r.good); got != len(r.good) {
+		t.Fatalf("%d of %d good sagas timed out", got, len(r.good))
+	}
+}
+
+// brittleSweep is three sagas whose steps cannot be read back, due before five good
+// ones, all past their step's deadline, for an orchestrator sweeping batch sagas at a time.
+type brittleSweep struct {
+	ctx          context.Context
+	db           *testenv.DB
+	clk          *clock
+	o            *sagastate.Orchestrator
+	broken, good []uuid.UUID
+}
+
+func newBrittleSweep(t *testing.T, batch int) *brittleSweep {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	r := &brittleSweep{ctx: ctx, db: testenv.NewDB(t), clk: newClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))}
 	def := sagastate.Define[script]("brittle",
 		sagastate.Step("a", topic).Do("a.do").Undo("a.undo").Timeout(time.Second).Retry(sagastate.RetryPolicy{MaxAttempts: 1}))
-	o, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{def}, Now: clk.Now, SweepBatch: 3})
+	var err error
+	r.o, err = sagastate.New(r.db.Pool, sagastate.Config{Sagas: []sagastate.Definition{def}, Now: r.clk.Now, SweepBatch: batch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,36 +197,32 @@ func TestSweeperBacksOffSagasThatFailToApply(t *testing.T) {
 		ids := make([]uuid.UUID, n)
 		for i := range ids {
 			ids[i] = uuid.New()
-			if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return o.Start(ctx, tx, "brittle", ids[i], script{}) }); err != nil {
+			if err := pgx.BeginFunc(ctx, r.db.Pool, func(tx pgx.Tx) error { return r.o.Start(ctx, tx, "brittle", ids[i], script{}) }); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return ids
 	}
-	broken := start(3)
-	clk.Advance(time.Millisecond) // the good sagas are due after the broken ones
-	good := start(5)
+	r.broken = start(3)
+	r.clk.Advance(time.Millisecond) // the good sagas are due after the broken ones
+	r.good = start(5)
 	// The broken sagas' steps cannot be read back: every attempt to handle them fails.
 	// (A hand edit of steps goes with one of the instance row, as sagastate's doc says:
 	// the orchestrator reads the steps again only when the row changed.)
-	if _, err := db.Pool.Exec(ctx, `UPDATE sagabox.saga_steps SET retry = '"not a policy"' WHERE saga_id = ANY($1)`, broken); err != nil {
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_steps SET retry = '"not a policy"' WHERE saga_id = ANY($1)`, r.broken); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Pool.Exec(ctx, `UPDATE sagabox.saga_instances SET version = version WHERE id = ANY($1)`, broken); err != nil {
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_instances SET version = version WHERE id = ANY($1)`, r.broken); err != nil {
 		t.Fatal(err)
 	}
-	clk.Advance(time.Second)
-	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	n, err := o.Sweep(sctx)
-	if err != nil || n != 0 {
-		t.Fatalf("first sweep: handled %d, %v; want 0 (the first batch is all broken) and no error", n, err)
-	}
-	n, err = o.Sweep(sctx)
-	if err != nil || n != len(good) {
-		t.Fatalf("second sweep handled %d, %v; want the %d good sagas", n, err, len(good))
-	}
-	if got := scalar[int](t, db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND wake_at >= $2`, broken, clk.Now().Add(sagastate.SweepRetryDelay)); got != len(broken) {
-		t.Fatalf("%d of %d broken sagas postponed by SweepRetryDelay", got, len(broken))
+	r.clk.Advance(time.Second)
+	return r
+}
+
+// checkPostponed checks that the broken sagas are looked at again SweepRetryDelay later.
+func (r *brittleSweep) checkPostponed(t *testing.T) {
+	t.Helper()
+	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND wake_at >= $2`, r.broken, r.clk.Now().Add(sagastate.SweepRetryDelay)); got != len(r.broken) {
+		t.Fatalf("%d of %d broken sagas postponed by SweepRetryDelay", got, len(r.broken))
 	}
 }
