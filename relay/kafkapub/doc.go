@@ -23,7 +23,15 @@
 // messages only: one refused partition fails its messages, the request's other
 // partitions land. kafka-go's Writer sent one request per partition instead, each
 // on its own connection: against a broker that serves requests one at a time a
-// batch waited for the slowest of them.
+// batch waited for the slowest of them. Paired runs against it (2 shared cores,
+// load 10-22, machine 100% busy, 2026-12-01): BenchmarkRelayWakeup's publish p50
+// / p99 1.5 / 33-41 ms against 5.4-6.0 / 85-105 ms, the relay's CPU 1.9-2.0 s
+// against 3.8 s for its 20,000 messages; BenchmarkHopLatency's publish p50 at 64
+// hops in flight 1.6-9.8 ms against 27-37 ms; BenchmarkRelayDrain with 10 ms per
+// produce request 33-52k against 12-22k msgs/s for one relay. Without injected
+// latency the drain's rate and CPU per message moved within the noise; its
+// profile puts kafka-go and this package at 2.9 µs of CPU per message against
+// 4.9, and the GC's marking at half.
 //
 // Failures are classified for the relay (see relay.Publisher):
 //   - the broker cannot be reached, or answers with a retriable error (leader

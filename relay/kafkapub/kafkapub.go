@@ -51,9 +51,11 @@ type Config struct {
 	// sasl/scram). Defaults to nil (no authentication).
 	SASL sasl.Mechanism
 	// MaxMessageBytes refuses larger messages (outbox.RecordSize: key, value,
-	// headers and overhead, as Enqueue counts them) before sending; set it to the
-	// broker's message.max.bytes, and outbox.Config.MaxMessageBytes to the same.
-	// Defaults to outbox.DefaultMaxMessageBytes (1 MiB).
+	// headers and overhead, as Enqueue counts them) before sending, and bounds the
+	// record batch of one partition in a produce request (the broker's limit
+	// applies to a record batch); set it to the broker's message.max.bytes, and
+	// outbox.Config.MaxMessageBytes to the same. Defaults to
+	// outbox.DefaultMaxMessageBytes (1 MiB).
 	MaxMessageBytes int
 	// WriteTimeout bounds one produce request (and is the broker's ack timeout in
 	// it). Keep it at least the relay's PublishTimeout (outbox-relay does): a
@@ -142,7 +144,9 @@ type Publisher struct {
 	client    *kafka.Client
 	balancer  kafka.Murmur2Balancer
 	slots     chan struct{} // one per write in progress: at most maxWrites
-	writes    sync.WaitGroup
+	// maxRequestBytes is maxRequestBytes (tests lower it).
+	maxRequestBytes int
+	writes          sync.WaitGroup
 
 	refreshMu sync.Mutex
 	refreshed time.Time // the last forced metadata refresh
@@ -193,7 +197,7 @@ func New(cfg Config) (*Publisher, error) {
 	}
 	addr := kafka.TCP(cfg.Brokers...)
 	return &Publisher{
-		cfg: cfg, addr: addr, transport: transport, slots: make(chan struct{}, maxWrites),
+		cfg: cfg, addr: addr, transport: transport, slots: make(chan struct{}, maxWrites), maxRequestBytes: maxRequestBytes,
 		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
 		created: map[string]bool{}, inflight: map[uuid.UUID]flying{},
 	}, nil

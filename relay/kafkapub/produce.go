@@ -242,7 +242,7 @@ func (p *Publisher) sendRound(ctx context.Context, msgs []outbox.Message, parts 
 			n += outbox.RecordSize(&msgs[i])
 		}
 		r := open[leader]
-		if r != nil && r.bytes+n > maxRequestBytes {
+		if r != nil && r.bytes+n > p.maxRequestBytes {
 			pt.err = errDeferred // its turn comes in the next round, no try spent
 			continue
 		}

@@ -235,3 +235,26 @@ func TestRetriablePartitionErrorFailsOnlyItsMessages(t *testing.T) {
 	}
 	checkKeyOrder(t, c.ListenAddrs(), "isr", landed)
 }
+
+// TestFullRequestLeavesPartitionsForTheNextRound: a leader's request reaches its
+// byte bound; the partitions that did not fit go in the next round's request,
+// each partition still in order and once.
+func TestFullRequestLeavesPartitionsForTheNextRound(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "full"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	log := watchProduce(c)
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), MaxMessageBytes: 4000})
+	kafkapub.SetMaxRequestBytes(p, 6000)
+	msgs := keyed("full", 160, 32, 100)
+	if err := p.Publish(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	if reqs := log.take(); len(reqs) < 6 { // 2 without the bound: 8 partitions of two record batches
+		t.Fatalf("%d produce requests for about 32 KB under a 6 KB bound: %q", len(reqs), reqs)
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "full", 160)
+}
