@@ -322,6 +322,8 @@ type procStats struct {
 	// FirstPublish and LastSettle are unix nanos of the first publish call's start and
 	// the last settle of published rows: how far apart the relays of a drain started and ended.
 	FirstPublish, LastSettle int64
+	// Publishes and PublishNanos count the publish calls and their time in all.
+	Publishes, PublishNanos int64
 }
 
 type relayProc struct {
@@ -422,13 +424,21 @@ func runBenchRelay() int {
 	cfg := relay.Config{ID: os.Getenv("RELAY_ID"), Workers: o.Workers, MaxPublishes: o.MaxPublishes, BatchSize: o.BatchSize,
 		PollInterval: o.PollInterval, ProbeInterval: o.ProbeInterval, BusyInterval: o.BusyInterval, Listen: o.Listen}
 	var tr publishTrace
-	var firstPublish, lastSettle atomic.Int64
+	var firstPublish, lastSettle, publishes, publishNanos atomic.Int64
 	cfg.Hooks.Publish = func(msgs []outbox.Message) func(error) {
-		firstPublish.CompareAndSwap(0, time.Now().UnixNano())
+		start := time.Now()
+		firstPublish.CompareAndSwap(0, start.UnixNano())
+		var traced func(error)
 		if o.Trace != "" {
-			return tr.hook(msgs)
+			traced = tr.hook(msgs)
 		}
-		return nil
+		return func(err error) {
+			publishes.Add(1)
+			publishNanos.Add(int64(time.Since(start)))
+			if traced != nil {
+				traced(err)
+			}
+		}
 	}
 	var published atomic.Int64
 	cfg.Hooks.Published = func(_ string, n int) { published.Add(int64(n)); lastSettle.Store(time.Now().UnixNano()) }
@@ -450,7 +460,7 @@ func runBenchRelay() int {
 		}
 	}
 	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load(), Published: published.Load(),
-		FirstPublish: firstPublish.Load(), LastSettle: lastSettle.Load()})
+		FirstPublish: firstPublish.Load(), LastSettle: lastSettle.Load(), Publishes: publishes.Load(), PublishNanos: publishNanos.Load()})
 	fmt.Println("STATS " + string(st))
 	return 0
 }
