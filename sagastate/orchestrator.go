@@ -537,12 +537,12 @@ func (o *Orchestrator) Abort(ctx context.Context, id uuid.UUID, reason string) e
 func (o *Orchestrator) Sweep(ctx context.Context) (int, error) {
 	// A look first, outside a transaction: an idle sweep (the usual one) costs one round
 	// trip instead of three (BEGIN, due_sagas, COMMIT).
-	var due bool
-	if err := o.pool.QueryRow(ctx, o.q.sql("any_due"), ts(o.clock()), o.typeNames()).Scan(&due); err != nil {
-		return 0, fmt.Errorf("sagastate: sweep: %w", err)
-	}
-	if !due {
+	var one int
+	switch err := o.pool.QueryRow(ctx, o.q.sql("any_due"), ts(o.clock()), o.typeNames()).Scan(&one); {
+	case errors.Is(err, pgx.ErrNoRows):
 		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("sagastate: sweep: %w", err)
 	}
 	total := 0
 	for {

@@ -80,10 +80,14 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED;
 
 -- name: any_due
--- The sweeper's look before it opens a transaction: whether due_sagas would find a
--- saga (locked by another transaction or not), with the same bounds on the index scan.
-SELECT EXISTS (SELECT 1 FROM "sagabox"."saga_instances"
-    WHERE "wake_at" <= (SELECT coalesce($1::timestamptz, clock_timestamp())) AND "type" = ANY($2::text[]));
+-- The sweeper's look before it opens a transaction: a row if due_sagas would find a
+-- saga (locked by another transaction or not). Written as due_sagas is, ORDER BY and
+-- LIMIT included, so that it reads the wake_at index: measured, 2 buffer hits for no
+-- row, against 65 (a sequential scan of 3,000 sagas) for the same test as EXISTS (...).
+SELECT 1 FROM "sagabox"."saga_instances"
+WHERE "wake_at" <= (SELECT coalesce($1::timestamptz, clock_timestamp())) AND "type" = ANY($2::text[])
+ORDER BY "wake_at"
+LIMIT 1;
 
 -- name: postpone_instance
 -- The sweeper could not handle this saga: look again after $2 instead of at once, so
