@@ -115,11 +115,12 @@ func (h *hopTracer) consumer(cc consumer.Config) consumer.Config {
 
 // relay is a relay configuration whose Publish hook feeds the tracer; a nil tracer's
 // is the default one.
+// Its PollInterval is the relay's default, not sagatest's 100ms for tests.
 func (h *hopTracer) relay() relay.Config {
 	if h == nil {
-		return relay.Config{}
+		return relay.Config{PollInterval: relay.PollIntervalDefault}
 	}
-	return relay.Config{Hooks: relay.Hooks{Publish: func(msgs []outbox.Message) func(error) {
+	return relay.Config{PollInterval: relay.PollIntervalDefault, Hooks: relay.Hooks{Publish: func(msgs []outbox.Message) func(error) {
 		start := time.Now()
 		return func(error) {
 			end := time.Now()

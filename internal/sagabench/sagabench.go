@@ -235,3 +235,45 @@ func Print(w io.Writer, baseline, rows []Result) {
 			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, pg, cpuRatio)
 	}
 }
+
+// Scope is a testing.TB whose cleanups run when Close is called instead of when the
+// test ends, so that a benchmark stops one kind of flow — its services, relay,
+// broker and database — before it measures the next: left running, the earlier
+// kinds' idle work (polls, probes, heartbeats, empty fetches) is counted in every
+// later row's CPU per flow. Close also runs when the test ends, if it did not before.
+type Scope struct {
+	testing.TB
+	mu       sync.Mutex
+	cleanups []func()
+}
+
+// NewScope returns a Scope of tb.
+func NewScope(tb testing.TB) *Scope {
+	s := &Scope{TB: tb}
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// Cleanup registers f to run when the scope is closed.
+func (s *Scope) Cleanup(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cleanups = append(s.cleanups, f)
+}
+
+// Close runs the cleanups registered so far, the last one first; it is safe to
+// call twice.
+func (s *Scope) Close() {
+	for {
+		s.mu.Lock()
+		n := len(s.cleanups)
+		if n == 0 {
+			s.mu.Unlock()
+			return
+		}
+		f := s.cleanups[n-1]
+		s.cleanups = s.cleanups[:n-1]
+		s.mu.Unlock()
+		f()
+	}
+}
