@@ -99,18 +99,19 @@
 // Writers, 50 ms ×3/×1 2.41 (16.7k → 40.3k msgs/s, load 8) and 2.36 (load 13);
 // 100 ms 2.12 (load 13) and 2.77-2.94 (load 18-20, 10-20k backlogs); 200 ms 2.92
 // (4.7k → 13.6k, load 7). With one produce request per broker per Publish and the
-// delayed drains as long as the plain ones (100k rows), at load 12-17: 50 ms
-// 1.33-1.98, the loops of ×3 in publish calls for 51% of the drain against 90%
-// for ×1 (they waited for claims on cores the other load kept 100% busy: 74 ms
-// per publish call against 58); 100 ms 1.97-2.87, at 2.77 the loops 89% in
+// delayed drains as long as the plain ones (100k rows), four runs at load 12-17:
+// 50 ms 1.33-2.38 (15.6k → 37.2k msgs/s at 2.38), at 1.33 the loops of ×3 in
+// publish calls for 51% of the drain against 90% for ×1 (they waited for claims
+// on cores the other load kept 100% busy: 74 ms per publish call against 58), at
+// 2.38 80%; 100 ms 1.97-2.87 (8.2k → 23.4k at 2.84), at 2.77 the loops 89% in
 // publish calls (108 ms each, as ×1's). On the plain broker that publisher took
 // relay ×1 to 64k msgs/s (the relay process 9.5 µs per message) and ×3 to 0.41×
-// one, and in other runs at the same load 0.99× and 1.91×: where other work
-// keeps the cores busy, more processes get more of them, so the plain ratio says
-// little; per message ×3 costs PostgreSQL 19-27 µs against 12-13 (its claims read
-// 852 buffers against 285) and the relay processes 22-30 against 9.5-16.5 (three
-// Go runtimes: scheduling and the network poller took 29% of the three relays'
-// CPU samples against 13% of one's).
+// one, and in other runs at the same load 0.99×, 1.48× and 1.91×: where other
+// work keeps the cores busy, more processes get more of them, so the plain ratio
+// says little; per message ×3 costs PostgreSQL 18-27 µs against 12-14 (its claims
+// read 852 buffers against 285) and the relay processes 13-30 against 9.5-16.5
+// (three Go runtimes: scheduling and the network poller took 29% of the three
+// relays' CPU samples against 13% of one's).
 // make bench prints the 50 ms and 100 ms lines (SAGABOX_BENCH_DELAYS picks
 // others); each relay line says how far apart the relays started and ended, the
 // publish calls' mean time and the share of the drain the loops spent in them
