@@ -112,12 +112,7 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 			continue
 		}
 		if !sleep(ctx, backoff(tries)) {
-			for _, pt := range sending {
-				if pt.err != nil && len(pt.batches) > 0 {
-					pt.fail(p, msgs, errs, failedKeys, pt.err)
-				}
-			}
-			return
+			return // what is not settled keeps errNotSent
 		}
 		if moved {
 			p.refresh(ctx)
@@ -265,8 +260,9 @@ func (p *Publisher) sendRound(ctx context.Context, msgs []outbox.Message, parts 
 	wg.Wait()
 }
 
-// errNotSent is the error of a message a send did not get to before its deadline.
-var errNotSent = fmt.Errorf("%w: not sent before the write's deadline", relay.ErrUnavailable)
+// errNotSent is the error of a message a send did not get acknowledged before the
+// write's own deadline (a broker slow or failing for (MaxAttempts+1)×WriteTimeout).
+var errNotSent = fmt.Errorf("%w: not acknowledged before the write's deadline", relay.ErrUnavailable)
 
 // errDeferred marks a partition batch left for the next round because its
 // leader's request was full.
