@@ -28,10 +28,12 @@
 // / p99 1.5 / 33-41 ms against 5.4-6.0 / 85-105 ms, the relay's CPU 1.9-2.0 s
 // against 3.8 s for its 20,000 messages; BenchmarkHopLatency's publish p50 at 64
 // hops in flight 1.6-9.8 ms against 27-37 ms; BenchmarkRelayDrain with 10 ms per
-// produce request 33-52k against 12-22k msgs/s for one relay. Without injected
-// latency the drain's rate and CPU per message moved within the noise; its
-// profile puts kafka-go and this package at 2.9 µs of CPU per message against
-// 4.9, and the GC's marking at half.
+// produce request 33-52k against 12-22k msgs/s for one relay in two pairs (in a
+// third, 22.0k against 26.9k, its own run's raw drain was 0.29× the other's).
+// Without injected latency the drain's rate and the relay's CPU per message
+// (12.8-18.4 µs either way) moved within the noise; its profile puts kafka-go
+// and this package at 2.9 µs of CPU per message against 4.9, the GC's marking
+// at half.
 //
 // Failures are classified for the relay (see relay.Publisher):
 //   - the broker cannot be reached, or answers with a retriable error (leader
