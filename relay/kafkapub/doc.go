@@ -59,12 +59,16 @@
 // fails and its neighbours are published.
 //
 // A slow broker: a write (a Publish's rounds) is never abandoned: a request the
-// broker got may still land. When Publish's deadline passes first, its messages
-// fail as relay.ErrUnavailable while the write goes on; the next Publish of such
-// a message sends no second copy while the first is in flight, waits for its
+// broker got may still land. Each leader's answer is recorded as it arrives. When
+// Publish's deadline passes first, what was acknowledged by then is published
+// (and what failed for good failed); the messages still unanswered fail as
+// relay.ErrUnavailable while the write goes on, and the next Publish of such a
+// message sends no second copy while the first is in flight, waits for its
 // outcome instead and takes a late acknowledgement as its own. So acks slower
-// than the relay's PublishTimeout delay a batch by a cycle, and neither multiply
-// its copies nor queue more of them (TestSlowBrokerDoesNotMultiplyDuplicates).
+// than the relay's PublishTimeout delay that broker's messages by a cycle, not the
+// other leaders' (TestSlowLeaderDoesNotFailOtherLeadersAckedMessages), and
+// neither multiply their copies nor queue more of them
+// (TestSlowBrokerDoesNotMultiplyDuplicates).
 //
 // A missing topic is created only when Config.CreateTopics is set; otherwise it is
 // a per-message error naming the topic and the two ways out.

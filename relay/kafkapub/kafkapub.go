@@ -161,20 +161,21 @@ type Publisher struct {
 
 // flight is one write of a Publish's messages. A write is never cancelled: a
 // produce request the broker got may still land. When the Publish that started
-// it returns first (its deadline passed), the write's messages stay in
+// it returns first (its deadline passed), what was settled by then counts (an
+// acknowledgement is a success), and the write's unsettled messages stay in
 // Publisher.inflight; the next Publish of such a message waits for the write's
 // outcome instead of sending another copy, and takes a late acknowledgement as
 // its own.
 type flight struct {
-	done  chan struct{}
-	errs  []error   // per message of idx, set before done is closed
-	ended time.Time // when done was closed; under Publisher.mu
+	*answers // by index into the Publish's msgs; final once done is closed
+	done     chan struct{}
+	ended    time.Time // when done was closed; under Publisher.mu
 }
 
 // flying locates a message in a flight.
 type flying struct {
 	f *flight
-	j int
+	i int
 }
 
 // flightTTL is how long the outcome of a write nobody asked about is kept.
@@ -347,7 +348,7 @@ func (p *Publisher) landed(ctx context.Context, id uuid.UUID) (error, bool) {
 	p.mu.Lock()
 	delete(p.inflight, id)
 	p.mu.Unlock()
-	return fl.f.errs[fl.j], true
+	return fl.f.errs[fl.i], true
 }
 
 // sweep forgets the outcomes of ended writes that no Publish asked about within
@@ -365,7 +366,7 @@ func (p *Publisher) sweep() {
 // publish writes msgs[idx] and sets errs[idx]. If ctx ends first, the write goes
 // on (see flight) and its messages fail as ErrUnavailable.
 func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
-	f := &flight{done: make(chan struct{}), errs: make([]error, len(idx))}
+	f := &flight{answers: newAnswers(len(msgs), idx), done: make(chan struct{})}
 	// WriteTimeout bounds each produce request; this bounds the write with its
 	// retries and metadata look-ups.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(p.cfg.MaxAttempts+1)*(p.cfg.WriteTimeout+time.Second))
@@ -373,11 +374,7 @@ func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []in
 	go func() {
 		defer p.writes.Done()
 		defer cancel()
-		sub := make([]error, len(msgs))
-		p.write(wctx, msgs, idx, sub)
-		for j, i := range idx {
-			f.errs[j] = sub[i]
-		}
+		p.write(wctx, msgs, idx, f.answers)
 		p.mu.Lock()
 		f.ended = time.Now()
 		p.mu.Unlock()
@@ -385,23 +382,28 @@ func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []in
 	}()
 	select {
 	case <-f.done:
-		for j, i := range idx {
-			errs[i] = f.errs[j]
+		for _, i := range idx {
+			errs[i] = f.errs[i]
 		}
 	case <-ctx.Done():
 		err := fmt.Errorf("%w: no answer from the broker before the publish deadline (%v); the write goes on, and its outcome counts for the next publish of these messages",
 			relay.ErrUnavailable, context.Cause(ctx))
 		p.mu.Lock()
-		for j, i := range idx {
-			p.inflight[msgs[i].ID] = flying{f: f, j: j}
+		f.mu.Lock()
+		for _, i := range idx {
+			if errs[i] = f.errs[i]; errs[i] != errNotSent {
+				continue // settled in time: acknowledged, or failed for good
+			}
+			p.inflight[msgs[i].ID] = flying{f: f, i: i}
 			errs[i] = err
 		}
+		f.mu.Unlock()
 		p.mu.Unlock()
 	}
 }
 
 // write is publish's write: missing topics created (CreateTopics), then send.
-func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
+func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int, a *answers) {
 	if p.cfg.CreateTopics {
 		ready := map[string]error{}
 		var keep []int
@@ -413,7 +415,7 @@ func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int,
 				ready[t] = err
 			}
 			if err != nil {
-				errs[i] = err
+				a.set([]int{i}, err)
 				continue
 			}
 			keep = append(keep, i)
@@ -424,13 +426,10 @@ func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int,
 	case p.slots <- struct{}{}:
 		defer func() { <-p.slots }()
 	case <-ctx.Done():
-		err := fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWrites, ctx.Err())
-		for _, i := range idx {
-			errs[i] = err
-		}
+		a.set(idx, fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWrites, ctx.Err()))
 		return
 	}
-	p.send(ctx, msgs, idx, errs)
+	p.send(ctx, msgs, idx, a)
 }
 
 // classify turns a kafka-go error into the relay's vocabulary.

@@ -46,14 +46,40 @@ type partition struct {
 	err      error   // batches[0]'s answer in the last round; nil if acknowledged
 }
 
-// send publishes msgs[idx] and sets errs[idx]: each round sends every partition's
+// answers are a write's outcomes per message (indexes into msgs), set as they
+// come in: errNotSent until a message is settled. The Publish that started the
+// write reads them when its deadline passes, so what a leader acknowledged by
+// then is published even while another leader has not answered.
+type answers struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func newAnswers(n int, idx []int) *answers {
+	a := &answers{errs: make([]error, n)}
+	for _, i := range idx {
+		a.errs[i] = errNotSent
+	}
+	return a
+}
+
+// set settles msgs[idx] with err.
+func (a *answers) set(idx []int, err error) {
+	a.mu.Lock()
+	for _, i := range idx {
+		a.errs[i] = err
+	}
+	a.mu.Unlock()
+}
+
+// send publishes msgs[idx] and settles them in a: each round sends every partition's
 // head batch, in one produce request per leader broker carrying all of that
 // leader's partitions, the leaders in parallel. Rounds repeat while partitions
 // have batches left: the rest of a partition larger than a batch, a batch the
 // broker refused as too large (its messages go again one by one), a retriable
 // error (after a backoff, up to MaxAttempts tries). Once a message of a key
 // fails, the key's later messages are held back, not sent.
-func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
+func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, a *answers) {
 	byTopic := map[string][]int{}
 	var topics []string
 	for _, i := range idx {
@@ -65,8 +91,8 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 	}
 	leaders, err := p.leaders(ctx, topics)
 	if err != nil {
-		for _, i := range idx {
-			errs[i] = p.classify(msgs[i].Topic, err)
+		for _, t := range topics {
+			a.set(byTopic[t], p.classify(t, err))
 		}
 		return
 	}
@@ -74,36 +100,29 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 	for _, t := range topics {
 		l := leaders[t]
 		if l.err != nil {
-			for _, i := range byTopic[t] {
-				errs[i] = p.classify(t, l.err)
-			}
+			a.set(byTopic[t], p.classify(t, l.err))
 			continue
 		}
 		parts = append(parts, p.partitions(t, l.ids, msgs, byTopic[t])...)
 	}
 
-	// What the rounds do not settle (the write's own deadline passed) stays failed.
-	for _, i := range idx {
-		if errs[i] == nil {
-			errs[i] = errNotSent
-		}
-	}
+	// What the rounds do not settle (the write's own deadline passed) keeps errNotSent.
 	failedKeys := map[string]bool{}
 	for {
 		var sending []*partition
 		for _, pt := range parts {
-			if pt.holdBack(msgs, errs, failedKeys) {
+			if pt.holdBack(msgs, a, failedKeys) {
 				sending = append(sending, pt)
 			}
 		}
 		if len(sending) == 0 {
 			return
 		}
-		p.sendRound(ctx, msgs, sending, leaders)
+		p.sendRound(ctx, msgs, sending, leaders, a)
 
 		tries, moved := 0, false
 		for _, pt := range sending {
-			if pt.settle(p, msgs, errs, failedKeys) {
+			if pt.settle(p, msgs, a, failedKeys) {
 				tries = max(tries, pt.attempts)
 				moved = moved || leaderMoved(pt.err)
 			}
@@ -160,16 +179,18 @@ func (p *Publisher) partitions(topic string, ids []int32, msgs []outbox.Message,
 
 // holdBack drops from the head batch the messages of keys that failed earlier
 // (ErrHeldBack) and reports whether the partition has a batch to send.
-func (pt *partition) holdBack(msgs []outbox.Message, errs []error, failedKeys map[string]bool) bool {
+func (pt *partition) holdBack(msgs []outbox.Message, a *answers, failedKeys map[string]bool) bool {
 	for len(pt.batches) > 0 {
 		head := pt.batches[0][:0]
+		var held []int
 		for _, i := range pt.batches[0] {
 			if k := msgs[i].Key; k != "" && failedKeys[k] {
-				errs[i] = relay.ErrHeldBack
+				held = append(held, i)
 				continue
 			}
 			head = append(head, i)
 		}
+		a.set(held, relay.ErrHeldBack)
 		if len(head) > 0 {
 			pt.batches[0] = head
 			return true
@@ -179,10 +200,10 @@ func (pt *partition) holdBack(msgs []outbox.Message, errs []error, failedKeys ma
 	return false
 }
 
-// settle takes the head batch's answer: acknowledged, refused as too large
+// settle takes the head batch's answer: acknowledged (produce settled it), refused as too large
 // (split into single messages unless it is one), or failed; it reports whether
 // the batch is to be tried again after a backoff (a retriable error, tries left).
-func (pt *partition) settle(p *Publisher, msgs []outbox.Message, errs []error, failedKeys map[string]bool) bool {
+func (pt *partition) settle(p *Publisher, msgs []outbox.Message, a *answers, failedKeys map[string]bool) bool {
 	if pt.err == errDeferred {
 		return false // not sent: no try spent, no backoff
 	}
@@ -190,9 +211,6 @@ func (pt *partition) settle(p *Publisher, msgs []outbox.Message, errs []error, f
 	pt.attempts++
 	switch err := pt.err; {
 	case err == nil:
-		for _, i := range head {
-			errs[i] = nil
-		}
 		pt.batches, pt.attempts = pt.batches[1:], 0
 	case len(head) > 1 && tooLarge(err):
 		// The broker refuses a partition batch as a whole; find the culprit(s), one
@@ -205,25 +223,20 @@ func (pt *partition) settle(p *Publisher, msgs []outbox.Message, errs []error, f
 	case retriable(err) && pt.attempts < p.cfg.MaxAttempts:
 		return true
 	default:
-		pt.fail(p, msgs, errs, failedKeys, err)
+		a.set(head, p.classify(pt.topic, err))
+		for _, i := range head { // their keys' later messages are held back
+			if k := msgs[i].Key; k != "" {
+				failedKeys[k] = true
+			}
+		}
+		pt.batches, pt.attempts = pt.batches[1:], 0
 	}
 	return false
 }
 
-// fail fails the head batch with err and holds back the later messages of its keys.
-func (pt *partition) fail(p *Publisher, msgs []outbox.Message, errs []error, failedKeys map[string]bool, err error) {
-	for _, i := range pt.batches[0] {
-		errs[i] = p.classify(pt.topic, err)
-		if k := msgs[i].Key; k != "" {
-			failedKeys[k] = true
-		}
-	}
-	pt.batches, pt.attempts = pt.batches[1:], 0
-}
-
 // sendRound sends the head batches of parts, one produce request per leader,
 // and sets each partition's err from its answer.
-func (p *Publisher) sendRound(ctx context.Context, msgs []outbox.Message, parts []*partition, leaders map[string]topicLeaders) {
+func (p *Publisher) sendRound(ctx context.Context, msgs []outbox.Message, parts []*partition, leaders map[string]topicLeaders, a *answers) {
 	type request struct {
 		parts []*partition
 		bytes int
@@ -250,12 +263,12 @@ func (p *Publisher) sendRound(ctx context.Context, msgs []outbox.Message, parts 
 		r.bytes += n
 	}
 	if len(reqs) == 1 { // one leader: no goroutine needed
-		p.produce(ctx, msgs, reqs[0].parts)
+		p.produce(ctx, msgs, reqs[0].parts, a)
 		return
 	}
 	var wg sync.WaitGroup
 	for _, r := range reqs {
-		wg.Go(func() { p.produce(ctx, msgs, r.parts) })
+		wg.Go(func() { p.produce(ctx, msgs, r.parts, a) })
 	}
 	wg.Wait()
 }
@@ -269,8 +282,9 @@ var errNotSent = fmt.Errorf("%w: not acknowledged before the write's deadline", 
 var errDeferred = errors.New("deferred to the next request")
 
 // produce sends the head batches of parts (all of one leader) in one produce
-// request and sets each partition's err.
-func (p *Publisher) produce(ctx context.Context, msgs []outbox.Message, parts []*partition) {
+// request and sets each partition's err; an acknowledged batch is settled in a at
+// once, not when the round's slowest leader has answered.
+func (p *Publisher) produce(ctx context.Context, msgs []outbox.Message, parts []*partition, a *answers) {
 	req := &produce.Request{Acks: int16(kafka.RequireAll), Timeout: int32(p.cfg.WriteTimeout / time.Millisecond)}
 	for _, pt := range parts {
 		rp := produce.RequestPartition{Partition: pt.id, RecordSet: protocol.RecordSet{
@@ -311,6 +325,9 @@ func (p *Publisher) produce(ctx context.Context, msgs []outbox.Message, parts []
 			err = fmt.Errorf("the broker's produce response has no answer for partition %d", pt.id)
 		}
 		pt.err = err
+		if err == nil {
+			a.set(pt.batches[0], nil)
+		}
 	}
 }
 

@@ -78,9 +78,9 @@ func TestDeadlineInBackoffDoesNotFailNextBatchWithStaleError(t *testing.T) {
 	// The write's deadline passes during the first backoff (50ms).
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Millisecond)
 	defer cancel()
-	errs := make([]error, len(msgs))
-	p.send(ctx, msgs, []int{0, 1, 2}, errs)
-	for i, e := range errs[:2] {
+	ans := newAnswers(len(msgs), []int{0, 1, 2})
+	p.send(ctx, msgs, []int{0, 1, 2}, ans)
+	for i, e := range ans.errs[:2] {
 		if !errors.Is(e, relay.ErrUnavailable) || errors.Is(e, ErrMessageTooLarge) {
 			t.Fatalf("message %d (a few bytes, not sent on its own before the deadline): %v; want ErrUnavailable", i, e)
 		}

@@ -55,3 +55,51 @@ func TestSlowBrokerDoesNotMultiplyDuplicates(t *testing.T) {
 	}
 	readAll(t, c.Addrs(), topic, 1)
 }
+
+// TestSlowLeaderDoesNotFailOtherLeadersAckedMessages: topic ha is led by one
+// broker, hb by the other, whose produce request sits past the Publish deadline.
+// ha's message, acknowledged at once, is published (nil in the MessageErrors);
+// only hb's fails as ErrUnavailable, stays in flight, and its late
+// acknowledgement counts for its next Publish, which sends no second copy. (The
+// whole Publish failed with the slow leader before.)
+func TestSlowLeaderDoesNotFailOtherLeadersAckedMessages(t *testing.T) {
+	t.Parallel()
+	c := twoBrokers(t, 1, "ha", "hb")
+	if c.LeaderFor("ha", 0) == c.LeaderFor("hb", 0) {
+		if err := c.MoveTopicPartition("hb", 0, 1-c.LeaderFor("ha", 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slow := c.LeaderFor("hb", 0)
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	if err := p.Publish(context.Background(), []outbox.Message{msg("ha", "w", "0"), msg("hb", "w", "0")}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the publisher's and the cluster's
+	var once sync.Once
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if c.CurrentNode() == slow {
+			once.Do(func() { c.SleepControl(func() { <-release }) })
+		}
+		return nil, nil, false
+	})
+	msgs := []outbox.Message{msg("ha", "a", "fast"), msg("hb", "b", "slow")}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	err := p.Publish(ctx, msgs)
+	cancel()
+	var me relay.MessageErrors
+	if !errors.As(err, &me) || me[0] != nil || !errors.Is(me[1], relay.ErrUnavailable) {
+		t.Fatalf("publish with hb's leader sitting on its request: %v; want ha's message published, hb's ErrUnavailable", err)
+	}
+	releaseOnce()
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Publish(ctx, msgs[1:]); err != nil {
+		t.Fatalf("publish of hb's message once its leader answers: %v", err)
+	}
+	readAll(t, c.ListenAddrs(), "ha", 2)
+	readAll(t, c.ListenAddrs(), "hb", 2)
+}
