@@ -57,10 +57,11 @@ type Config struct {
 	// outbox.Config.MaxMessageBytes to the same. Defaults to
 	// outbox.DefaultMaxMessageBytes (1 MiB).
 	MaxMessageBytes int
-	// WriteTimeout bounds one produce request (and is the broker's ack timeout in
-	// it). Keep it at least the relay's PublishTimeout (outbox-relay does): a
-	// shorter one makes the publisher resend a batch the broker may still be
-	// writing. Defaults to 10s.
+	// WriteTimeout bounds one produce request; the broker is asked to wait at
+	// most half of it for the in-sync replicas, so its REQUEST_TIMED_OUT answer
+	// comes before the publisher gives up on the connection. Keep it at least the
+	// relay's PublishTimeout (outbox-relay does): a shorter one makes the
+	// publisher resend a batch the broker may still be writing. Defaults to 10s.
 	WriteTimeout time.Duration
 	// MaxAttempts is how often the publisher itself tries a partition batch that
 	// fails with a retriable error (leader moving, timeout) before reporting

@@ -285,7 +285,9 @@ var errDeferred = errors.New("deferred to the next request")
 // request and sets each partition's err; an acknowledged batch is settled in a at
 // once, not when the round's slowest leader has answered.
 func (p *Publisher) produce(ctx context.Context, msgs []outbox.Message, parts []*partition, a *answers) {
-	req := &produce.Request{Acks: int16(kafka.RequireAll), Timeout: int32(p.cfg.WriteTimeout / time.Millisecond)}
+	// The broker waits at most half of WriteTimeout for the in-sync replicas, as
+	// kafka-go's Writer asked: its REQUEST_TIMED_OUT then arrives before rctx ends.
+	req := &produce.Request{Acks: int16(kafka.RequireAll), Timeout: int32(max(p.cfg.WriteTimeout/2/time.Millisecond, 1))}
 	for _, pt := range parts {
 		rp := produce.RequestPartition{Partition: pt.id, RecordSet: protocol.RecordSet{
 			Records: &records{msgs: msgs, idx: pt.batches[0]},

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -257,4 +258,36 @@ func TestFullRequestLeavesPartitionsForTheNextRound(t *testing.T) {
 		t.Fatalf("%d produce requests for about 32 KB under a 6 KB bound: %q", len(reqs), reqs)
 	}
 	checkKeyOrder(t, c.ListenAddrs(), "full", 160)
+}
+
+// TestBrokerTimeoutLeavesRoomForRequestTimedOut: the produce request tells the
+// broker to wait at most half of WriteTimeout for the in-sync replicas, as
+// kafka-go's Writer did, so its REQUEST_TIMED_OUT answer arrives before the
+// client's own deadline (WriteTimeout) closes the connection and the batch is
+// sent again blind. It asked for all of WriteTimeout, the client's deadline.
+func TestBrokerTimeoutLeavesRoomForRequestTimedOut(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "acktimeout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var mu sync.Mutex
+	var got []int32
+	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		got = append(got, r.(*kmsg.ProduceRequest).TimeoutMillis)
+		mu.Unlock()
+		return nil, nil, false
+	})
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), WriteTimeout: 10 * time.Second})
+	if err := p.Publish(context.Background(), []outbox.Message{msg("acktimeout", "k", "v")}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] <= 0 || got[0] > 5000 {
+		t.Fatalf("produce request timeouts %v ms; want one of at most half of WriteTimeout (10 s)", got)
+	}
 }
