@@ -71,5 +71,7 @@
 // (TestSlowBrokerDoesNotMultiplyDuplicates).
 //
 // A missing topic is created only when Config.CreateTopics is set; otherwise it is
-// a per-message error naming the topic and the two ways out.
+// a per-message error naming the topic and the two ways out. A topic the cached
+// metadata lacks costs a forced refresh (it may be new) at most once per metadata
+// TTL (2 s), however often its rows are retried.
 package kafkapub

@@ -154,6 +154,7 @@ type Publisher struct {
 
 	mu        sync.Mutex
 	created   map[string]bool
+	missing   map[string]time.Time // topics a forced refresh did not find, and when
 	inflight  map[uuid.UUID]flying // messages of writes that outlived their Publish
 	brokerErr error                // the last Publish's failure of the broker as a whole, nil after a success
 	probed    time.Time            // when Health last asked the broker
@@ -195,15 +196,19 @@ func New(cfg Config) (*Publisher, error) {
 		TLS:         cfg.TLS,
 		SASL:        cfg.SASL,
 		DialTimeout: 5 * time.Second,
-		MetadataTTL: 2 * time.Second,
+		MetadataTTL: metadataTTL,
 	}
 	addr := kafka.TCP(cfg.Brokers...)
 	return &Publisher{
 		cfg: cfg, addr: addr, transport: transport, slots: make(chan struct{}, maxWrites), maxRequestBytes: maxRequestBytes,
 		client:  &kafka.Client{Addr: addr, Transport: transport, Timeout: cfg.WriteTimeout},
-		created: map[string]bool{}, inflight: map[uuid.UUID]flying{},
+		created: map[string]bool{}, missing: map[string]time.Time{}, inflight: map[uuid.UUID]flying{},
 	}, nil
 }
+
+// metadataTTL is how long the transport serves the cluster's metadata from its
+// cache.
+const metadataTTL = 2 * time.Second
 
 // maxWrites bounds the writes of a Publisher in progress: one per publish loop is
 // what the relay needs, more are writes that outlived their Publish (a slow broker).
@@ -491,6 +496,7 @@ func (p *Publisher) ensureTopic(ctx context.Context, topic string) error {
 	p.cfg.Logger.Info("kafkapub: topic ready", "topic", topic)
 	p.mu.Lock()
 	p.created[topic] = true
+	delete(p.missing, topic)
 	p.mu.Unlock()
 	return nil
 }

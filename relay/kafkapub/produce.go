@@ -355,8 +355,8 @@ func (l topicLeaders) leader(id int32) int32 {
 
 // leaders looks up the partitions and their leaders of topics in the transport's
 // metadata, the same the transport routes requests by (it caches it for
-// MetadataTTL). A topic the cache does not know triggers one refresh first: it
-// may be new.
+// metadataTTL). A topic the cache does not know triggers one refresh first (it
+// may be new), unless a refresh found it missing within metadataTTL.
 func (p *Publisher) leaders(ctx context.Context, topics []string) (map[string]topicLeaders, error) {
 	for refreshed := false; ; refreshed = true {
 		m, err := p.transport.RoundTrip(ctx, p.addr, &metadataAPI.Request{TopicNames: topics})
@@ -364,12 +364,14 @@ func (p *Publisher) leaders(ctx context.Context, topics []string) (map[string]to
 			return nil, err
 		}
 		out := make(map[string]topicLeaders, len(topics))
-		unknown := false
+		var unknown []string
 		for _, t := range m.(*metadataAPI.Response).Topics {
 			var l topicLeaders
 			if t.ErrorCode != 0 {
 				l.err = kafka.Error(t.ErrorCode)
-				unknown = unknown || errors.Is(l.err, kafka.UnknownTopicOrPartition)
+				if errors.Is(l.err, kafka.UnknownTopicOrPartition) {
+					unknown = append(unknown, t.Name)
+				}
 			} else if len(t.Partitions) == 0 {
 				l.err = kafka.LeaderNotAvailable
 			}
@@ -382,11 +384,55 @@ func (p *Publisher) leaders(ctx context.Context, topics []string) (map[string]to
 			}
 			out[t.Name] = l
 		}
-		if !unknown || refreshed {
+		if refreshed {
+			p.rememberMissing(unknown)
+		}
+		if refreshed || p.knownMissing(unknown) {
 			return out, nil
 		}
 		p.refresh(ctx)
 	}
+}
+
+// maxMissingTopics bounds the topics remembered as missing.
+const maxMissingTopics = 1024
+
+// rememberMissing notes topics a refresh did not find, so that publishing to
+// them again (the relay retries their rows) forces no refresh within metadataTTL;
+// after it, the transport's own fetch would have shown them.
+func (p *Publisher) rememberMissing(topics []string) {
+	if len(topics) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	for _, t := range topics {
+		if len(p.missing) >= maxMissingTopics {
+			for t, at := range p.missing {
+				if now.Sub(at) >= metadataTTL {
+					delete(p.missing, t)
+				}
+			}
+			if len(p.missing) >= maxMissingTopics {
+				return
+			}
+		}
+		p.missing[t] = now
+	}
+}
+
+// knownMissing reports whether a refresh found each of topics missing within
+// metadataTTL.
+func (p *Publisher) knownMissing(topics []string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range topics {
+		if at, ok := p.missing[t]; !ok || time.Since(at) >= metadataTTL {
+			return false
+		}
+	}
+	return true
 }
 
 // refresh makes the transport fetch the cluster's metadata now rather than at its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,7 +55,12 @@ func (l *produceLog) take() []string {
 
 func twoBrokers(t *testing.T, partitions int32, topics ...string) *kfake.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(2), kfake.SeedTopics(partitions, topics...))
+	return brokers(t, 2, partitions, topics...)
+}
+
+func brokers(t *testing.T, n int, partitions int32, topics ...string) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(n), kfake.SeedTopics(partitions, topics...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,11 +273,7 @@ func TestFullRequestLeavesPartitionsForTheNextRound(t *testing.T) {
 // sent again blind. It asked for all of WriteTimeout, the client's deadline.
 func TestBrokerTimeoutLeavesRoomForRequestTimedOut(t *testing.T) {
 	t.Parallel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "acktimeout"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := brokers(t, 1, 1, "acktimeout")
 	var mu sync.Mutex
 	var got []int32
 	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
@@ -289,5 +291,53 @@ func TestBrokerTimeoutLeavesRoomForRequestTimedOut(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) != 1 || got[0] <= 0 || got[0] > 5000 {
 		t.Fatalf("produce request timeouts %v ms; want one of at most half of WriteTimeout (10 s)", got)
+	}
+}
+
+// TestMissingTopicDoesNotRefreshMetadataEveryPublish: a topic the cluster lacks
+// is looked for with a forced metadata refresh (a CreateTopics request to the
+// controller and a full Metadata fetch) once per metadata TTL, not on every
+// Publish, which a relay repeats for every retry of the topic's rows.
+func TestMissingTopicDoesNotRefreshMetadataEveryPublish(t *testing.T) {
+	t.Parallel()
+	c := brokers(t, 1, 1, "present")
+	var creates atomic.Int32
+	c.ControlKey(int16(kmsg.CreateTopics), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		creates.Add(1)
+		return nil, nil, false
+	})
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	if err := p.Publish(context.Background(), []outbox.Message{msg("present", "k", "v")}); err != nil {
+		t.Fatal(err)
+	}
+	creates.Store(0)
+	const n = 20
+	for range n {
+		err := p.Publish(context.Background(), []outbox.Message{msg("missing", "k", "v"), msg("present", "k2", "v")})
+		var me relay.MessageErrors
+		if !errors.As(err, &me) || !errors.Is(me[0], kafkapub.ErrTopicMissing) || me[1] != nil {
+			t.Fatalf("err = %v; want the missing topic's message to fail as ErrTopicMissing, the other published", err)
+		}
+		time.Sleep(25 * time.Millisecond) // past the spacing of forced refreshes (20 ms)
+	}
+	if got := creates.Load(); got > n/4 {
+		t.Fatalf("%d forced metadata refreshes (CreateTopics requests) for %d publishes to a missing topic", got, n)
+	}
+	// Created meanwhile, the topic is found once the remembered absence expires.
+	admin := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...)}
+	if _, err := admin.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
+		{Topic: "missing", NumPartitions: 1, ReplicationFactor: 1},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := p.Publish(context.Background(), []outbox.Message{msg("missing", "k", "v")})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish to the topic created 15 s ago: %v", err)
+		}
 	}
 }
