@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
@@ -56,7 +57,8 @@ const openSeconds = 5
 //
 //   - baseline: four command/reply round trips through the outbox, the relay, kfake and a
 //     participant with its barrier (no-op handlers), driven by a bare reply consumer
-//     that enqueues the next command — the plumbing, without saga state;
+//     that enqueues the next commands with its COMMIT, as the orchestrator does — the
+//     plumbing, without saga state;
 //   - the no-op 4-step saga through the sagastate orchestrator, same participant;
 //   - the demo's order saga (create order → reserve inventory → charge payment → schedule
 //     shipping; every 5th declined and compensated) on its real tables, three hot SKUs.
@@ -275,7 +277,8 @@ func orderEnv(b testing.TB) env {
 
 // rawEnv drives the same four round trips as the no-op saga without sagastate: a
 // consumer of the replies enqueues the next step's command in the reply's inbox
-// transaction and signals the flow finished once the last reply committed.
+// transaction (sent with its COMMIT) and signals the flow finished once the last
+// reply committed.
 func rawEnv(b testing.TB) env { return rawFlow(b, nil) }
 
 // rawFlow is rawEnv's flow; h, if not nil, traces its hops.
@@ -286,13 +289,13 @@ func rawFlow(b testing.TB, h *hopTracer) env {
 	if err != nil {
 		b.Fatal(err)
 	}
-	send := func(ctx context.Context, tx outbox.Execer, id uuid.UUID, step int) error {
+	command := func(id uuid.UUID, step int) outbox.Message {
 		cmd := wire.Command{SagaID: id, SagaType: "raw", Step: steps[step], Op: wire.OpForward, Attempt: 1,
 			Name: steps[step] + ".do", ReplyTo: replies, Payload: []byte(`{}`)}
-		return out.Enqueue(ctx, tx, cmd.Message(commands))
+		return cmd.Message(commands)
 	}
 	d := sagabench.NewDriver(h.starts(func(ctx context.Context, id uuid.UUID, _ int) error {
-		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return send(ctx, tx, id, 0) })
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return out.Enqueue(ctx, tx, command(id, 0)) })
 	}))
 	cc := consumerConfig(d)
 	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
@@ -301,15 +304,30 @@ func rawFlow(b testing.TB, h *hopTracer) env {
 			d.Finished(r.SagaID)
 		}
 	}
-	driver, err := consumer.New(pool, h.consumer(cc), func(ctx context.Context, tx pgx.Tx, msg consumer.Message) error {
-		r, err := wire.ParseReply(msg.Headers, msg.Value)
-		if err != nil {
+	// The plumbing at its best, as the orchestrator and the participant use it: the
+	// next commands of a transaction's replies in one INSERT, sent with the COMMIT
+	// (consumer.QueueAtCommit), not one round trip per reply.
+	driver, err := consumer.NewBatch(pool, h.consumer(cc), func(ctx context.Context, tx pgx.Tx, msgs []consumer.Message) error {
+		var next []outbox.Message
+		for _, m := range msgs {
+			_, end := consumer.Trace(ctx, m)
+			r, err := wire.ParseReply(m.Headers, m.Value)
+			end(err)
+			if err != nil {
+				return consumer.Permanent(err)
+			}
+			if i := slices.Index(steps, r.Step) + 1; i < len(steps) {
+				next = append(next, command(r.SagaID, i))
+			}
+		}
+		batch := &pgx.Batch{}
+		if err := out.Enqueue(ctx, queueOnly{batch}, next...); err != nil {
 			return consumer.Permanent(err)
 		}
-		if next := slices.Index(steps, r.Step) + 1; next < len(steps) {
-			return send(ctx, tx, r.SagaID, next)
+		if batch.Len() == 0 || consumer.QueueAtCommit(ctx, batch, nil) {
+			return nil
 		}
-		return nil
+		return tx.SendBatch(ctx, batch).Close()
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -319,4 +337,12 @@ func rawFlow(b testing.TB, h *hopTracer) env {
 		Topics:       []string{commands, replies}, Partitions: 8, Relay: h.relay(),
 	})
 	return env{driver: d, pool: pool}
+}
+
+// queueOnly is an outbox.Execer that queues the statement in b instead of running it.
+type queueOnly struct{ b *pgx.Batch }
+
+func (q queueOnly) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	q.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
 }
