@@ -19,7 +19,8 @@
 // first, so a moved leader is found within the Publish). A partition has one
 // request in flight at a time, so its messages reach the broker in order; once a
 // message of a key failed, the key's later messages are held back
-// (relay.ErrHeldBack), not sent. Each partition's answer counts for its own
+// (relay.ErrHeldBack), not sent, also on other topics when it failed before
+// sending (its topic missing or not created). Each partition's answer counts for its own
 // messages only: one refused partition fails its messages, the request's other
 // partitions land. kafka-go's Writer sent one request per partition instead, each
 // on its own connection: against a broker that serves requests one at a time a

@@ -412,7 +412,7 @@ func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []in
 func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int, a *answers) {
 	if p.cfg.CreateTopics {
 		ready := map[string]error{}
-		var keep []int
+		var keep, failed []int
 		for _, i := range idx {
 			t := msgs[i].Topic
 			err, ok := ready[t]
@@ -422,11 +422,12 @@ func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int,
 			}
 			if err != nil {
 				a.set([]int{i}, err)
+				failed = append(failed, i)
 				continue
 			}
 			keep = append(keep, i)
 		}
-		idx = keep
+		idx = heldBehind(msgs, keep, firstFailures(msgs, failed), a)
 	}
 	select {
 	case p.slots <- struct{}{}:

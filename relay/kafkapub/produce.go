@@ -96,14 +96,19 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 		}
 		return
 	}
+	var failed []int
+	for _, t := range topics {
+		if l := leaders[t]; l.err != nil {
+			a.set(byTopic[t], p.classify(t, l.err))
+			failed = append(failed, byTopic[t]...)
+		}
+	}
+	first := firstFailures(msgs, failed)
 	var parts []*partition
 	for _, t := range topics {
-		l := leaders[t]
-		if l.err != nil {
-			a.set(byTopic[t], p.classify(t, l.err))
-			continue
+		if l := leaders[t]; l.err == nil {
+			parts = append(parts, p.partitions(t, l.ids, msgs, heldBehind(msgs, byTopic[t], first, a))...)
 		}
-		parts = append(parts, p.partitions(t, l.ids, msgs, byTopic[t])...)
 	}
 
 	// What the rounds do not settle (the write's own deadline passed) keeps errNotSent.
@@ -140,6 +145,41 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 			leaders = l
 		}
 	}
+}
+
+// firstFailures returns, per key, the first of the messages failed (indexes
+// into msgs) before anything was sent.
+func firstFailures(msgs []outbox.Message, failed []int) map[string]int {
+	var first map[string]int
+	for _, i := range failed {
+		if k := msgs[i].Key; k != "" {
+			if first == nil {
+				first = map[string]int{}
+			}
+			if j, ok := first[k]; !ok || i < j {
+				first[k] = i
+			}
+		}
+	}
+	return first
+}
+
+// heldBehind settles as ErrHeldBack the messages of idx that come after a
+// failed message of their key (first, from firstFailures) and returns the others.
+func heldBehind(msgs []outbox.Message, idx []int, first map[string]int, a *answers) []int {
+	if len(first) == 0 {
+		return idx
+	}
+	var keep, held []int
+	for _, i := range idx {
+		if j, ok := first[msgs[i].Key]; ok && msgs[i].Key != "" && j < i {
+			held = append(held, i)
+			continue
+		}
+		keep = append(keep, i)
+	}
+	a.set(held, relay.ErrHeldBack)
+	return keep
 }
 
 // partitions places the messages of topic (idx, in batch order) on its

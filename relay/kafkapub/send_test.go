@@ -341,3 +341,40 @@ func TestMissingTopicDoesNotRefreshMetadataEveryPublish(t *testing.T) {
 		}
 	}
 }
+
+// TestTopicFailureHoldsBackItsKeysLaterMessages: a key's message fails before
+// anything is sent (its topic is missing, or creating it failed); the key's
+// later messages on other topics are held back (ErrHeldBack), its earlier one
+// and other keys are published. They were sent after the failure, out of order.
+func TestTopicFailureHoldsBackItsKeysLaterMessages(t *testing.T) {
+	t.Parallel()
+	for _, create := range []bool{false, true} {
+		t.Run(fmt.Sprintf("CreateTopics=%v", create), func(t *testing.T) {
+			t.Parallel()
+			c := brokers(t, 1, 1, "present")
+			c.ControlKey(int16(kmsg.CreateTopics), func(r kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				req := r.(*kmsg.CreateTopicsRequest)
+				if len(req.Topics) != 1 || req.Topics[0].Topic != "missing" {
+					return nil, nil, false
+				}
+				resp := req.ResponseKind().(*kmsg.CreateTopicsResponse)
+				st := kmsg.NewCreateTopicsResponseTopic()
+				st.Topic, st.ErrorCode = "missing", kerr.PolicyViolation.Code
+				resp.Topics = append(resp.Topics, st)
+				return resp, nil, true
+			})
+			p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), CreateTopics: create})
+			msgs := []outbox.Message{msg("present", "K", "0"), msg("missing", "K", "1"), msg("present", "K", "2"), msg("present", "J", "0")}
+			err := p.Publish(context.Background(), msgs)
+			var me relay.MessageErrors
+			if !errors.As(err, &me) {
+				t.Fatalf("err = %v, want MessageErrors", err)
+			}
+			if me[0] != nil || me[1] == nil || errors.Is(me[1], relay.ErrHeldBack) || !errors.Is(me[2], relay.ErrHeldBack) || me[3] != nil {
+				t.Fatalf("K#0: %v; K#1 (topic missing): %v; K#2: %v; J: %v; want K#2 held back, K#0 and J published", me[0], me[1], me[2], me[3])
+			}
+			readAll(t, c.ListenAddrs(), "present", 2)
+		})
+	}
+}
