@@ -62,20 +62,7 @@ func TestBrokerAuthFailuresAreTheBrokersFault(t *testing.T) {
 		t.Cleanup(c.Close)
 		c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 			c.KeepControl()
-			preq := req.(*kmsg.ProduceRequest)
-			resp := preq.ResponseKind().(*kmsg.ProduceResponse)
-			for _, rt := range preq.Topics {
-				st := kmsg.NewProduceResponseTopic()
-				st.Topic = rt.Topic
-				for _, rp := range rt.Partitions {
-					sp := kmsg.NewProduceResponseTopicPartition()
-					sp.Partition = rp.Partition
-					sp.ErrorCode = 29 // TOPIC_AUTHORIZATION_FAILED
-					st.Partitions = append(st.Partitions, sp)
-				}
-				resp.Topics = append(resp.Topics, st)
-			}
-			return resp, nil, true
+			return produceError(req.(*kmsg.ProduceRequest), 29), nil, true // TOPIC_AUTHORIZATION_FAILED
 		})
 		check(t, newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()}))
 	})

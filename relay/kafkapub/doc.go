@@ -63,8 +63,9 @@
 // broker got may still land. Each leader's answer is recorded as it arrives. When
 // Publish's deadline passes first, what was acknowledged by then is published
 // (and what failed for good failed); the messages still unanswered fail as
-// relay.ErrUnavailable while the write goes on, and the next Publish of such a
-// message sends no second copy while the first is in flight, waits for its
+// relay.ErrUnavailable while the requests under way go on (the write starts no
+// further round: TestPublishThatGaveUpStartsNoNewRounds), and the next Publish of
+// such a message sends no second copy while the first is in flight, waits for its
 // outcome instead and takes a late acknowledgement as its own. So acks slower
 // than the relay's PublishTimeout delay that broker's messages by a cycle, not the
 // other leaders' (TestSlowLeaderDoesNotFailOtherLeadersAckedMessages), and

@@ -373,6 +373,7 @@ func (p *Publisher) sweep() {
 // on (see flight) and its messages fail as ErrUnavailable.
 func (p *Publisher) publish(ctx context.Context, msgs []outbox.Message, idx []int, errs []error) {
 	f := &flight{answers: newAnswers(len(msgs), idx), done: make(chan struct{})}
+	f.gaveUp = ctx.Done()
 	// WriteTimeout bounds each produce request; this bounds the write with its
 	// retries and metadata look-ups.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(p.cfg.MaxAttempts+1)*(p.cfg.WriteTimeout+time.Second))
@@ -434,6 +435,9 @@ func (p *Publisher) write(ctx context.Context, msgs []outbox.Message, idx []int,
 		defer func() { <-p.slots }()
 	case <-ctx.Done():
 		a.set(idx, fmt.Errorf("%w: %d writes to the broker still running: %w", relay.ErrUnavailable, maxWrites, ctx.Err()))
+		return
+	case <-a.gaveUp:
+		a.set(idx, fmt.Errorf("%w: %d writes to the broker still running", relay.ErrUnavailable, maxWrites))
 		return
 	}
 	p.send(ctx, msgs, idx, a)

@@ -53,6 +53,9 @@ type partition struct {
 type answers struct {
 	mu   sync.Mutex
 	errs []error
+	// gaveUp is closed when that Publish stopped waiting: the write starts no
+	// new round then (the relay sends what is left again, once its lease allows).
+	gaveUp <-chan struct{}
 }
 
 func newAnswers(n int, idx []int) *answers {
@@ -114,6 +117,11 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 	// What the rounds do not settle (the write's own deadline passed) keeps errNotSent.
 	failedKeys := map[string]bool{}
 	for {
+		select {
+		case <-a.gaveUp:
+			return
+		default:
+		}
 		var sending []*partition
 		for _, pt := range parts {
 			if pt.holdBack(msgs, a, failedKeys) {
@@ -135,7 +143,7 @@ func (p *Publisher) send(ctx context.Context, msgs []outbox.Message, idx []int, 
 		if tries == 0 {
 			continue
 		}
-		if !sleep(ctx, backoff(tries)) {
+		if !sleep(ctx, a.gaveUp, backoff(tries)) {
 			return // what is not settled keeps errNotSent
 		}
 		if moved {
@@ -523,13 +531,15 @@ func backoff(n int) time.Duration {
 	return min(time.Duration(n*n)*retryBackoffMin, retryBackoffMax)
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+func sleep(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
 	case <-ctx.Done():
+		return false
+	case <-stop:
 		return false
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sagabox/sagabox/internal/embedkafka"
@@ -102,4 +103,48 @@ func TestSlowLeaderDoesNotFailOtherLeadersAckedMessages(t *testing.T) {
 	}
 	readAll(t, c.ListenAddrs(), "ha", 2)
 	readAll(t, c.ListenAddrs(), "hb", 2)
+}
+
+// TestPublishThatGaveUpStartsNoNewRounds: the broker sits on a produce request
+// past the Publish deadline, then answers it with a retriable error. The write
+// keeps the request it sent (its answer counts) but starts no retry round once
+// its Publish has returned: those ran on for up to (MaxAttempts+1)×WriteTimeout,
+// past the relay's lease on the rows, which the next Publish sends anyway.
+func TestPublishThatGaveUpStartsNoNewRounds(t *testing.T) {
+	t.Parallel()
+	c := brokers(t, 1, 1, "gaveup")
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
+	var mu sync.Mutex
+	n := 0
+	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		n++
+		first := n == 1
+		mu.Unlock()
+		if !first {
+			return nil, nil, false
+		}
+		c.SleepControl(func() { <-release })
+		return produceError(r.(*kmsg.ProduceRequest), kerr.NotEnoughReplicas.Code), nil, true
+	})
+	p, err := kafkapub.New(kafkapub.Config{Brokers: c.ListenAddrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	err = p.Publish(ctx, []outbox.Message{msg("gaveup", "k", "v")})
+	cancel()
+	if !errors.Is(err, relay.ErrUnavailable) {
+		t.Fatalf("publish to a broker sitting on the request: %v, want ErrUnavailable", err)
+	}
+	releaseOnce()
+	_ = p.Close() // waits for the write to end
+	mu.Lock()
+	defer mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d produce requests; want 1: no retry after the Publish gave up", n)
+	}
 }
