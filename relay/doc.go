@@ -59,8 +59,9 @@
 // 50 ms 1.97× (9.1k → 18.0k msgs/s). A kafka-go Writer keeps one produce request
 // per partition in flight, and a relay process then had one Writer, whatever
 // Workers said: one relay's rate under broker latency was about its batches' rows
-// per partition request × partitions / latency. kafkapub now uses a Writer per
-// write in progress, so each publish loop has its requests in flight: relay ×1
+// per partition request × partitions / latency. kafkapub then used a Writer per
+// write in progress (it now sends one produce request per leader broker per
+// Publish), so each publish loop had its requests in flight: relay ×1
 // went to 28.8k msgs/s at 20 ms (15.5k before) and 14.6k at 50 ms (9.1k), and
 // ×3/×1 to 0.83 and 1.47 (load 8-11; single runs, noisy). On these two cores
 // three relays then compete for the CPU that one relay already uses. Quiet runs
@@ -308,8 +309,9 @@
 // at 2,000 msgs/s the pace is not what limits. Its trace of each row (commit →
 // publish call, the call, ack → read) shows where the time goes: commit → publish
 // call p50 10-12 ms, of which the loop's previous publish is the largest part
-// (a publish p50 is 6-9 ms: kafka-go sends one produce request per partition and
-// kfake answers them one after another, so 8 partitions cost 8 round trips), then
+// (a publish p50 is 6-9 ms: kafka-go's Writer sent one produce request per
+// partition and kfake answers them one after another, so 8 partitions cost 8
+// round trips; kafkapub now sends one per leader broker), then
 // the claim (0.4-0.6 ms per call when the machine is not saturated, 5-22 ms when
 // it is); ack → read is below a millisecond. At load 15, the adaptive pace gave
 // 29.8 / 243 ms against 78.4 / 488 ms, producers 1.04× against 0.93× their rate.

@@ -192,7 +192,9 @@ func heldBehind(msgs []outbox.Message, idx []int, first map[string]int, a *answe
 
 // partitions places the messages of topic (idx, in batch order) on its
 // partitions, as kafka-go's Murmur2Balancer does, and cuts each partition's
-// messages into partition batches.
+// messages into partition batches. ids are the topic's partitions in ascending
+// order (leaders sorts them): the balancer picks the n-th of them, hash mod the
+// partition count, as the Writer did and the Java client does.
 func (p *Publisher) partitions(topic string, ids []int32, msgs []outbox.Message, idx []int) []*partition {
 	all := make([]int, len(ids))
 	for j := range all {
@@ -430,6 +432,7 @@ func (p *Publisher) leaders(ctx context.Context, topics []string) (map[string]to
 				}
 				l.leaders[tp.PartitionIndex] = tp.LeaderID
 			}
+			slices.Sort(l.ids) // kafka-go's Transport sorts them too; partitions relies on it
 			out[t.Name] = l
 		}
 		if refreshed {
