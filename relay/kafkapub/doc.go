@@ -15,8 +15,9 @@
 // rounds carry what one did not: the rest of a partition holding more than one
 // record batch, a batch the broker refused as too large (its messages one by one),
 // a batch that failed with a retriable error (after a backoff, up to MaxAttempts
-// tries; after NOT_LEADER_FOR_PARTITION and the like the metadata is refreshed
-// first, so a moved leader is found within the Publish). A partition has one
+// tries; after NOT_LEADER_FOR_PARTITION and the like, or no answer at all (the
+// connection dropped, a timeout), the metadata is refreshed first, so a moved
+// leader is found within the Publish). A partition has one
 // request in flight at a time, so its messages reach the broker in order; once a
 // message of a key failed, the key's later messages are held back
 // (relay.ErrHeldBack), not sent, also on other topics when it failed before

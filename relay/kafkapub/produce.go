@@ -507,10 +507,19 @@ func (p *Publisher) refresh(ctx context.Context) {
 // minRefreshInterval spaces forced metadata refreshes.
 const minRefreshInterval = 20 * time.Millisecond
 
-// leaderMoved reports an error after which the metadata is worth refreshing.
+// leaderMoved reports an error after which the metadata is worth refreshing: the
+// broker says it no longer leads, or there was no answer at all (connection
+// refused or dropped, timeout: the broker may be gone, its partitions moved).
 func leaderMoved(err error) bool {
 	var perr *produce.Error
-	return errors.As(err, &perr) || errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable) ||
+	var kerr kafka.Error
+	switch {
+	case errors.As(err, &perr):
+		return true
+	case !errors.As(err, &kerr):
+		return !errors.Is(err, context.Canceled)
+	}
+	return errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable) ||
 		errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.FencedLeaderEpoch) || errors.Is(err, kafka.UnknownLeaderEpoch) ||
 		errors.Is(err, kafka.BrokerNotAvailable)
 }

@@ -414,3 +414,44 @@ func TestTopicFailureHoldsBackItsKeysLaterMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaderUnreachableRefreshesMetadata: a partition's leader moved and its old
+// leader drops the connection instead of answering (a broker going down). The
+// publisher refreshes the metadata after the network error, as after
+// NOT_LEADER_FOR_PARTITION, and sends the partition to its new leader within the
+// Publish; it retried the old leader from the stale cache until its attempts ran
+// out, and the partition's messages failed.
+func TestLeaderUnreachableRefreshesMetadata(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := twoBrokers(t, 4, "unreachable")
+	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
+	msgs := keyed("unreachable", 200, 10, 0)
+	if err := p.Publish(ctx, msgs[:40]); err != nil {
+		t.Fatal(err)
+	}
+	from := c.LeaderFor("unreachable", 1)
+	if err := c.MoveTopicPartition("unreachable", 1, 1-from); err != nil {
+		t.Fatal(err)
+	}
+	var dropped atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if c.CurrentNode() != from {
+			return nil, nil, false
+		}
+		for _, rt := range r.(*kmsg.ProduceRequest).Topics {
+			for _, rp := range rt.Partitions {
+				if rt.Topic == "unreachable" && rp.Partition == 1 {
+					dropped.Add(1)
+					return nil, errors.New("broker going down"), true // closes the connection
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	if err := p.Publish(ctx, msgs[40:]); err != nil {
+		t.Fatalf("publish with partition 1's old leader dropping the connection (%d times): %v", dropped.Load(), err)
+	}
+	checkKeyOrder(t, c.ListenAddrs(), "unreachable", 200)
+}
