@@ -17,13 +17,12 @@
 // a batch that failed with a retriable error (after a backoff, up to MaxAttempts
 // tries; after NOT_LEADER_FOR_PARTITION and the like, or no answer at all (the
 // connection dropped, a timeout), the metadata is refreshed first, so a moved
-// leader is found within the Publish). A partition has one
-// request in flight at a time, so its messages reach the broker in order; once a
-// message of a key failed, the key's later messages are held back
-// (relay.ErrHeldBack), not sent, also on other topics when it failed before
-// sending (its topic missing or not created). Each partition's answer counts for its own
-// messages only: one refused partition fails its messages, the request's other
-// partitions land. kafka-go's Writer sent one request per partition instead, each
+// leader is found within the Publish). A partition has one request in flight at a
+// time, so its messages reach the broker in order; once a message of a key
+// failed, the key's later messages are held back (relay.ErrHeldBack), not sent,
+// also on other topics when it failed before sending (its topic missing or not
+// created). Each partition's answer counts for its own messages only: one refused
+// partition fails its messages, the request's other partitions land. kafka-go's Writer sent one request per partition instead, each
 // on its own connection: against a broker that serves requests one at a time a
 // batch waited for the slowest of them. Paired runs against it (2 shared cores,
 // load 10-22, machine 100% busy, 2026-12-01): BenchmarkRelayWakeup's publish p50
@@ -60,8 +59,8 @@
 // the batch's messages are sent again one by one, so only the oversized message
 // fails and its neighbours are published.
 //
-// A slow broker: a write (a Publish's rounds) is never abandoned: a request the
-// broker got may still land. Each leader's answer is recorded as it arrives. When
+// A slow broker: a produce request under way is never abandoned: one the broker
+// got may still land. Each leader's answer is recorded as it arrives. When
 // Publish's deadline passes first, what was acknowledged by then is published
 // (and what failed for good failed); the messages still unanswered fail as
 // relay.ErrUnavailable while the requests under way go on (the write starts no
