@@ -116,7 +116,12 @@
 // says little; per message ×3 costs PostgreSQL 18-27 µs against 12-14 (its claims
 // read 852 buffers against 285) and the relay processes 13-30 against 9.5-16.5
 // (three Go runtimes: scheduling and the network poller took 29% of the three
-// relays' CPU samples against 13% of one's).
+// relays' CPU samples against 13% of one's). A quiet run (18:34, load 2, machine
+// 49-99% busy by the benchmark alone): relay ×1 71.1k msgs/s, 0.49× the raw
+// claim+delete (25.4 µs of CPU per message: PostgreSQL 12.3, broker 3.6, relay
+// 9.1); ×3 0.72× one (38.0 µs: PostgreSQL 18.6), ×3 with Workers 1 each 0.93×
+// one with Workers 1; 50 ms 16.8k → 38.5k (2.28×, publish calls 57 → 70 ms, the
+// machine 80% busy), 100 ms 8.8k → 24.1k (2.75×).
 // make bench prints the 50 ms and 100 ms lines (SAGABOX_BENCH_DELAYS picks
 // others); each relay line says how far apart the relays started and ended, the
 // publish calls' mean time and the share of the drain the loops spent in them
