@@ -72,15 +72,6 @@ LIMIT $1;
 -- the rows added since.
 SELECT max("seq") FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL AND "seq" > $1;
 
--- name: probe_loops
--- probe that also tells which of $2 publish loops (a loop serves the shards s with
--- s mod $2 = its number) the rows added since seq $1 belong to: bit (shard mod $2)
--- mod 64 of the mask (with more than 64 loops some share a bit: a wake-up too many,
--- never one too few). The rows since the last answer are few and fresh, so the
--- index scan fetches their heap tuples anyway; the shard costs nothing more.
-SELECT max("seq"), bit_or(1::bigint << (("shard" % $2::int) % 64)) FROM "sagabox"."outbox_messages"
-WHERE "dead_at" IS NULL AND "seq" > $1;
-
 -- name: delete_published
 -- Settle: the broker acknowledged these rows.
 DELETE FROM "sagabox"."outbox_messages" WHERE "id" = ANY($1::uuid[]);

@@ -166,20 +166,6 @@ func (s *Store) Probe(ctx context.Context, db Querier, after int64) (int64, bool
 	return *seq, true, nil
 }
 
-// ProbeLoops is Probe that also returns which of loops publish loops the new rows
-// belong to, loop w serving the shards s with s mod loops = w: bit w mod 64 of mask
-// is set when a new row's shard mod loops is w (loops beyond 64 share bits).
-func (s *Store) ProbeLoops(ctx context.Context, db Querier, after int64, loops int) (seq int64, mask uint64, found bool, err error) {
-	var top, bits *int64
-	if err := db.QueryRow(ctx, s.stmt("probe_loops"), after, max(loops, 1)).Scan(&top, &bits); err != nil {
-		return after, 0, false, fmt.Errorf("probe: %w", err)
-	}
-	if top == nil || bits == nil {
-		return after, 0, false, nil
-	}
-	return *top, uint64(*bits), true, nil
-}
-
 // Failure is the bookkeeping of one failed publish: one attempt spent, the error
 // kept, and either a retry time or a dead-letter time.
 type Failure struct {

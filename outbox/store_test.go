@@ -33,9 +33,6 @@ func TestStoreWorksInAnotherSchema(t *testing.T) {
 			t.Fatalf("claim of shards %v: %v", shards, err)
 		}
 	}
-	if _, _, found, err := s.ProbeLoops(ctx, pool, 0, 2); err != nil || !found {
-		t.Fatalf("probe: %v, %v; want rows", found, err)
-	}
 	if _, ok, err := s.OldestPending(ctx, pool); err != nil || !ok {
 		t.Fatalf("oldest pending: %v, %v; want a row", ok, err)
 	}
@@ -62,60 +59,5 @@ func TestStoreWorksInAnotherSchema(t *testing.T) {
 	}
 	if st, err := outbox.Stats(ctx, pool, schema); err != nil || st != (outbox.Backlog{}) {
 		t.Fatalf("stats after settling everything: %+v, %v", st, err)
-	}
-}
-
-// TestProbeLoopsNamesTheLoopsOfTheNewRows: a relay wakes only the publish loops
-// (shard mod loops) the rows added since its last probe are for.
-func TestProbeLoopsNamesTheLoopsOfTheNewRows(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pool := testenv.NewDB(t).Pool
-	w, err := outbox.New(outbox.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := outbox.NewStore("")
-	if _, _, found, err := s.ProbeLoops(ctx, pool, 0, 2); err != nil || found {
-		t.Fatalf("empty outbox: found %v, %v; want nothing", found, err)
-	}
-	if err := w.Enqueue(ctx, pool, outbox.Message{Topic: "t", Key: "first", Payload: []byte("1")}); err != nil {
-		t.Fatal(err)
-	}
-	first, _, _, err := s.ProbeLoops(ctx, pool, 0, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var msgs []outbox.Message
-	for i := range 5 {
-		msgs = append(msgs, outbox.Message{Topic: "t", Key: string(rune('a' + i)), Payload: []byte("x")})
-	}
-	if err := w.Enqueue(ctx, pool, msgs...); err != nil {
-		t.Fatal(err)
-	}
-	for _, loops := range []int{1, 2, 3, 70} {
-		var want uint64
-		var last int64
-		rows, err := pool.Query(ctx, `SELECT "seq", "shard" FROM "sagabox"."outbox_messages" WHERE "seq" > $1`, first)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var seq int64
-			var shard int16
-			if err := rows.Scan(&seq, &shard); err != nil {
-				t.Fatal(err)
-			}
-			want |= 1 << ((int(shard) % loops) % 64)
-			last = max(last, seq)
-		}
-		rows.Close()
-		seq, mask, found, err := s.ProbeLoops(ctx, pool, first, loops)
-		if err != nil || !found || seq != last || mask != want {
-			t.Fatalf("%d loops: seq %d, mask %b, found %v, %v; want seq %d, mask %b", loops, seq, mask, found, err, last, want)
-		}
-		if _, _, found, err := s.ProbeLoops(ctx, pool, last, loops); err != nil || found {
-			t.Fatalf("%d loops, after the last row: found %v, %v; want nothing", loops, found, err)
-		}
 	}
 }

@@ -268,15 +268,17 @@
 // every BusyInterval. Same run, lines interleaved (BenchmarkSagaLoad's baseline, 8
 // flows in flight, 8 messages a flow; load 5-11): claims 5.4-5.9 → 4.7-4.8 per
 // flow, of which empty 1.0-1.3 → 0.8, probe timer wake-ups 4.4-6.7 → 2.3 per flow
-// (64 in flight: 1.6-3.9 → 0.2). The probe then also learnt which loops its new
-// rows are for (outbox.Store.ProbeLoops: shard mod Workers) and wakes only those:
-// with two loops a row woke both and one claimed nothing. Claims of that baseline
-// run (pg_stat_statements, two pairs, load 15): 1752 and 1673 → 1596 and 1473.
-// BenchmarkRelayWakeup before and after these three, two pairs (load 10-23, the
-// machine 82-99% busy, the load falling through the runs): commit→Kafka p50
-// 47.4 → 32.5 and 18.9 → 19.1 ms, p99 326 → 329 and 189 → 216 ms, producers
-// 1380 → 1532 and 1825 → 1988/s, relay CPU for the 20,000 messages 3.26 → 2.91
-// and 2.85 → 2.26 s: no latency lost, 10-21% of the relay's CPU saved.
+// (64 in flight: 1.6-3.9 → 0.2). The probe woke, for a while, only the loops its
+// new rows were for (shard mod Workers): 9-12% fewer claims, but a row whose
+// transaction took its seq early and committed after a newer row of another
+// loop's shards was probed then waited for PollInterval, since the next rows woke
+// only their own loop (TestLateRowOfOneLoopIsFoundByTheNextRowOfAnother): it
+// wakes every loop again. BenchmarkRelayWakeup before and after these changes,
+// two pairs (load 10-23, the machine 82-99% busy, the load falling through the
+// runs): commit→Kafka p50 47.4 → 32.5 and 18.9 → 19.1 ms, p99 326 → 329 and
+// 189 → 216 ms, producers 1380 → 1532 and 1825 → 1988/s, relay CPU for the 20,000
+// messages 3.26 → 2.91 and 2.85 → 2.26 s: no latency lost, 10-21% of the relay's
+// CPU saved.
 //
 // What that pace bought (BenchmarkHopLatency, one saga step's hop, load average
 // 5-7 on the 2 shared cores): at 1 saga in flight the relay's part (commit →

@@ -271,9 +271,8 @@ const (
 // found within a millisecond or two instead of half a ProbeInterval on average,
 // for a few probes more per burst. After probeIdleAfter without new rows the
 // interval keeps doubling, up to probeIntervalMax.
-// It wakes only the loops whose shards the new rows are in: woken by a row of
-// another loop's shard, a loop claimed nothing. The probe reads the index entries
-// after the highest seq it saw before, so it costs one short index range scan; it cannot see a row that becomes visible
+// The probe reads the index entries after the highest seq it saw before, so it
+// costs one short index range scan; it cannot see a row that becomes visible
 // below that seq (its transaction took its seq early and committed late): such a
 // row waits for the next row added, for a held-rows re-check, or for PollInterval.
 func (r *Relay) probeLoop(ctx context.Context) {
@@ -297,17 +296,13 @@ func (r *Relay) probeLoop(ctx context.Context) {
 			}
 			lastNew, interval = time.Now(), r.cfg.BusyInterval
 		} else {
-			next, loops, found, err := r.q.msgs.ProbeLoops(ctx, r.db, seen, r.cfg.Workers)
+			next, found, err := r.q.msgs.Probe(ctx, r.db, seen)
 			switch {
 			case err != nil:
 				interval = maxInterval // the loops report database trouble
 			case found:
 				seen, lastNew, interval = next, time.Now(), r.cfg.BusyInterval
-				for w := range r.wakeC {
-					if loops&(1<<(w%64)) != 0 { // only the loops the new rows are for
-						r.wakeWorker(w)
-					}
-				}
+				r.wake()
 			case time.Since(lastNew) > probeIdleAfter:
 				interval = min(2*interval, maxInterval)
 			default:
