@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/migrations"
 )
 
@@ -103,7 +104,7 @@ func RetryDead(ctx context.Context, db Querier, schema string, ids ...uuid.UUID)
 	if len(ids) == 0 {
 		tag, err = db.Exec(ctx, NewStore(schema).stmt("retry_all_dead"))
 	} else {
-		tag, err = db.Exec(ctx, NewStore(schema).stmt("retry_dead"), rawUUIDs(ids))
+		tag, err = db.Exec(ctx, NewStore(schema).stmt("retry_dead"), pguuid.Array(ids))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("outbox: retry dead letters of schema %q: %w", schemaOrDefault(schema), err)
@@ -115,7 +116,7 @@ func RetryDead(ctx context.Context, db Querier, schema string, ids ...uuid.UUID)
 // reports, for each one that exists, whether it is dead-lettered: an operator's
 // all-or-nothing retry checks its ids with it before RetryDead.
 func LockDead(ctx context.Context, db Querier, schema string, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
-	rows, err := db.Query(ctx, NewStore(schema).stmt("lock_dead"), rawUUIDs(ids))
+	rows, err := db.Query(ctx, NewStore(schema).stmt("lock_dead"), pguuid.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("outbox: lock rows of schema %q: %w", schemaOrDefault(schema), err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/migrations"
 )
 
@@ -160,7 +161,7 @@ func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error 
 			ids[i] = id
 		}
 	}
-	if _, err := tx.Exec(ctx, w.store.stmt("enqueue"), rawUUIDs(ids), topics, keys, payloads, headers); err != nil {
+	if _, err := tx.Exec(ctx, w.store.stmt("enqueue"), pguuid.Array(ids), topics, keys, payloads, headers); err != nil {
 		return fmt.Errorf("outbox: enqueue %d message(s) into %s: %w", len(msgs), w.opts.Schema, err)
 	}
 	for i := range msgs {

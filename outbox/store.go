@@ -181,7 +181,7 @@ type Failure struct {
 // the failures, so a caller can send them with other statements in one round trip.
 func (s *Store) QueueSettle(b *pgx.Batch, published []uuid.UUID, failed []Failure) {
 	if len(published) > 0 {
-		b.Queue(s.stmt("delete_published"), rawUUIDs(published))
+		b.Queue(s.stmt("delete_published"), pguuid.Array(published))
 	}
 	if len(failed) > 0 {
 		ids := make([]uuid.UUID, len(failed))
@@ -191,7 +191,7 @@ func (s *Store) QueueSettle(b *pgx.Batch, published []uuid.UUID, failed []Failur
 		for i, f := range failed {
 			ids[i], errs[i], next[i], dead[i] = f.ID, f.Err, f.NextAttemptAt, f.DeadAt
 		}
-		b.Queue(s.stmt("record_failures"), rawUUIDs(ids), errs, next, dead)
+		b.Queue(s.stmt("record_failures"), pguuid.Array(ids), errs, next, dead)
 	}
 }
 
@@ -226,7 +226,3 @@ func (s *Store) OldestPending(ctx context.Context, db Querier) (time.Time, bool,
 	}
 	return at, true, nil
 }
-
-// rawUUIDs lets pgx encode ids in binary (package pguuid); as uuid.UUID they were a
-// fifth of the relay's CPU time.
-var rawUUIDs = pguuid.Array
