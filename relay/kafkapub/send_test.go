@@ -189,11 +189,7 @@ func TestLeaderMovedMidBatch(t *testing.T) {
 // regardless: k4's message 28 landed after its message 4 had failed.)
 func TestFailedPartitionBatchHoldsBackItsKeysLaterMessages(t *testing.T) {
 	t.Parallel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "refused"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := brokers(t, 1, 2, "refused")
 	// Partition batches of two messages here, of a dozen in kafka-go's Writer
 	// (BatchBytes was MaxMessageBytes+4 KiB): a partition needs several either way.
 	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), MaxMessageBytes: 1000})
@@ -207,7 +203,7 @@ func TestFailedPartitionBatchHoldsBackItsKeysLaterMessages(t *testing.T) {
 	}
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "refused", Partitions: []int32{0}, Err: kerr.InvalidRecord, Count: 1})
 
-	err = p.Publish(context.Background(), msgs)
+	err := p.Publish(context.Background(), msgs)
 	var me relay.MessageErrors
 	if !errors.As(err, &me) || len(me) != len(msgs) {
 		t.Fatalf("err = %v, want MessageErrors for %d messages", err, len(msgs))
@@ -247,15 +243,11 @@ func TestFailedPartitionBatchHoldsBackItsKeysLaterMessages(t *testing.T) {
 // ErrUnavailable (no attempt spent), the request's other partitions land once.
 func TestRetriablePartitionErrorFailsOnlyItsMessages(t *testing.T) {
 	t.Parallel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "isr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := brokers(t, 1, 4, "isr")
 	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs()})
 	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "isr", Partitions: []int32{2}, Err: kerr.NotEnoughReplicas, Count: -1})
 	msgs := keyed("isr", 80, 16, 0)
-	err = p.Publish(context.Background(), msgs)
+	err := p.Publish(context.Background(), msgs)
 	h.Remove()
 	var me relay.MessageErrors
 	if !errors.As(err, &me) {
@@ -284,11 +276,7 @@ func TestRetriablePartitionErrorFailsOnlyItsMessages(t *testing.T) {
 // each partition still in order and once.
 func TestFullRequestLeavesPartitionsForTheNextRound(t *testing.T) {
 	t.Parallel()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "full"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := brokers(t, 1, 8, "full")
 	log := watchProduce(c)
 	p := newPub(t, kafkapub.Config{Brokers: c.ListenAddrs(), MaxMessageBytes: 4000})
 	kafkapub.SetMaxRequestBytes(p, 6000)
