@@ -31,12 +31,16 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 -- parameter, not a constant PostgreSQL would hash), and "IN (SELECT ...)" becomes a
 -- nested-loop semi join. Measured, backend CPU of a 500-row claim of 128 shards:
 -- 2.2-3.0 ms with = ANY, 1.9 ms so, 1.5-1.8 ms with no shard test.
+-- "shard" BETWEEN $6 AND $7 (the lowest and highest of $5) is an index condition on
+-- outbox_messages_pending_idx's second column: rows of shards outside that range (the
+-- other relays', whose leases are other ranges) are skipped in the index, unread.
 WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
-SELECT m."seq", m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
     m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3
+  AND m."shard" BETWEEN $6::smallint AND $7::smallint
   AND NOT (m."shard" NOT IN (SELECT unnest($5::smallint[])))
   AND (m."next_attempt_at" IS NULL OR m."next_attempt_at" <= $2)
   AND (m."key" = ''
@@ -51,7 +55,7 @@ LIMIT $1;
 -- name: claim_all
 -- claim for a relay that owns every shard (the common case): no shard filter.
 WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
-SELECT m."seq", m."id", m."topic", m."key", m."payload", m."headers", m."attempts",
+SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
     m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
@@ -73,8 +77,15 @@ LIMIT $1;
 SELECT max("seq") FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL AND "seq" > $1;
 
 -- name: delete_published
--- Settle: the broker acknowledged these rows.
-DELETE FROM "sagabox"."outbox_messages" WHERE "id" = ANY($1::uuid[]);
+-- Settle: the broker acknowledged these rows. Each is deleted where its claim found it
+-- (its ctid, in $1: a TID scan, no index lookup per row; measured on 500-row batches
+-- 1.4 ms against 3.7 ms for "id" = ANY) and only while the row there is still the one
+-- claimed (its id in $2, probed in a hash). A row updated since (a relay that took the
+-- shard over recorded a failure on it) has moved, and stays to be published again, a
+-- duplicate; a place that vacuum gave to a new row after the claimed one was deleted
+-- keeps the new row.
+DELETE FROM "sagabox"."outbox_messages" AS m
+WHERE m."ctid" = ANY($1::tid[]) AND NOT (m."id" NOT IN (SELECT unnest($2::uuid[])));
 
 -- name: record_failures
 -- Settle: one failed attempt each, with its error and either the retry time or the

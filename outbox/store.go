@@ -5,11 +5,13 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/sqlfile"
@@ -58,6 +60,8 @@ func (s *Store) stmt(name string) string {
 // Claimed is a row returned by Claim.
 type Claimed struct {
 	Message
+	// Loc is where the claim found the row; settle it as Published{ID, Loc}.
+	Loc Loc
 	// Attempts counts the failed publishes so far.
 	Attempts int
 	// Invalid says why the row can never become a Message (headers written by
@@ -106,10 +110,13 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	if cur.Xmin != 0 {
 		xmin = &cur.Xmin
 	}
-	if shards == nil {
+	switch {
+	case shards != nil && len(shards) == 0:
+		return nil, 0, nil
+	case shards == nil:
 		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, xmin)
-	} else {
-		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, xmin, shards)
+	default:
+		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, xmin, shards, slices.Min(shards), slices.Max(shards))
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)
@@ -124,10 +131,12 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 		var r Claimed
 		var headers []byte
 		var ready bool
-		if err := rows.Scan(&cur.Seq, &r.ID, &r.Topic, &r.Key, &r.Payload, &headers, &r.Attempts, &ready, &cur.Xmin); err != nil {
+		var tid pgtype.TID
+		if err := rows.Scan(&cur.Seq, &r.ID, &tid, &r.Topic, &r.Key, &r.Payload, &headers, &r.Attempts, &ready, &cur.Xmin); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
 		}
 		scanned++
+		r.Loc = Loc{block: tid.BlockNumber, offset: tid.OffsetNumber}
 		keyed := r.Key != ""
 		if keyed && cur.Blocked[r.Key] {
 			continue
@@ -177,11 +186,31 @@ type Failure struct {
 	DeadAt *time.Time
 }
 
+// Loc is where a claim found a row in the table (its ctid).
+type Loc struct {
+	block  uint32
+	offset uint16
+}
+
+// Published is a claimed row the broker acknowledged. Settle deletes the row at
+// Loc if it is still the one with ID, and leaves it otherwise (it was changed
+// since the claim: it is published again, a duplicate, never lost).
+type Published struct {
+	ID  uuid.UUID
+	Loc Loc
+}
+
 // QueueSettle adds to b the statements that delete the published rows and record
 // the failures, so a caller can send them with other statements in one round trip.
-func (s *Store) QueueSettle(b *pgx.Batch, published []uuid.UUID, failed []Failure) {
+func (s *Store) QueueSettle(b *pgx.Batch, published []Published, failed []Failure) {
 	if len(published) > 0 {
-		b.Queue(s.stmt("delete_published"), pguuid.Array(published))
+		locs := make([]pgtype.TID, len(published))
+		ids := make([][16]byte, len(published))
+		for i, p := range published {
+			locs[i] = pgtype.TID{BlockNumber: p.Loc.block, OffsetNumber: p.Loc.offset, Valid: true}
+			ids[i] = p.ID
+		}
+		b.Queue(s.stmt("delete_published"), locs, ids)
 	}
 	if len(failed) > 0 {
 		ids := make([]uuid.UUID, len(failed))
@@ -201,7 +230,7 @@ type Batcher interface {
 }
 
 // Settle deletes the published rows and records the failures in one round trip.
-func (s *Store) Settle(ctx context.Context, db Batcher, published []uuid.UUID, failed []Failure) error {
+func (s *Store) Settle(ctx context.Context, db Batcher, published []Published, failed []Failure) error {
 	b := &pgx.Batch{}
 	s.QueueSettle(b, published, failed)
 	if b.Len() == 0 {

@@ -54,7 +54,18 @@ func TestStoreWorksInAnotherSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Settle(ctx, pool, []uuid.UUID{msgs[0].ID, msgs[1].ID}, nil); err != nil {
+	// Rows are ready once every older transaction of the server ended (other tests').
+	var claimed []outbox.Claimed
+	for deadline := time.Now().Add(30 * time.Second); len(claimed) < 2; time.Sleep(20 * time.Millisecond) {
+		if claimed, _, err = s.Claim(ctx, pool, nil, time.Now(), 10); err != nil || time.Now().After(deadline) {
+			t.Fatalf("claim after the retry: %d rows, %v; want both", len(claimed), err)
+		}
+	}
+	var published []outbox.Published
+	for _, c := range claimed {
+		published = append(published, outbox.Published{ID: c.ID, Loc: c.Loc})
+	}
+	if err := s.Settle(ctx, pool, published, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := outbox.Stats(ctx, pool, schema); err != nil || st != (outbox.Backlog{}) {

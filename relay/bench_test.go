@@ -280,6 +280,7 @@ type drainResult struct {
 	// loop's shards are its relay's leased ones with shard mod Workers its number).
 	startSpread, endSpread time.Duration
 	busiestLoop            float64
+	shards                 string // each relay's leased shards, as ranges (shardLayout)
 	// The publish calls' mean time, and the share of the drain the publish loops
 	// spent in them: below 1, the loops waited for their claims and settles (the
 	// database, or CPU) instead of the broker.
@@ -294,8 +295,8 @@ func (d drainResult) spreadNote() string {
 	if len(d.published) == 1 {
 		return loops
 	}
-	return fmt.Sprintf("relays' first publishes %v apart, last settles %v apart; %s",
-		d.startSpread.Round(time.Millisecond), d.endSpread.Round(time.Millisecond), loops)
+	return fmt.Sprintf("relays' first publishes %v apart, last settles %v apart; %s; shards leased %s",
+		d.startSpread.Round(time.Millisecond), d.endSpread.Round(time.Millisecond), loops, d.shards)
 }
 
 // cpuNote is the drain's CPU split per message, and whether autovacuum ran on
@@ -344,6 +345,7 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 		procs[i] = startRelayProc(b, db.url, k.brokers, fmt.Sprintf("bench-%d", i), oi)
 	}
 	waitShares(b, db.pool, relays)
+	layout := shardLayout(b, db.pool)
 	workers := o.Workers
 	if workers == 0 {
 		workers = relay.WorkersDefault
@@ -438,6 +440,7 @@ VALUES (gen_random_uuid(), $1, 'key-' || ($2::int % $3), convert_to(rpad('k' || 
 		res.statements = db.topStatements(4)
 	}
 	res.busiestLoop = busiest
+	res.shards = layout
 	var firsts, lasts []int64
 	var publishes, publishNanos int64
 	for _, p := range procs {

@@ -551,6 +551,50 @@ func waitShares(b *testing.B, pool *pgxpool.Pool, relays int) {
 	}
 }
 
+// shardLayout says which shards each relay leases, as ranges: a relay's claims
+// read the index range between its lowest and highest shard (outbox claim), so
+// runs far apart cost it the other relays' rows in between.
+func shardLayout(b *testing.B, pool *pgxpool.Pool) string {
+	b.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT "owner", "shard" FROM "sagabox"."outbox_leases" WHERE "owner" IS NOT NULL ORDER BY "owner", "shard"`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type span struct{ lo, hi int16 }
+	var owners []string
+	spans := map[string][]span{}
+	for rows.Next() {
+		var owner string
+		var shard int16
+		if err := rows.Scan(&owner, &shard); err != nil {
+			b.Fatal(err)
+		}
+		sp := spans[owner]
+		switch {
+		case len(sp) == 0:
+			owners = append(owners, owner)
+			sp = append(sp, span{shard, shard})
+		case sp[len(sp)-1].hi == shard-1:
+			sp[len(sp)-1].hi = shard
+		default:
+			sp = append(sp, span{shard, shard})
+		}
+		spans[owner] = sp
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	var parts []string
+	for _, o := range owners {
+		var r []string
+		for _, sp := range spans[o] {
+			r = append(r, fmt.Sprintf("%d-%d", sp.lo, sp.hi))
+		}
+		parts = append(parts, "["+strings.Join(r, " ")+"]")
+	}
+	return strings.Join(parts, " ")
+}
+
 // loadAvg returns /proc/loadavg's three load averages.
 func loadAvg() string {
 	data, _ := os.ReadFile("/proc/loadavg")

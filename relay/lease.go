@@ -90,6 +90,9 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 	share := (Shards + max(live, 1) - 1) / max(live, 1)
 	switch have := len(renewed); {
 	case have > share && !releasing:
+		// The highest go, as acquire takes the lowest free: each relay's shards stay
+		// close to one range, which bounds its claims' index scan (outbox claim).
+		slices.Sort(renewed)
 		surplus := renewed[share:]
 		r.leases.mu.Lock()
 		for _, s := range surplus {

@@ -19,6 +19,7 @@ import (
 // row is a claimed outbox row.
 type row struct {
 	msg      outbox.Message
+	loc      outbox.Loc // where the claim found it, for the settle
 	attempts int
 }
 
@@ -85,7 +86,7 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 	var invalid []outbox.Failure
 	for _, c := range claimed {
 		if c.Invalid == nil {
-			out = append(out, row{msg: c.Message, attempts: c.Attempts})
+			out = append(out, row{msg: c.Message, loc: c.Loc, attempts: c.Attempts})
 			continue
 		}
 		invalid = append(invalid, outbox.Failure{ID: c.ID, Err: c.Invalid.Error(), DeadAt: &now})
@@ -113,7 +114,7 @@ type failure struct {
 // (synchronous_commit off, for this transaction only): a settle lost in a crash
 // only means its rows are published again, which at-least-once allows, and the
 // relay's commits stop queueing behind (and slowing) the producers' flushes.
-func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []uuid.UUID, failed []failure) error {
+func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []outbox.Published, failed []failure) error {
 	if len(done) == 0 && len(failed) == 0 {
 		return nil
 	}

@@ -1,0 +1,123 @@
+package outbox_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sagabox/sagabox/internal/testenv"
+	"github.com/sagabox/sagabox/outbox"
+)
+
+// claimAll claims every pending row, waiting until they are ready (the snapshot's
+// xmin is cluster-wide: other tests' transactions hold rows back for a while).
+func claimAll(t *testing.T, s *outbox.Store, db outbox.Querier, want int) []outbox.Claimed {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		claimed, _, err := s.Claim(context.Background(), db, nil, time.Now(), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(claimed) >= want {
+			return claimed
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claimed %d rows in 30 s, want %d", len(claimed), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pendingIDs(t *testing.T, db *testenv.DB) map[string]bool {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT "id"::text FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	ids := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids[id] = true
+	}
+	return ids
+}
+
+// TestSettleKeepsARowChangedSinceItsClaim: a settle deletes a published row where
+// its claim found it, and only while it is that row. One changed since (a relay
+// that took its shard over recorded a failed attempt on it) stays, to be published
+// again: a duplicate, never a row deleted that was not what the broker acknowledged.
+func TestSettleKeepsARowChangedSinceItsClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "t", Key: "k", Payload: []byte("1")}, outbox.Message{Topic: "t", Key: "j", Payload: []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	s := outbox.NewStore("")
+	claimed := claimAll(t, s, db.Pool, 2)
+	changed := claimed[0]
+	next := time.Now().Add(-time.Second) // due again at once
+	if err := s.Settle(ctx, db.Pool, nil, []outbox.Failure{{ID: changed.ID, Err: "refused", NextAttemptAt: &next}}); err != nil {
+		t.Fatal(err)
+	}
+	var published []outbox.Published
+	for _, c := range claimed {
+		published = append(published, outbox.Published{ID: c.ID, Loc: c.Loc})
+	}
+	if err := s.Settle(ctx, db.Pool, published, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ids := pendingIDs(t, db); len(ids) != 1 || !ids[changed.ID.String()] {
+		t.Fatalf("pending after the settle: %v; want only the row changed since its claim, %v", ids, changed.ID)
+	}
+}
+
+// TestSettleDoesNotDeleteANewRowInAClaimedRowsPlace: once a claimed row is gone
+// (deleted by another relay, say) and vacuumed, a new row can take its place in
+// the table (its ctid). A settle of the old claim must leave the new row: without
+// the check of the id, the new row, never published, was deleted, a message lost.
+func TestSettleDoesNotDeleteANewRowInAClaimedRowsPlace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "t", Key: "old", Payload: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	s := outbox.NewStore("")
+	old := claimAll(t, s, db.Pool, 1)[0]
+	if _, err := db.Pool.Exec(ctx, `DELETE FROM "sagabox"."outbox_messages"`); err != nil {
+		t.Fatal(err)
+	}
+	// VACUUM frees the place once no transaction of this database can see the old
+	// row (other tests' databases do not count); the new row then takes it.
+	var fresh outbox.Claimed
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := db.Pool.Exec(ctx, `VACUUM "sagabox"."outbox_messages"`); err != nil {
+			t.Fatal(err)
+		}
+		if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "t", Key: "new", Payload: []byte("2")}); err != nil {
+			t.Fatal(err)
+		}
+		fresh = claimAll(t, s, db.Pool, 1)[0]
+		if fresh.Loc == old.Loc {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no new row took the old row's place in 30 s")
+		}
+		if _, err := db.Pool.Exec(ctx, `DELETE FROM "sagabox"."outbox_messages"`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Settle(ctx, db.Pool, []outbox.Published{{ID: old.ID, Loc: old.Loc}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ids := pendingIDs(t, db); !ids[fresh.ID.String()] {
+		t.Fatalf("pending after settling the old claim: %v; the new row %v in its place was deleted", ids, fresh.ID)
+	}
+}
