@@ -102,6 +102,9 @@ type Cursor struct {
 	Blocked map[string]bool
 }
 
+// claimChunk is the size of the chunks a claim copies payloads into.
+const claimChunk = 64 << 10
+
 // ClaimNext is Claim continuing from cur, which it advances.
 func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now time.Time, limit int, cur *Cursor) ([]Claimed, int, error) {
 	var rows pgx.Rows
@@ -125,27 +128,50 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	if cur.Blocked == nil {
 		cur.Blocked = map[string]bool{}
 	}
-	var out []Claimed
-	scanned := 0
+	// The scan targets are reused for every row, and the driver's bytes are copied
+	// out: payloads into shared chunks, a batch's topic once. Scanned into a fresh
+	// Claimed each, its fields escaped to the heap row by row, and decoding the
+	// claim's rows was half the relay's CPU in a drain (CPU profile).
+	out := make([]Claimed, 0, limit)
+	var (
+		scanned          int
+		id               [16]byte
+		tid              pgtype.TID
+		topic, key       pgtype.DriverBytes
+		payload, headers pgtype.DriverBytes
+		attempts         int
+		ready            bool
+		lastTopic        string
+		chunk            []byte
+	)
+	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Xmin}
 	for rows.Next() {
-		var r Claimed
-		var headers []byte
-		var ready bool
-		var tid pgtype.TID
-		if err := rows.Scan(&cur.Seq, &r.ID, &tid, &r.Topic, &r.Key, &r.Payload, &headers, &r.Attempts, &ready, &cur.Xmin); err != nil {
+		if err := rows.Scan(targets...); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
 		}
 		scanned++
-		r.Loc = Loc{block: tid.BlockNumber, offset: tid.OffsetNumber}
-		keyed := r.Key != ""
-		if keyed && cur.Blocked[r.Key] {
+		k := string(key)
+		if k != "" && cur.Blocked[k] {
 			continue
 		}
 		if !ready {
-			if keyed {
-				cur.Blocked[r.Key] = true
+			if k != "" {
+				cur.Blocked[k] = true
 			}
 			continue
+		}
+		if string(topic) != lastTopic {
+			lastTopic = string(topic)
+		}
+		if cap(chunk)-len(chunk) < len(payload) {
+			chunk = make([]byte, 0, max(len(payload), claimChunk))
+		}
+		n := len(chunk)
+		chunk = append(chunk, payload...)
+		r := Claimed{
+			Message:  Message{ID: id, Topic: lastTopic, Key: k, Payload: chunk[n:len(chunk):len(chunk)]},
+			Loc:      Loc{block: tid.BlockNumber, offset: tid.OffsetNumber},
+			Attempts: attempts,
 		}
 		if len(headers) > 2 { // "{}" is the common case
 			if err := json.Unmarshal(headers, &r.Headers); err != nil {
