@@ -87,6 +87,16 @@
 // round trips in all (BEGIN, COMMIT), instead of 2N + 3; with a backlog (BenchmarkParticipant, 2 cores) that is 15,000 commands/s
 // instead of 3,800.
 //
+// Concurrency: the participant's consumer runs one transaction at a time
+// (DefaultConcurrency) unless Consumer.Concurrency says otherwise. The commands that
+// arrive meanwhile go into the next (consumer Config.BatchWait gathers those of one
+// relay publish), where eight workers each started a transaction for the one or two
+// commands of their partition: at a moderate load that was two to three times the
+// transactions, and on two cores the CPU per saga and the queueing it causes
+// (figures in package inbox/consumer, Batching). One worker also means a handler
+// waiting on a lock held outside holds up the participant's other commands; a
+// handler that waits on something slow wants more workers.
+//
 // Records that are not valid commands (missing saga headers) or name a command with no
 // handler are dead-lettered by the consumer loop with the reason.
 package participants

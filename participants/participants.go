@@ -72,7 +72,8 @@ type Config struct {
 	// Consumer tunes the consumer loop (concurrency, batching, retries, timeouts, TLS/SASL
 	// dialer). Its Brokers, GroupID, Topics, Name, Schema and Logger are taken from the
 	// fields above when empty; a different value is rejected by New (the same rule as
-	// sagastate.Config.Consumer). Defaults to the consumer package's defaults.
+	// sagastate.Config.Consumer). Defaults to the consumer package's defaults, except
+	// Concurrency: DefaultConcurrency.
 	Consumer consumer.Config
 	// BarrierRetention is how long barrier rows are kept: Run deletes rows older than
 	// that every minute, except those of sagas that the orchestrator, when it keeps its
@@ -155,8 +156,20 @@ func (c *Config) consumerConfig() (consumer.Config, error) {
 	if cc.Logger == nil {
 		cc.Logger = c.Logger
 	}
+	if cc.Concurrency == 0 {
+		cc.Concurrency = DefaultConcurrency
+	}
 	return cc, errors.Join(errs...)
 }
+
+// DefaultConcurrency is the participant's Consumer.Concurrency unless Config sets it:
+// one transaction at a time. A participant's handler turns failures into replies, so
+// no record waits in a retry backoff holding up the others, and one worker gathers
+// what arrives while its transaction runs into the next, where eight workers (the
+// consumer package's default) each started one for the one or two records of their
+// partition (package doc, Statements and round trips, has the figures). The
+// orchestrator's reply consumer defaults to the same (sagastate.DefaultConcurrency).
+const DefaultConcurrency = 1
 
 // DefaultBarrierRetention is how long barrier rows are kept unless Config says otherwise.
 const DefaultBarrierRetention = 30 * 24 * time.Hour

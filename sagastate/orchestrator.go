@@ -62,7 +62,8 @@ type Config struct {
 	// Consumer tunes the reply consumer (concurrency, batching, timeouts). Its Brokers,
 	// GroupID, Topics, Schema and Logger are taken from this Config when empty; a
 	// different Brokers, GroupID, Topics or Schema is rejected by New (the same rule as
-	// participants.Config.Consumer). Defaults to the consumer package's defaults.
+	// participants.Config.Consumer). Defaults to the consumer package's defaults, except
+	// Concurrency: DefaultConcurrency.
 	Consumer consumer.Config
 	// Now is the clock transitions compute with (deadlines, retry times, timestamps);
 	// tests inject one to reach deadlines without sleeping. Defaults to the database's
@@ -83,6 +84,12 @@ const (
 	DefaultGroupID = "sagabox-orchestrator"
 	// DefaultRetention is Config.Retention's default.
 	DefaultRetention = 30 * 24 * time.Hour
+	// DefaultConcurrency is the reply consumer's Concurrency unless Config.Consumer sets
+	// it: one transaction at a time, as participants.DefaultConcurrency and for the same
+	// reason. The replies that arrive while a transition runs are applied together in
+	// the next instead of each worker of eight starting one for its partition's one or
+	// two replies.
+	DefaultConcurrency = 1
 )
 
 func (c *Config) applyDefaults() {

@@ -48,6 +48,9 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	if cc.Logger == nil {
 		cc.Logger = o.log
 	}
+	if cc.Concurrency == 0 {
+		cc.Concurrency = DefaultConcurrency
+	}
 	// Hook calls of a reply wait for its transaction to commit (Handled) and are dropped
 	// when it is dead-lettered instead; a rolled-back attempt's calls are replaced by the
 	// next attempt's.

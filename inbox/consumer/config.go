@@ -48,6 +48,15 @@ type Config struct {
 	// BatchSize is the most records, already queued for one worker, handled in one
 	// transaction. 1 disables batching. Defaults to 32.
 	BatchSize int
+	// BatchWait is how long a worker whose batch is not full waits for one more
+	// record before it starts the transaction; each record that comes meanwhile
+	// extends the wait by BatchWait again, up to 5×BatchWait in all. The records of
+	// one relay publish reach the workers spread over many partitions' fetches,
+	// within a fraction of a millisecond: without the wait, the first of them
+	// started a transaction of its own and the rest another (package doc, Batching,
+	// has the figures). A lone record waits BatchWait once. Negative turns the wait
+	// off. Defaults to 200µs.
+	BatchWait time.Duration
 	// LockKey names, for a record, the rows its handler locks (an account id, a SKU),
 	// to order the records of a shared transaction: they are handled sorted by it, so
 	// the transactions of all workers take those rows' locks in one global order and
@@ -126,6 +135,7 @@ func (c *Config) applyDefaults(poolMaxConns int) {
 	setDefault(&c.DeadLetterRetention, inbox.DefaultDeadLetterRetention)
 	setDefault(&c.BatchSize, 32)
 	setDefault(&c.QueueCapacity, 256)
+	setDefault(&c.BatchWait, BatchWaitDefault)
 	setDefault(&c.MaxAttempts, 10)
 	setDefault(&c.MinBackoff, 100*time.Millisecond)
 	setDefault(&c.MaxBackoff, 10*time.Second)
@@ -141,6 +151,9 @@ func (c *Config) applyDefaults(poolMaxConns int) {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 }
+
+// BatchWaitDefault is Config.BatchWait's default.
+const BatchWaitDefault = 200 * time.Microsecond
 
 func setDefault[T int | time.Duration](p *T, v T) {
 	if *p == 0 {

@@ -391,6 +391,50 @@ func (r *run) commitLoop(reader *kafka.Reader) {
 	}
 }
 
+// gather adds to batch the records queued in q, then, while the batch is not full,
+// those that come within BatchWait of each other, for at most 5×BatchWait (the
+// records of one relay publish reach a worker through several partitions'
+// fetches, a fraction of a millisecond apart), up to limit records in all.
+func (r *run) gather(q chan kafka.Message, batch []kafka.Message, limit int, wait *time.Timer) []kafka.Message {
+	step := r.c.cfg.BatchWait
+	defer wait.Stop()
+	var deadline time.Time
+	for len(batch) < limit {
+		select {
+		case m, ok := <-q:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, m)
+			continue
+		default:
+		}
+		if step <= 0 {
+			return batch
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(5 * step)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return batch
+		}
+		wait.Reset(min(step, left))
+		select {
+		case m, ok := <-q:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, m)
+		case <-wait.C:
+			return batch
+		case <-r.stop.Done():
+			return batch
+		}
+	}
+	return batch
+}
+
 // conflictCooldown is how many records a worker handles one per transaction after a
 // lock conflict in a shared one.
 const conflictCooldown = 1000
@@ -406,23 +450,13 @@ const conflictCooldown = 1000
 func (r *run) work(q chan kafka.Message) {
 	batch := make([]kafka.Message, 0, r.c.cfg.BatchSize)
 	limit, single := r.c.cfg.BatchSize, 0
+	wait := time.NewTimer(time.Hour)
+	wait.Stop()
 	for m := range q {
 		if r.stopping() {
 			continue // shutting down: drain; uncommitted records come again later
 		}
-		batch = append(batch[:0], m)
-	fill:
-		for len(batch) < limit {
-			select {
-			case m, ok := <-q:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
+		batch = r.gather(q, append(batch[:0], m), limit, wait)
 		if r.handleBatch(batch) {
 			limit, single = 1, conflictCooldown
 		} else if single--; single <= 0 {

@@ -782,3 +782,63 @@ func TestTxValueLivesAsLongAsItsTransaction(t *testing.T) {
 		t.Fatal("TxValue outside a consumer transaction must report false")
 	}
 }
+
+// One write to all partitions reaches a single worker through one fetch per
+// partition; BatchWait gathers them into one transaction instead of one each.
+func TestBatchWaitGathersOnePublishAcrossPartitions(t *testing.T) {
+	t.Parallel()
+	const parts = 8
+	e := setup(t, parts)
+	cfg := e.config()
+	cfg.Concurrency, cfg.BatchWait = 1, 100*time.Millisecond // generous: a loaded machine is slow
+	var mu sync.Mutex
+	var sizes []int
+	c, err := consumer.NewBatch(e.db.Pool, cfg, func(_ context.Context, _ pgx.Tx, msgs []consumer.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sizes = append(sizes, len(msgs))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	handled := func() (n int, txs []int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range sizes {
+			n += s
+		}
+		return n, append([]int(nil), sizes...)
+	}
+	waitHandled := func(want int) []int {
+		t.Helper()
+		deadline := time.Now().Add(waitFor)
+		for {
+			n, txs := handled()
+			if n >= want {
+				return txs
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d records handled within %s", n, want, waitFor)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Every partition fetched once, so the next records find their fetches waiting.
+	warm := make([]kafkatest.Record, parts)
+	for p := range warm {
+		warm[p] = e.record(p, 0)
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, warm...)
+	before := len(waitHandled(parts))
+	recs := make([]kafkatest.Record, parts)
+	for p := range recs {
+		recs[p] = e.record(p, 1)
+	}
+	kafkatest.Produce(t, e.k.Brokers, e.topic, recs...)
+	txs := waitHandled(2 * parts)[before:]
+	if len(txs) != 1 {
+		t.Fatalf("one write of %d records to %d partitions took %d transactions (sizes %v), want 1", parts, parts, len(txs), txs)
+	}
+}

@@ -299,6 +299,7 @@ func rawFlow(b testing.TB, h *hopTracer) env {
 	}))
 	cc := consumerConfig(d)
 	cc.Brokers, cc.GroupID, cc.Topics = k.Brokers, "driver", []string{replies}
+	cc.Concurrency = sagastate.DefaultConcurrency // as the orchestrator's reply consumer
 	cc.Hooks.Handled = func(m consumer.Message, duplicate bool) {
 		if r, err := wire.ParseReply(m.Headers, m.Value); err == nil && !duplicate && r.Step == steps[len(steps)-1] {
 			d.Finished(r.SagaID)
