@@ -152,16 +152,19 @@
 // since migration 00010: the pending index is ("seq", "shard"), and a claim of a
 // shard list reads only the index range between its lowest and highest shard
 // (an index condition on the second column; rows of shards outside it are skipped
-// in the index, without a heap visit). Leases are taken lowest first and surplus
-// released highest first, so each relay's shards stay close to one range (the
-// benchmark prints them: [0-85] [86-171] [172-255]); a relay that joined while
-// two others each gave up their highest shards gets two ranges, and reads the
-// rows between them. The heap pages are still read (each page holds rows of every
-// shard: 718-742 buffers per claim with ×3 against 257-276 with ×1), but not the
-// tuples: the claims' time with ×3 fell from 31.9-42.8 ms to 17.7-28.2 ms per call
-// on the loaded machine. Same command, load 4-9, single runs: ×3/×1 on the plain
-// broker 0.43 and 0.58 before, 0.70, 0.92 and 1.03 after; PostgreSQL per message with ×3 21.3-22.4
-// µs before, 14.2-18.5 after (×1: 11.4-12.0).
+// in the index, without a heap visit). Leases are taken lowest first; the relay
+// holding shard 0 gives up its highest surplus shards and every other relay its
+// lowest, so each relay's shards stay one range: relays started together get
+// [0-85] [86-171] [172-255] (the benchmark prints them), and a third relay
+// joining two gets one range too, where with both others giving up their highest
+// it got two ([86-127 214-255], TestRelaysJoiningOneByOneEachLeaseOneRange) and
+// read the second relay's rows between them. The heap pages are still read (each
+// page holds rows of every shard: 718-742 buffers per claim with ×3 against
+// 257-276 with ×1), but not the tuples: the claims' time with ×3 fell from
+// 31.9-42.8 ms to 17.7-28.2 ms per call on the loaded machine. Same command, load
+// 4-9, single runs: ×3/×1 on the plain broker 0.43 and 0.58 before, 0.70, 0.92
+// and 1.03 after; PostgreSQL per message with ×3 21.3-22.4 µs before, 14.2-18.5
+// after (×1: 11.4-12.0).
 //
 // # Pipelining
 //

@@ -90,10 +90,15 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 	share := (Shards + max(live, 1) - 1) / max(live, 1)
 	switch have := len(renewed); {
 	case have > share && !releasing:
-		// The highest go, as acquire takes the lowest free: each relay's shards stay
-		// close to one range, which bounds its claims' index scan (outbox claim).
-		slices.Sort(renewed)
+		// Each relay's shards should stay one range: its claims read the index
+		// range between its lowest and highest shard (outbox claim). renewed is
+		// sorted and acquire takes the lowest free shards, so the relay holding shard
+		// 0 gives up its highest and every other relay its lowest: the shards a
+		// newcomer gets then lie side by side (TestRelaysJoiningOneByOneEachLeaseOneRange).
 		surplus := renewed[share:]
+		if renewed[0] > 0 {
+			surplus = renewed[:have-share]
+		}
 		r.leases.mu.Lock()
 		for _, s := range surplus {
 			delete(r.leases.owned, s)

@@ -237,3 +237,55 @@ func TestShardReleasedDuringARenewDoesNotComeBack(t *testing.T) {
 		t.Fatalf("a could use %d shards after a release that ended during its renew, want %d: released shards came back into use", usable, relay.Shards/2)
 	}
 }
+
+// TestRelaysJoiningOneByOneEachLeaseOneRange: a relay's claims read the index
+// range between its lowest and highest shard, so each relay's shards should be one
+// range. Relays started one after another used to leave the third two ranges
+// ([86-127 214-255]: both others gave up their highest shards), whose claims then
+// read the second relay's rows lying between them.
+func TestRelaysJoiningOneByOneEachLeaseOneRange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	var relays []*relay.Relay
+	for n := 1; n <= 3; n++ {
+		r, err := relay.New(e.db.Pool, e.pub, fastConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, r)
+		share := (relay.Shards + n - 1) / n
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			owned, most := 0, 0
+			var counts []int
+			for _, r := range relays {
+				if err := relay.Heartbeat(ctx, r); err != nil {
+					t.Fatal(err)
+				}
+				counts = append(counts, relay.OwnedShards(r))
+				owned, most = owned+relay.OwnedShards(r), max(most, relay.OwnedShards(r))
+			}
+			if owned == relay.Shards && most <= share {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d relays did not own their shares of %d in 10 s: %v", n, share, counts)
+			}
+		}
+	}
+	rows, err := e.db.Pool.Query(ctx, `SELECT "owner", count(*), max("shard") - min("shard") + 1 FROM "sagabox"."outbox_leases" GROUP BY "owner" ORDER BY min("shard")`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var owner string
+		var n, span int
+		if err := rows.Scan(&owner, &n, &span); err != nil {
+			t.Fatal(err)
+		}
+		if n != span {
+			t.Errorf("relay %s leases %d shards spread over a range of %d", owner, n, span)
+		}
+	}
+}

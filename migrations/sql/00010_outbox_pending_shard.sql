@@ -1,7 +1,8 @@
 -- +goose Up
 -- The relay's claim reads the pending rows in seq order and keeps those of its shards.
--- With several relays each one owns a range of shards (leases are taken lowest first
--- and surplus released highest first), so most rows it reads belong to the others:
+-- With several relays each one owns a range of shards (leases are taken lowest first,
+-- and a relay gives up shards at the end of its range that keeps the ranges side by
+-- side; see relay/lease.go), so most rows it reads belong to the others:
 -- each of three relays' loops read six times the rows it took. With "shard" in the
 -- pending index the claim bounds it ("shard" BETWEEN its lowest and highest shard,
 -- an index condition on the second column), so the other relays' rows are skipped in
