@@ -85,6 +85,7 @@ func BenchmarkSagaLoad(b *testing.B) {
 	fmt.Fprintf(os.Stderr, "\nsaga load (kfake in-process, PostgreSQL fsync=off; load: %s)\n", strings.TrimSpace(string(load)))
 	sagabench.Print(os.Stderr, base, rows)
 	fmt.Fprintln(os.Stderr, "local-rt: transactions the consumers ran again after a transient database error; saga-rt: step commands the orchestrator sent again; deadlock: steps failed by a deadlock or serialization failure")
+	fmt.Fprintln(os.Stderr, "rt/flow, stmt/flow: database round trips and statements per flow, of everything on the env's pool (starts, relay, consumers)")
 	fmt.Fprintln(os.Stderr, "cpu/flow: CPU time of this process (services, relays, kfake) and the PostgreSQL server per finished flow (each kind stopped once measured); pg part: the server's share of it; ×base cpu: the baseline's cpu/flow over this row's, the throughput ratio where the benchmark has the CPU to itself")
 	for _, r := range rows {
 		if r.InFlight == 64 || r.InFlight == 256 {
@@ -123,6 +124,9 @@ func measure(b testing.TB, name string, start func(testing.TB) env) []sagabench.
 		b.Fatal(err)
 	}
 	e.driver.CPU = sagabench.CPUMeter(backend)
+	if t, ok := e.pool.Config().ConnConfig.Tracer.(*sagabench.Trips); ok {
+		e.driver.Trips = t.Counts
+	}
 	e.driver.Closed(b, name+" (warm-up)", 1, 1) // groups joined, topics warm
 	var out []sagabench.Result
 	peak := 0.0
@@ -155,7 +159,7 @@ func measure(b testing.TB, name string, start func(testing.TB) env) []sagabench.
 }
 
 // newDB is a fresh database with a pool large enough for the relay, the consumers and
-// 256 starts in flight.
+// 256 starts in flight, counting its round trips and statements (sagabench.Trips).
 func newDB(b testing.TB) *pgxpool.Pool {
 	db := testenv.NewDB(b)
 	cfg, err := pgxpool.ParseConfig(db.URL)
@@ -163,6 +167,7 @@ func newDB(b testing.TB) *pgxpool.Pool {
 		b.Fatal(err)
 	}
 	cfg.MaxConns = 64
+	cfg.ConnConfig.Tracer = &sagabench.Trips{}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -5,7 +5,8 @@
 // own retries, read from the saga log in the database, and the CPU time per flow of
 // the process and the PostgreSQL server (CPUMeter, the server's share apart), whose
 // ratio to the baseline's is what a machine shared with other work cannot show in
-// flows per second. Flags after -args run part of it (-sagaload.kinds,
+// flows per second, and the database round trips and statements per flow (Trips, a
+// pgx tracer on the env's pool), which show how much was batched whatever the load. Flags after -args run part of it (-sagaload.kinds,
 // -sagaload.levels, -sagaload.rate), to profile one kind at one load.
 //
 // A flow is anything started by a function and known finished by a signal: a saga of

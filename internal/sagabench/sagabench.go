@@ -36,6 +36,9 @@ type Result struct {
 	// CPU is the CPU time per finished flow (Driver.CPU), 0 when unknown; ServerCPU
 	// is the PostgreSQL server's part of it.
 	CPU, ServerCPU time.Duration
+	// RoundTrips and Statements are the database round trips and statements per
+	// finished flow (Driver.Trips), 0 when unknown.
+	RoundTrips, Statements float64
 }
 
 // StartFunc starts flow id (the ith of its level) and returns once it is committed.
@@ -51,6 +54,9 @@ type Driver struct {
 	// (CPUMeter), this process's and the PostgreSQL server's: each level reports its
 	// CPU per flow.
 	CPU func() (proc, server time.Duration)
+	// Trips, if not nil, reports the database round trips and statements sent so far
+	// (Trips.Counts): each level reports them per flow.
+	Trips func() (roundTrips, statements int64)
 
 	mu      sync.Mutex
 	waiting map[uuid.UUID]chan struct{}
@@ -106,7 +112,7 @@ func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
-	retries, cpu := d.LocalRetries.Load(), d.cpu()
+	retries, cpu, trips := d.LocalRetries.Load(), d.cpu(), d.trips()
 	begin := time.Now()
 	for range inFlight {
 		wg.Add(1)
@@ -122,7 +128,7 @@ func (d *Driver) Closed(tb testing.TB, name string, n, inFlight int) (Result, []
 	}
 	close(jobs)
 	wg.Wait()
-	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu))
+	return r.result(tb, Result{Name: name, InFlight: inFlight}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu), d.trips().minus(trips))
 }
 
 // Open offers n flows at rate per second, each started on schedule whatever the
@@ -131,7 +137,7 @@ func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, 
 	tb.Helper()
 	var wg sync.WaitGroup
 	r := run{ids: make([]uuid.UUID, n), ttc: make([]time.Duration, n)}
-	retries, cpu := d.LocalRetries.Load(), d.cpu()
+	retries, cpu, trips := d.LocalRetries.Load(), d.cpu(), d.trips()
 	begin := time.Now()
 	interval := time.Duration(float64(time.Second) / rate)
 	for i := range n {
@@ -145,7 +151,7 @@ func (d *Driver) Open(tb testing.TB, name string, n int, rate float64) (Result, 
 		}()
 	}
 	wg.Wait()
-	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu))
+	return r.result(tb, Result{Name: name, Rate: rate}, begin, d.LocalRetries.Load()-retries, d.cpu().minus(cpu), d.trips().minus(trips))
 }
 
 // cpuTimes is a reading of Driver.CPU.
@@ -160,6 +166,22 @@ func (d *Driver) cpu() cpuTimes {
 	}
 	proc, server := d.CPU()
 	return cpuTimes{proc, server}
+}
+
+// tripCounts is a reading of Driver.Trips.
+type tripCounts struct{ roundTrips, statements int64 }
+
+func (c tripCounts) minus(o tripCounts) tripCounts {
+	return tripCounts{c.roundTrips - o.roundTrips, c.statements - o.statements}
+}
+
+// trips is Driver.Trips's reading, or zero.
+func (d *Driver) trips() tripCounts {
+	if d.Trips == nil {
+		return tripCounts{}
+	}
+	rt, st := d.Trips()
+	return tripCounts{rt, st}
 }
 
 // run collects one level's flows.
@@ -180,7 +202,7 @@ func (r *run) do(d *Driver, i int) {
 	}
 }
 
-func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, cpu cpuTimes) (Result, []uuid.UUID) {
+func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, cpu cpuTimes, trips tripCounts) (Result, []uuid.UUID) {
 	tb.Helper()
 	elapsed := time.Since(begin)
 	if len(r.errs) > 0 {
@@ -203,6 +225,9 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, 
 	if n := time.Duration(len(ttc)); n > 0 && cpu.proc+cpu.server > 0 {
 		res.CPU, res.ServerCPU = (cpu.proc+cpu.server)/n, cpu.server/n
 	}
+	if n := float64(len(ttc)); n > 0 && trips.roundTrips > 0 {
+		res.RoundTrips, res.Statements = float64(trips.roundTrips)/n, float64(trips.statements)/n
+	}
 	return res, r.ids
 }
 
@@ -211,8 +236,8 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, 
 // CPU per flow divided by it: the throughput ratio a machine the benchmark had to
 // itself would show (a loaded machine's throughput ratios are noise).
 func Print(w io.Writer, baseline, rows []Result) {
-	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s %9s %8s %9s\n",
-		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished", "cpu/flow", "pg part", "×base cpu")
+	fmt.Fprintf(w, "%-38s %-12s %6s %9s %7s %9s %9s %8s %8s %9s %10s %9s %8s %9s %8s %9s\n",
+		"", "load", "flows", "flows/s", "×base", "p50 ttc", "p99 ttc", "local-rt", "saga-rt", "deadlock", "unfinished", "cpu/flow", "pg part", "×base cpu", "rt/flow", "stmt/flow")
 	for _, r := range append(append([]Result(nil), baseline...), rows...) {
 		load := fmt.Sprintf("%d in flight", r.InFlight)
 		if r.Rate > 0 {
@@ -231,8 +256,9 @@ func Print(w io.Writer, baseline, rows []Result) {
 				}
 			}
 		}
-		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d %9s %8s %9s\n", r.Name, load, r.Flows, r.PerSec, ratio,
-			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, pg, cpuRatio)
+		fmt.Fprintf(w, "%-38s %-12s %6d %9.0f %7s %9v %9v %8d %8d %9d %10d %9s %8s %9s %8.1f %9.1f\n", r.Name, load, r.Flows, r.PerSec, ratio,
+			r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.LocalRetries, r.SagaRetries, r.Deadlocks, r.Unfinished, cpu, pg, cpuRatio,
+			r.RoundTrips, r.Statements)
 	}
 }
 
