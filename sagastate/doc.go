@@ -95,5 +95,14 @@
 // handle is postponed (SweepRetryDelay) without holding back the others. An idle sweep
 // is one query, outside a transaction.
 //
+// Batching. The reply consumer runs one transaction at a time (DefaultConcurrency,
+// unless Config.Consumer.Concurrency says otherwise), gathering the replies that arrive
+// while one runs into the next (and those of one relay publish, consumer BatchWait).
+// Eight workers, the consumer package's default, each started a transition for the one
+// or two replies of its partition: in BenchmarkSagaLoad's no-op saga at 180 sagas/s
+// offered (2 cores, load 6-10) the flow took 10.7-11.1 database round trips and 34.6-36.1
+// statements with them, 6.0-6.1 and 11.0-11.2 with one worker (participants the same);
+// at 256 in flight 202-272 sagas/s became 312-442.
+//
 // Package sagatest runs sagas end to end inside one test function.
 package sagastate
