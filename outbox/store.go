@@ -60,7 +60,7 @@ func (s *Store) stmt(name string) string {
 // Claimed is a row returned by Claim.
 type Claimed struct {
 	Message
-	// Loc is where the claim found the row; settle it as Published{ID, Loc}.
+	// Loc names the row for Settle, once published.
 	Loc Loc
 	// Attempts counts the failed publishes so far.
 	Attempts int
@@ -102,8 +102,11 @@ type Cursor struct {
 	Blocked map[string]bool
 }
 
-// claimChunk is the size of the chunks a claim copies payloads into.
-const claimChunk = 64 << 10
+// A claim copies payloads into chunks of minChunk bytes, doubling up to maxChunk.
+const (
+	minChunk = 4 << 10
+	maxChunk = 64 << 10
+)
 
 // ClaimNext is Claim continuing from cur, which it advances.
 func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now time.Time, limit int, cur *Cursor) ([]Claimed, int, error) {
@@ -132,7 +135,8 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	// out: payloads into shared chunks, a batch's topic once. Scanned into a fresh
 	// Claimed each, its fields escaped to the heap row by row, and decoding the
 	// claim's rows was half the relay's CPU in a drain (CPU profile).
-	out := make([]Claimed, 0, limit)
+	out := make([]Claimed, 0, min(max(limit, 0), 64))
+	next := minChunk // the next chunk's size: small claims (the usual case) stay small
 	var (
 		scanned          int
 		id               [16]byte
@@ -164,14 +168,18 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 			lastTopic = string(topic)
 		}
 		if cap(chunk)-len(chunk) < len(payload) {
-			chunk = make([]byte, 0, max(len(payload), claimChunk))
+			chunk = make([]byte, 0, max(len(payload), next))
+			next = min(2*next, maxChunk)
 		}
 		n := len(chunk)
 		chunk = append(chunk, payload...)
 		r := Claimed{
 			Message:  Message{ID: id, Topic: lastTopic, Key: k, Payload: chunk[n:len(chunk):len(chunk)]},
-			Loc:      Loc{block: tid.BlockNumber, offset: tid.OffsetNumber},
+			Loc:      Loc{block: tid.BlockNumber, offset: tid.OffsetNumber, seq: cur.Seq},
 			Attempts: attempts,
+		}
+		if r.Payload == nil { // an empty payload before the first chunk: empty, not null (a tombstone)
+			r.Payload = []byte{}
 		}
 		if len(headers) > 2 { // "{}" is the common case
 			if err := json.Unmarshal(headers, &r.Headers); err != nil {
@@ -212,31 +220,30 @@ type Failure struct {
 	DeadAt *time.Time
 }
 
-// Loc is where a claim found a row in the table (its ctid).
+// Loc says which row a claim returned (its seq, never reused) and where it
+// found it in the table (its ctid). Only a claim makes one: the zero Loc names
+// no row.
 type Loc struct {
 	block  uint32
 	offset uint16
+	seq    int64
 }
 
-// Published is a claimed row the broker acknowledged. Settle deletes the row at
-// Loc if it is still the one with ID, and leaves it otherwise (it was changed
-// since the claim: it is published again, a duplicate, never lost).
-type Published struct {
-	ID  uuid.UUID
-	Loc Loc
-}
-
-// QueueSettle adds to b the statements that delete the published rows and record
-// the failures, so a caller can send them with other statements in one round trip.
-func (s *Store) QueueSettle(b *pgx.Batch, published []Published, failed []Failure) {
+// QueueSettle adds to b the statements that delete the published rows (the Locs
+// of their claims) and record the failures, so a caller can send them with other
+// statements in one round trip. A row is deleted where its claim found it while
+// it is the row claimed there; one that was changed and moved since (a relay
+// that took the shard over recorded a failure on it) stays and is published
+// again: a duplicate, never a row lost.
+func (s *Store) QueueSettle(b *pgx.Batch, published []Loc, failed []Failure) {
 	if len(published) > 0 {
-		locs := make([]pgtype.TID, len(published))
-		ids := make([][16]byte, len(published))
-		for i, p := range published {
-			locs[i] = pgtype.TID{BlockNumber: p.Loc.block, OffsetNumber: p.Loc.offset, Valid: true}
-			ids[i] = p.ID
+		tids := make([]pgtype.TID, len(published))
+		seqs := make([]int64, len(published))
+		for i, l := range published {
+			tids[i] = pgtype.TID{BlockNumber: l.block, OffsetNumber: l.offset, Valid: true}
+			seqs[i] = l.seq
 		}
-		b.Queue(s.stmt("delete_published"), locs, ids)
+		b.Queue(s.stmt("delete_published"), tids, seqs)
 	}
 	if len(failed) > 0 {
 		ids := make([]uuid.UUID, len(failed))
@@ -256,7 +263,7 @@ type Batcher interface {
 }
 
 // Settle deletes the published rows and records the failures in one round trip.
-func (s *Store) Settle(ctx context.Context, db Batcher, published []Published, failed []Failure) error {
+func (s *Store) Settle(ctx context.Context, db Batcher, published []Loc, failed []Failure) error {
 	b := &pgx.Batch{}
 	s.QueueSettle(b, published, failed)
 	if b.Len() == 0 {

@@ -58,12 +58,12 @@ func TestStoreWorksInAnotherSchema(t *testing.T) {
 	var claimed []outbox.Claimed
 	for deadline := time.Now().Add(30 * time.Second); len(claimed) < 2; time.Sleep(20 * time.Millisecond) {
 		if claimed, _, err = s.Claim(ctx, pool, nil, time.Now(), 10); err != nil || time.Now().After(deadline) {
-			t.Fatalf("claim after the retry: %d rows, %v; want both", len(claimed), err)
+			t.Fatalf("claim of the two rows made pending again: %d rows, %v; want both", len(claimed), err)
 		}
 	}
-	var published []outbox.Published
+	var published []outbox.Loc
 	for _, c := range claimed {
-		published = append(published, outbox.Published{ID: c.ID, Loc: c.Loc})
+		published = append(published, c.Loc)
 	}
 	if err := s.Settle(ctx, pool, published, nil); err != nil {
 		t.Fatal(err)

@@ -148,19 +148,25 @@
 // with no shard test) 10.9-15.1. The claim's per-row costs are down (pg_stat_statements
 // buffers per claim: ×1 1250 → 309-346, ×3 1797 → 846-863): the lookup of a
 // waiting earlier row of the key runs only when some row waits for a retry, and
-// the shard test is a hash probe. The scan past other relays' rows is bounded
+// the shard test is a hash probe. The scan past other relays' rows is cheaper
 // since migration 00010: the pending index is ("seq", "shard"), and a claim of a
-// shard list reads only the index range between its lowest and highest shard
-// (an index condition on the second column; rows of shards outside it are skipped
-// in the index, without a heap visit). Leases are taken lowest first; the relay
-// holding shard 0 gives up its highest surplus shards and every other relay its
-// lowest, so each relay's shards stay one range: relays started together get
-// [0-85] [86-171] [172-255] (the benchmark prints them), and a third relay
-// joining two gets one range too, where with both others giving up their highest
-// it got two ([86-127 214-255], TestRelaysJoiningOneByOneEachLeaseOneRange) and
-// read the second relay's rows between them. The heap pages are still read (each
-// page holds rows of every shard: 718-742 buffers per claim with ×3 against
-// 257-276 with ×1), but not the tuples: the claims' time with ×3 fell from
+// shard list bounds "shard" to the range between its lowest and highest shard (an
+// index condition on the second column: the index entries of other shards are
+// still read, PostgreSQL 15 has no skip scan, but their rows are not fetched from
+// the heap). Leases are taken lowest first; the relay holding shard 0 gives up its
+// highest surplus shards and every other relay its lowest, so relays started
+// together get [0-85] [86-171] [172-255] (the benchmark prints them), and a third
+// relay joining two gets one range too, where with both others giving up their
+// highest it got two ([86-127 214-255], TestRelaysJoiningOneByOneEachLeaseOneRange)
+// and read the second relay's rows between them. That holds up to three relays: a
+// fourth joining three gets two ranges ([64-105] [170-191]), a fifth three, and
+// after the relay of shard 0 leaves, others may hold two ranges far apart; only
+// speed suffers (targets by rank among the live relays would keep one range each,
+// at the price of moving more shards on every join). Within a relay, the loops
+// split its shards by shard mod Workers, so each loop's claims still fetch the
+// other loop's rows in the range. The heap pages are still read (each page holds
+// rows of every shard: 718-742 buffers per claim with ×3 against 257-276 with ×1),
+// but fewer tuples: the claims' time with ×3 fell from
 // 31.9-42.8 ms to 17.7-28.2 ms per call on the loaded machine. Same command, load
 // 4-9, single runs: ×3/×1 on the plain broker 0.43 and 0.58 before, 0.70, 0.92
 // and 1.03 after; PostgreSQL per message with ×3 21.3-22.4 µs before, 14.2-18.5
@@ -232,10 +238,11 @@
 //
 // Acknowledged rows are deleted in one statement per batch; failures are recorded
 // in the same round trip. The delete finds each row where its claim found it (its
-// ctid: a TID scan, no index lookup per row) and deletes it only while it is still
-// the row claimed (its id): one updated since stays and is published again, and a
-// new row that took a vacuumed row's place is kept
-// (TestSettleDoesNotDeleteANewRowInAClaimedRowsPlace). The delete of 500 rows took
+// ctid: a TID scan, no index lookup per row) and deletes it only while it is one of
+// the rows claimed (its seq, never reused): a new row that took a vacuumed row's
+// place is kept (TestSettleDoesNotDeleteANewRowInAClaimedRowsPlace), and a row
+// updated since its claim (a relay that took the shard over recorded a failure on
+// it) has moved, stays and is published again, a duplicate. The delete of 500 rows took
 // 1.97 ms in the drain against 5.2-7.4 ms by "id" (995 buffers against 2449), and
 // PostgreSQL's CPU per message of relay ×1 fell from 11.4-12.0 to 9.2 µs. A failure of the broker as a whole (unreachable,
 // timeout, leader moving: relay.ErrUnavailable) spends no attempt: the rows stay

@@ -288,4 +288,7 @@ func TestRelaysJoiningOneByOneEachLeaseOneRange(t *testing.T) {
 			t.Errorf("relay %s leases %d shards spread over a range of %d", owner, n, span)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 }

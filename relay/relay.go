@@ -574,7 +574,7 @@ func (r *Relay) publishTail(ctx context.Context, w int, b batch) *tail {
 
 // published is what a publish leaves to settle.
 type published struct {
-	done       []outbox.Published
+	done       []outbox.Loc
 	failed     []failure
 	byTopic    map[string]int
 	failedKeys []string // keys whose later rows must wait
@@ -612,7 +612,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (published, error) {
 		return published{}, fmt.Errorf("publish %d messages: %w", len(msgs), err)
 	}
 
-	p := published{done: make([]outbox.Published, 0, len(rows)), byTopic: map[string]int{}}
+	p := published{done: make([]outbox.Loc, 0, len(rows)), byTopic: map[string]int{}}
 	now := r.cfg.Now()
 	for i, row := range rows {
 		var mErr error
@@ -624,7 +624,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (published, error) {
 		}
 		switch {
 		case mErr == nil:
-			p.done = append(p.done, outbox.Published{ID: row.msg.ID, Loc: row.loc})
+			p.done = append(p.done, row.loc)
 			p.byTopic[row.msg.Topic]++
 		case errors.Is(mErr, ErrHeldBack):
 			p.heldBack = true

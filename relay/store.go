@@ -114,7 +114,7 @@ type failure struct {
 // (synchronous_commit off, for this transaction only): a settle lost in a crash
 // only means its rows are published again, which at-least-once allows, and the
 // relay's commits stop queueing behind (and slowing) the producers' flushes.
-func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []outbox.Published, failed []failure) error {
+func (q *queries) settle(ctx context.Context, db *pgxpool.Pool, done []outbox.Loc, failed []failure) error {
 	if len(done) == 0 && len(failed) == 0 {
 		return nil
 	}
