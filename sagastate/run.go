@@ -51,6 +51,9 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	if cc.Concurrency == 0 {
 		cc.Concurrency = DefaultConcurrency
 	}
+	if cc.BatchSize == 0 {
+		cc.BatchSize = DefaultBatchSize
+	}
 	// Hook calls of a reply wait for its transaction to commit (Handled) and are dropped
 	// when it is dead-lettered instead; a rolled-back attempt's calls are replaced by the
 	// next attempt's.
