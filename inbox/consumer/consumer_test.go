@@ -790,7 +790,9 @@ func TestBatchWaitGathersOnePublishAcrossPartitions(t *testing.T) {
 	const parts = 8
 	e := setup(t, parts)
 	cfg := e.config()
-	cfg.Concurrency, cfg.BatchWait = 1, 100*time.Millisecond // generous: a loaded machine is slow
+	// Generous: a loaded machine is slow. MaxWait at its default, so that no partition's
+	// fetch times out and redials meanwhile (the config's 100ms is short for that).
+	cfg.Concurrency, cfg.BatchWait, cfg.MaxWait = 1, 500*time.Millisecond, 0
 	var mu sync.Mutex
 	var sizes []int
 	c, err := consumer.NewBatch(e.db.Pool, cfg, func(_ context.Context, _ pgx.Tx, msgs []consumer.Message) error {
