@@ -90,8 +90,8 @@ func (r *Relay) heartbeat(ctx context.Context) error {
 	share := (Shards + max(live, 1) - 1) / max(live, 1)
 	switch have := len(renewed); {
 	case have > share && !releasing:
-		// Each relay's shards should stay one range: its claims read the index
-		// range between its lowest and highest shard (outbox claim). renewed is
+		// Each relay's shards should stay one range: its claims fetch only the rows
+		// of shards between its lowest and highest (outbox claim). renewed is
 		// sorted and acquire takes the lowest free shards, so the relay holding shard
 		// 0 gives up its highest and every other relay its lowest: the shards a
 		// newcomer gets then lie side by side (TestRelaysJoiningOneByOneEachLeaseOneRange).
