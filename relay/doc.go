@@ -176,7 +176,10 @@
 // claim+delete of 76.8k and 146.4k (0.99× and 0.47×; 22.8-23.6 µs of CPU per
 // message: PostgreSQL 9.7-10.3, broker 3.3-3.6, relay 9.3-9.4); ×3 0.76× and 0.81×
 // one; 50 ms 2.01× and 2.64× (in the first, one relay leased two ranges,
-// [86-133 220-255]); 100 ms 2.08× and 2.86×.
+// [86-133 220-255]); 100 ms 2.08× and 2.86×. Two more at 21:09-21:12 (load 2-3):
+// relay ×1 75.0k and 88.8k msgs/s (19.8 µs per message), ×3 0.98× and 0.96× one
+// (22.7-24.4 µs), 50 ms 1.88× and 1.73× (the broker's CPU per message rose to
+// 14-20 µs in those lines, from 3-4 on the plain broker).
 //
 // # Pipelining
 //
