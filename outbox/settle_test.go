@@ -29,6 +29,15 @@ func claimAll(t *testing.T, s *outbox.Store, db outbox.Querier, want int) []outb
 	}
 }
 
+// locsOf returns the Locs of claimed, to settle them as published.
+func locsOf(claimed []outbox.Claimed) []outbox.Loc {
+	locs := make([]outbox.Loc, len(claimed))
+	for i, c := range claimed {
+		locs[i] = c.Loc
+	}
+	return locs
+}
+
 func pendingIDs(t *testing.T, db *testenv.DB) map[string]bool {
 	t.Helper()
 	rows, err := db.Pool.Query(context.Background(), `SELECT "id"::text FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL`)
@@ -65,11 +74,7 @@ func TestSettleKeepsARowChangedSinceItsClaim(t *testing.T) {
 	if err := s.Settle(ctx, db.Pool, nil, []outbox.Failure{{ID: changed.ID, Err: "refused", NextAttemptAt: &next}}); err != nil {
 		t.Fatal(err)
 	}
-	var published []outbox.Loc
-	for _, c := range claimed {
-		published = append(published, c.Loc)
-	}
-	if err := s.Settle(ctx, db.Pool, published, nil); err != nil {
+	if err := s.Settle(ctx, db.Pool, locsOf(claimed), nil); err != nil {
 		t.Fatal(err)
 	}
 	if ids := pendingIDs(t, db); len(ids) != 1 || !ids[changed.ID.String()] {

@@ -54,17 +54,7 @@ func TestStoreWorksInAnotherSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Rows are ready once every older transaction of the server ended (other tests').
-	var claimed []outbox.Claimed
-	for deadline := time.Now().Add(30 * time.Second); len(claimed) < 2; time.Sleep(20 * time.Millisecond) {
-		if claimed, _, err = s.Claim(ctx, pool, nil, time.Now(), 10); err != nil || time.Now().After(deadline) {
-			t.Fatalf("claim of the two rows made pending again: %d rows, %v; want both", len(claimed), err)
-		}
-	}
-	var published []outbox.Loc
-	for _, c := range claimed {
-		published = append(published, c.Loc)
-	}
+	published := locsOf(claimAll(t, s, pool, 2))
 	if err := s.Settle(ctx, pool, published, nil); err != nil {
 		t.Fatal(err)
 	}
