@@ -88,7 +88,11 @@
 // the statement itself (update_instances fails on a saga at another version, so the
 // commit fails and the consumer runs the transaction again), and the xmin remembered
 // with the steps is the transaction's own id, read with the lock. The sweeper's and
-// the operators' transactions, and Start in the caller's, send their writes at once.
+// the operators' transactions send their writes at once. Start, in the caller's, takes
+// two: one statement (start_saga) writes the instance row, its steps and its first log
+// entries (the first transition is computed before the start time is known, at a
+// reference time the statement moves every time to the start time by; a duplicate id
+// writes nothing), and the commands follow.
 // The sweeper applies a batch of due sagas (SweepBatch) as one transition of them all,
 // in a savepoint: locked and read in one round trip, written in one more; only if that
 // fails does it take them one at a time, a savepoint each, so that a saga it cannot

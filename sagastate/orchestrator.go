@@ -282,19 +282,20 @@ func (o *Orchestrator) start(ctx context.Context, tx DB, sagaType string, id uui
 	if err := p.decode(raw); err != nil {
 		return fmt.Errorf("sagastate: start %s saga %s: %w: %w", sagaType, id, ErrInvalidPayload, err)
 	}
-	row, xmin, err := o.q.insertNew(ctx, tx, id, sagaType, raw, p.firstWake(), o.clock())
-	if err != nil {
-		return err
+	// The first transition is computed at a reference time; start_saga moves its times
+	// to the start time, the database's unless Config.Now says otherwise.
+	clock := o.clock()
+	ref := clock
+	if ref.IsZero() {
+		ref = time.Now().UTC().Truncate(time.Microsecond)
 	}
-	s := newInstance(p, id, raw)
-	s.WakeAt = row.WakeAt // kept by the transition unless a deadline comes earlier
-	res, err := transition(p, s, input{kind: inStart, now: row.CreatedAt})
+	res, err := transition(p, newInstance(p, id, raw), input{kind: inStart, now: ref})
 	if err != nil {
 		return err
 	}
 	h, _ := ctx.Value(headersKey{}).(map[string]string)
-	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h), inserted: &row, xmin: xmin}
-	if err := o.q.write(ctx, tx, o.out, o.cfg.ReplyTopic, []*change{c}, o.steps, nil); err != nil {
+	c := &change{prev: &Instance{}, res: res, headers: traceHeaders(h)}
+	if err := o.q.start(ctx, tx, o.out, o.cfg.ReplyTopic, c, clock, o.steps); err != nil {
 		return err
 	}
 	notify(o.cfg.Hooks.notifier(c.prev, &c.res))
@@ -334,17 +335,6 @@ func (o *Orchestrator) typeNames() []string {
 		names = append(names, n)
 	}
 	return names
-}
-
-// firstWake is the shortest step timeout: a new saga's first deadline is no earlier.
-func (p *plan) firstWake() time.Duration {
-	var d time.Duration
-	for i, sp := range p.steps {
-		if i == 0 || sp.Timeout < d {
-			d = sp.Timeout
-		}
-	}
-	return d
 }
 
 func newInstance(p *plan, id uuid.UUID, payload []byte) Instance {

@@ -9,24 +9,43 @@
 -- (Config.Now, for tests): the database's clock_timestamp() stands in, so deadlines set
 -- on one host are compared on another with the same clock.
 
--- name: insert_instance
--- Start, first statement: the instance row, so a duplicate id stops Start before
--- anything else of the saga is queued. It returns the saga's start time ($4 is now).
--- "wake_at" is the start time plus the shortest step timeout $5: at or before the first
--- stage's deadlines, so the instance row is complete for the usual first transition,
--- which then writes nothing more to it. Otherwise (the first step's input failed)
--- start_instance writes the transition's outcome.
-INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "wake_at", "created_at", "updated_at")
-SELECT $1, $2, 'running', $3, t + $5::interval, t, t FROM (SELECT coalesce($4::timestamptz, clock_timestamp()) AS t) AS now
-ON CONFLICT ("id") DO NOTHING
-RETURNING "created_at", "wake_at", "xmin";
-
--- name: start_instance
--- Start, second statement, when the first transition's outcome is not what
--- insert_instance wrote (version stays 1).
-UPDATE "sagabox"."saga_instances"
-SET "status" = $2, "last_error" = $3, "wake_at" = $4, "updated_at" = $5, "finished_at" = $6
-WHERE "id" = $1;
+-- name: start_saga
+-- Start: a new saga's instance row, its steps and its first log entries, in one
+-- statement. The orchestrator computes the first transition before it knows the start
+-- time: at the reference time $2, which the statement moves every time column by to
+-- the start time ($1 is now). The instance row goes first, and a duplicate id inserts
+-- nothing there ("saga" has no row), so nothing else either: no error, the caller's
+-- transaction stays usable, and the orchestrator sends no commands. It returns the
+-- start time and the row's xmin.
+WITH "now" AS (SELECT coalesce($1::timestamptz, clock_timestamp()) - $2::timestamptz AS "shift"),
+"saga" AS (
+    INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "last_error", "wake_at", "created_at",
+        "updated_at", "finished_at")
+    SELECT $3, $4, $5, $6, $7, $8::timestamptz + "shift", $9::timestamptz + "shift", $10::timestamptz + "shift",
+        $11::timestamptz + "shift"
+    FROM "now"
+    ON CONFLICT ("id") DO NOTHING
+    RETURNING "id", "created_at", "xmin"),
+"steps" AS (
+    INSERT INTO "sagabox"."saga_steps" ("saga_id", "name", "position", "stage", "topic", "do_command", "undo_command",
+        "timeout_ms", "retry", "undo_retry", "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at",
+        "must_undo", "done_seq", "input", "result", "last_error", "started_at", "finished_at")
+    SELECT "saga"."id", u.name, u.position, u.stage, u.topic, u.do_command, u.undo_command, u.timeout_ms, u.retry,
+        u.undo_retry, u.status, u.op, u.attempt, u.attempt_base, u.deadline + "shift", u.next_attempt_at + "shift",
+        u.must_undo, u.done_seq, u.input, u.result, u.last_error, u.started_at + "shift", u.finished_at + "shift"
+    FROM "saga", "now", unnest($12::text[], $13::int[], $14::int[], $15::text[], $16::text[], $17::text[], $18::bigint[],
+        $19::jsonb[], $20::jsonb[], $21::text[], $22::text[], $23::int[], $24::int[], $25::timestamptz[],
+        $26::timestamptz[], $27::bool[], $28::int[], $29::bytea[], $30::bytea[], $31::text[], $32::timestamptz[],
+        $33::timestamptz[])
+        AS u(name, position, stage, topic, do_command, undo_command, timeout_ms, retry, undo_retry, status, op, attempt,
+             attempt_base, deadline, next_attempt_at, must_undo, done_seq, input, result, last_error, started_at,
+             finished_at)),
+"events" AS (
+    INSERT INTO "sagabox"."saga_events" ("saga_id", "at", "type", "step", "op", "attempt", "detail")
+    SELECT "saga"."id", u.at + "shift", u.type, u.step, u.op, u.attempt, u.detail
+    FROM "saga", "now", unnest($34::timestamptz[], $35::text[], $36::text[], $37::text[], $38::int[], $39::text[])
+        AS u(at, type, step, op, attempt, detail))
+SELECT "created_at", "xmin" FROM "saga";
 
 -- name: lock_instances
 -- The sagas a transaction changes, locked in id order: two transactions that lock
@@ -142,15 +161,6 @@ WITH "gone" AS (
 "steps" AS (DELETE FROM "sagabox"."saga_steps" WHERE "saga_id" IN (SELECT "id" FROM "gone")),
 "events" AS (DELETE FROM "sagabox"."saga_events" WHERE "saga_id" IN (SELECT "id" FROM "gone"))
 SELECT count(*) FROM "gone";
-
--- name: insert_steps
--- Start: every step of new sagas, with the plan copied from the definition.
-INSERT INTO "sagabox"."saga_steps" ("saga_id", "name", "position", "stage", "topic", "do_command", "undo_command",
-    "timeout_ms", "retry", "undo_retry", "status", "op", "attempt", "attempt_base", "deadline", "next_attempt_at",
-    "must_undo", "done_seq", "input", "result", "last_error", "started_at", "finished_at")
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[],
-    $8::bigint[], $9::jsonb[], $10::jsonb[], $11::text[], $12::text[], $13::int[], $14::int[], $15::timestamptz[], $16::timestamptz[],
-    $17::bool[], $18::int[], $19::bytea[], $20::bytea[], $21::text[], $22::timestamptz[], $23::timestamptz[]);
 
 -- name: update_steps
 -- A transition: the changed steps of every saga of the transaction (the plan columns

@@ -264,35 +264,91 @@ func readSteps(rows pgx.Rows, sagas map[uuid.UUID]*Instance) error {
 	return nil
 }
 
-// insertNew inserts a new saga's instance row on its own, before anything else of it is
-// written: a duplicate id must stop Start before steps or commands are queued. The row
-// wakes the sweeper firstWake after the start (see insert_instance). It returns the row
-// as written: its start time (clock, or the database's when clock is zero) and WakeAt,
-// and its xmin.
-func (q queries) insertNew(ctx context.Context, db DB, id uuid.UUID, sagaType string, payload []byte, firstWake time.Duration, clock time.Time) (Instance, uint32, error) {
-	s := Instance{ID: id, Type: sagaType, Status: SagaRunning, Payload: payload}
-	wake := pgtype.Interval{Microseconds: firstWake.Microseconds(), Valid: true}
+// start writes new saga c, whose first transition was computed at the reference time
+// c.res.state.CreatedAt: the instance row, its steps and its log in one statement
+// (start_saga), which moves their times to the start time (clock, or the database's when
+// clock is zero), and then its commands. The commands are validated before anything is
+// sent; a duplicate id writes nothing. Once written, c's state and events carry the
+// start time, and cache (if not nil) remembers the steps.
+func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo string, c *change, clock time.Time, cache *stepCache) error {
+	s := &c.res.state
+	msgs := commandMessages(c, replyTo)
+	cmds := &pipeline{batch: &pgx.Batch{}}
+	if err := out.Enqueue(ctx, cmds, msgs...); err != nil {
+		return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", s.ID, err)
+	}
+	ref := s.CreatedAt
+	steps := make([]ownedStep, len(s.Steps))
+	for i, st := range s.Steps {
+		steps[i] = ownedStep{s.ID, st}
+	}
+	args := append([]any{ts(clock), ref, [16]byte(s.ID), s.Type, string(s.Status), []byte(s.Payload), s.LastError,
+		ts(s.WakeAt), ref, s.UpdatedAt, ts(s.FinishedAt)}, newStepArgs(steps)[1:]...)
+	args = append(args, eventArgs(c.res.events)[1:]...)
+	var created time.Time
 	var xmin uint32
-	err := db.QueryRow(ctx, q.sql("insert_instance"), [16]byte(id), sagaType, payload, ts(clock), wake).Scan(&s.CreatedAt, &s.WakeAt, &xmin)
+	err := db.QueryRow(ctx, q.sql("start_saga"), args...).Scan(&created, &xmin)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return s, 0, fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, id)
+		return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
 	}
 	if err != nil {
-		return s, 0, fmt.Errorf("sagastate: insert saga %s: %w", id, err)
+		return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
 	}
-	s.UpdatedAt = s.CreatedAt
-	return s, xmin, nil
+	c.res.shift(created.Sub(ref))
+	s.Version = 1
+	if len(msgs) > 0 {
+		if err := cmds.run(ctx, db); err != nil {
+			return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", s.ID, err)
+		}
+	}
+	if cache != nil {
+		cache.put(s, xmin)
+	}
+	return nil
+}
+
+// shift moves every time of r's state and events by d.
+func (r *result) shift(d time.Duration) {
+	if d == 0 {
+		return
+	}
+	move := func(t *time.Time) {
+		if !t.IsZero() {
+			*t = t.Add(d)
+		}
+	}
+	s := &r.state
+	for _, t := range []*time.Time{&s.WakeAt, &s.CreatedAt, &s.UpdatedAt, &s.FinishedAt, &s.AbortedAt} {
+		move(t)
+	}
+	for i := range s.Steps {
+		st := &s.Steps[i]
+		for _, t := range []*time.Time{&st.Deadline, &st.NextAttemptAt, &st.StartedAt, &st.FinishedAt} {
+			move(t)
+		}
+	}
+	for i := range r.events {
+		move(&r.events[i].At)
+	}
+}
+
+// commandMessages are c's commands as outbox messages, replies to replyTo.
+func commandMessages(c *change, replyTo string) []outbox.Message {
+	var msgs []outbox.Message
+	for _, cmd := range c.res.commands {
+		cmd.Cmd.ReplyTo, cmd.Cmd.Headers = replyTo, c.headers
+		msgs = append(msgs, cmd.Cmd.Message(cmd.Topic))
+	}
+	return msgs
 }
 
 // change is the outcome of one or more transitions of one saga in a transaction: prev
 // as it was read (Version 0 for a saga being started), res accumulated from every
 // transition.
 type change struct {
-	prev     *Instance
-	res      result
-	headers  map[string]string // trace context for the commands
-	inserted *Instance         // a started saga's row as insert_instance wrote it
-	xmin     uint32            // the row's xmin once written
+	prev    *Instance
+	res     result
+	headers map[string]string // trace context for the commands
 }
 
 // write queues every change's state, steps, log and commands into one pipeline: one
@@ -307,45 +363,28 @@ type change struct {
 // read then fails the commit with a transient ErrConcurrentUpdate: it cannot happen
 // while pre's row locks hold, and the consumer runs the transaction again if it does.
 func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo string, changes []*change, cache *stepCache, pre *loading) error {
-	var started, updated []*Instance // started: those whose row must be rewritten
+	var updated []*Instance
 	var versions []int64
-	var newSteps, changedSteps []ownedStep
+	var changedSteps []ownedStep
 	var events []Event
 	var msgs []outbox.Message
 	for _, c := range changes {
 		s := &c.res.state
-		if c.prev.Version == 0 {
-			if in := c.inserted; in == nil || s.Status != in.Status || s.LastError != in.LastError || !s.WakeAt.Equal(in.WakeAt) ||
-				!s.UpdatedAt.Equal(in.UpdatedAt) || !s.FinishedAt.IsZero() {
-				started = append(started, s)
+		updated, versions = append(updated, s), append(versions, c.prev.Version)
+		for i, st := range s.Steps {
+			if i >= len(c.prev.Steps) || !reflect.DeepEqual(c.prev.Steps[i], st) {
+				changedSteps = append(changedSteps, ownedStep{s.ID, st})
 			}
-			for _, st := range s.Steps {
-				newSteps = append(newSteps, ownedStep{s.ID, st})
-			}
-			s.Version = 1
-		} else {
-			updated, versions = append(updated, s), append(versions, c.prev.Version)
-			for i, st := range s.Steps {
-				if i >= len(c.prev.Steps) || !reflect.DeepEqual(c.prev.Steps[i], st) {
-					changedSteps = append(changedSteps, ownedStep{s.ID, st})
-				}
-			}
-			s.Version = c.prev.Version + 1
 		}
+		s.Version = c.prev.Version + 1
 		events = append(events, c.res.events...)
-		for _, cmd := range c.res.commands {
-			cmd.Cmd.ReplyTo, cmd.Cmd.Headers = replyTo, c.headers
-			msgs = append(msgs, cmd.Cmd.Message(cmd.Topic))
-		}
+		msgs = append(msgs, commandMessages(c, replyTo)...)
 	}
 	what := "saga " + changes[0].res.state.ID.String()
 	if len(changes) > 1 {
 		what = fmt.Sprintf("%d sagas", len(changes))
 	}
 	w := &pipeline{batch: &pgx.Batch{}}
-	for _, s := range started {
-		w.queue(nil, q.sql("start_instance"), [16]byte(s.ID), string(s.Status), s.LastError, ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt))
-	}
 	// For update_instances and update_steps. With pre the load set it for the rest of
 	// the transaction already (queueLoad without restore).
 	if (len(updated) > 0 || len(changedSteps) > 0) && pre == nil {
@@ -363,9 +402,6 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 			}
 			return err
 		}, q.sql("update_instances"), instanceArgs(updated, versions)...)
-	}
-	if len(newSteps) > 0 {
-		w.queue(nil, q.sql("insert_steps"), newStepArgs(newSteps)...)
 	}
 	if len(changedSteps) > 0 {
 		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
@@ -393,12 +429,9 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	if cache != nil {
 		for _, c := range changes {
 			s := &c.res.state
-			switch x, ok := xmins[s.ID]; {
-			case ok:
+			if x, ok := xmins[s.ID]; ok {
 				cache.put(s, x)
-			case c.prev.Version == 0 && !slices.Contains(started, s):
-				cache.put(s, c.xmin) // the row as inserted
-			default:
+			} else {
 				cache.forget(s.ID)
 			}
 		}
@@ -492,7 +525,7 @@ func instanceArgs(sagas []*Instance, versions []int64) []any {
 	return []any{ids, versions, statuses, errs, wakes, updates, fins, aborts}
 }
 
-// newStepArgs are the 23 parameters of insert_steps.
+// newStepArgs are the arrays of start_saga's steps, after the saga ids.
 func newStepArgs(steps []ownedStep) []any {
 	n := len(steps)
 	ids, names, topics, dos, undos := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
