@@ -21,9 +21,9 @@ import (
 const listLimit = 200
 
 type topicRow struct {
-	Topic                           string
-	Pending, RetryDue, TxOpen, Dead int64
-	OldestAge                       string
+	Topic                   string
+	Pending, RetryDue, Dead int64
+	OldestAge               string
 }
 
 type heldRow struct {
@@ -42,12 +42,10 @@ type openTx struct {
 type outboxData struct {
 	Backlog outbox.Backlog
 	Oldest  string
-	// HeldBack is the age of the oldest pending row an open transaction holds back.
-	HeldBack string
-	Topics   []topicRow
-	Held     []heldRow
-	OpenTx   *openTx
-	Dead     []outboxDead
+	Topics  []topicRow
+	Held    []heldRow
+	OpenTx  *openTx
+	Dead    []outboxDead
 }
 
 func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
@@ -58,14 +56,14 @@ func (c *console) outboxPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	d.Oldest, d.HeldBack = textfmt.Duration(d.Backlog.OldestPendingAge), textfmt.Duration(d.Backlog.HeldBack)
+	d.Oldest = textfmt.Duration(d.Backlog.OldestPendingAge)
 	topics, err := outbox.TopicBacklogs(ctx, c.pool, c.cfg.Schema)
 	if err != nil {
 		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	for _, t := range topics {
-		row := topicRow{Topic: t.Topic, Pending: t.Pending, RetryDue: t.RetryLater, TxOpen: t.TxOpen, Dead: t.Dead, OldestAge: "–"}
+		row := topicRow{Topic: t.Topic, Pending: t.Pending, RetryDue: t.RetryLater, Dead: t.Dead, OldestAge: "–"}
 		if t.Pending > 0 {
 			row.OldestAge = textfmt.Duration(t.OldestPendingAge)
 		}

@@ -76,7 +76,7 @@ WHERE ps.schemaname = $1 AND ps.tablename = 'saga_instances' AND ps.attname = 's
     UNION ALL
     SELECT (SELECT "type" FROM ` + inst + ` WHERE "type" > t."type" ORDER BY "type" LIMIT 1) FROM t WHERE t."type" IS NOT NULL)
 SELECT "type" FROM t WHERE "type" IS NOT NULL LIMIT 200`,
-		// The oldest open transaction: while it runs, rows committed after it started wait.
+		// The oldest open transaction: while it runs, vacuum keeps the outbox rows deleted since it started.
 		oldestTx: `SELECT pid, COALESCE(usename, ''), COALESCE(application_name, ''), state, EXTRACT(EPOCH FROM now() - xact_start)::float8, left(query, 200)
 FROM pg_stat_activity WHERE xact_start IS NOT NULL AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
 ORDER BY xact_start LIMIT 1`,

@@ -37,8 +37,7 @@ func TestClaimHoldsBackOnlyRowsBehindAWaitingRowOfTheirKey(t *testing.T) {
 	for i := range every {
 		every[i] = int16(i)
 	}
-	// The snapshot's xmin is cluster-wide: rows may be held back for a while by
-	// other tests' transactions, so claim until the rows expected come.
+	// Claim until the rows expected come.
 	claim := func(t *testing.T, now time.Time, want ...string) {
 		t.Helper()
 		for _, shards := range [][]int16{nil, every} {

@@ -16,9 +16,6 @@ type TopicBacklog struct {
 	Pending int64
 	// RetryLater counts the pending rows whose next retry is not due yet.
 	RetryLater int64
-	// TxOpen counts the pending rows of transactions newer than the oldest open one: the
-	// relay publishes them only once it ends (see doc.go, commit order).
-	TxOpen int64
 	// Dead counts dead-lettered rows.
 	Dead int64
 	// OldestPendingAge is the age of the oldest pending row; 0 when none is pending.
@@ -35,7 +32,7 @@ func TopicBacklogs(ctx context.Context, db Querier, schema string) ([]TopicBackl
 	var out []TopicBacklog
 	var t TopicBacklog
 	var age float64
-	if _, err := pgx.ForEachRow(rows, []any{&t.Topic, &t.Pending, &t.RetryLater, &t.TxOpen, &t.Dead, &age}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&t.Topic, &t.Pending, &t.RetryLater, &t.Dead, &age}, func() error {
 		t.OldestPendingAge = max(0, time.Duration(age*float64(time.Second)))
 		out = append(out, t)
 		return nil
@@ -52,7 +49,7 @@ type HeldMessage struct {
 	LastError     string
 	CreatedAt     time.Time
 	NextAttemptAt time.Time // zero when no retry is scheduled
-	// Why is "retry due later", "older transaction open" or "behind a retrying row of its key".
+	// Why is "retry due later" or "behind a retrying row of its key".
 	Why string
 }
 

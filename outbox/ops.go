@@ -25,7 +25,7 @@ type Querier interface {
 // Backlog is what Stats reports about one schema's outbox.
 type Backlog struct {
 	// Pending counts rows not yet published and not dead-lettered, including rows
-	// waiting for a retry and rows of transactions still open.
+	// waiting for a retry.
 	Pending int64
 	// Waiting counts the pending rows that failed at least once and wait for a retry.
 	Waiting int64
@@ -33,10 +33,6 @@ type Backlog struct {
 	OldestPendingAge time.Duration
 	// Dead counts dead-lettered rows: the relay gave up on them (see ListDead, RetryDead).
 	Dead int64
-	// HeldBack is the age of the oldest committed pending row the relay may not publish
-	// yet because an older transaction is still open (see relay/doc.go, "Commit order");
-	// 0 when none is held back. A growing value means a long transaction stalls publishing.
-	HeldBack time.Duration
 }
 
 // DeadMessage is a dead-lettered row: published never, kept until an operator retries it.
@@ -52,13 +48,12 @@ type DeadMessage struct {
 // rows, so it reads the whole table: fine for an operator, not for a hot path.
 func Stats(ctx context.Context, db Querier, schema string) (Backlog, error) {
 	var b Backlog
-	var ageSeconds, heldSeconds float64
-	err := db.QueryRow(ctx, NewStore(schema).stmt("stats")).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds, &heldSeconds)
+	var ageSeconds float64
+	err := db.QueryRow(ctx, NewStore(schema).stmt("stats")).Scan(&b.Pending, &b.Waiting, &b.Dead, &ageSeconds)
 	if err != nil {
 		return Backlog{}, fmt.Errorf("outbox: stats of schema %q: %w", schemaOrDefault(schema), err)
 	}
 	b.OldestPendingAge = max(0, time.Duration(ageSeconds*float64(time.Second)))
-	b.HeldBack = max(0, time.Duration(heldSeconds*float64(time.Second)))
 	return b, nil
 }
 

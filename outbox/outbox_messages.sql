@@ -14,14 +14,16 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 -- The oldest pending rows of the shards $5 after seq $3, in seq (insert) order, at most $1.
 -- Not scanned at all: rows waiting for a retry ($2 is now), and every later row of
 -- a key whose earlier row waits for one; so rows waiting for a retry, keyed or
--- not, never fill the LIMIT, and rows without a key hold nothing back. A scanned
--- row is ready when its transaction is older than every running one (txid below
--- the snapshot's xmin: no row of an older transaction can still appear), or below
--- $4 when that is lower (the xmin of the first claim of a run that follows on,
--- see outbox.Cursor). The relay takes a row when it and every earlier scanned row
--- of its key are ready. Whether any row waits for a retry is asked once per claim
--- (an InitPlan): when none does, the usual case, no scanned row needs the NOT EXISTS,
--- a lookup per row (measured: a fifth of the claim's CPU, 2 buffers a row). It is
+-- not, never fill the LIMIT, and rows without a key hold nothing back. Every
+-- scanned row is committed (visible) and ready, whatever other transaction is still
+-- open: a key's rows go out in the order their transactions committed (package
+-- relay, "Commit order"). A claim that follows on in a run ($4, the run's first
+-- snapshot, see outbox.Cursor) takes only rows that snapshot saw; the others, and
+-- every later row of their key, wait for the next run. The claim returns its
+-- snapshot (or $4) for the claims that follow on. Whether any row waits for a
+-- retry is asked once per claim (an InitPlan): when none does, the usual case, no
+-- scanned row needs the NOT EXISTS, a lookup per row (measured: a fifth of the
+-- claim's CPU, 2 buffers a row). It is
 -- asked in outbox_messages_waiting_idx's order so that every plan reads that index:
 -- as a plain EXISTS, the generic plan read the whole table when many failed rows
 -- were due again (TestClaimDoesNotScanTheTableWhenManyRetriesAreDue).
@@ -35,9 +37,10 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 -- outbox_messages_pending_shard_idx's second column: rows of shards outside that range
 -- (the other relays', whose leases are other ranges) are passed over in the index, and
 -- not fetched from the heap (their index entries are still read: no skip scan).
-WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
+WITH run AS MATERIALIZED (SELECT $4::text::pg_snapshot AS snap)
 SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
-    m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
+    (SELECT snap FROM run) IS NULL OR pg_visible_in_snapshot(m."txid", (SELECT snap FROM run)) AS ready,
+    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3
@@ -55,9 +58,10 @@ LIMIT $1;
 
 -- name: claim_all
 -- claim for a relay that owns every shard (the common case): no shard filter.
-WITH snap AS MATERIALIZED (SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::xid8) AS xmin)
+WITH run AS MATERIALIZED (SELECT $4::text::pg_snapshot AS snap)
 SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
-    m."txid" < (SELECT xmin FROM snap) AS ready, (SELECT xmin FROM snap)
+    (SELECT snap FROM run) IS NULL OR pg_visible_in_snapshot(m."txid", (SELECT snap FROM run)) AS ready,
+    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run)
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3
@@ -73,9 +77,12 @@ LIMIT $1;
 
 -- name: probe
 -- Wake-ups: the highest seq of a pending row after seq $1 (NULL when there is
--- none). The relay asks it with the last answer, so the index range it reads is
--- the rows added since.
-SELECT max("seq") FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL AND "seq" > $1;
+-- none), and the snapshot's xmin and xmax. The relay asks it with the last answer,
+-- so the index range it reads is the rows added since. A transaction open at the
+-- probe (its xid below xmax) may hold a row with a lower seq, which it commits
+-- later: the relay claims again once xmin has passed that xmax.
+SELECT max("seq"), pg_snapshot_xmin(pg_current_snapshot()), pg_snapshot_xmax(pg_current_snapshot())
+FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL AND "seq" > $1;
 
 -- name: delete_published
 -- Settle: the broker acknowledged these rows. Each is deleted where its claim found it
@@ -104,16 +111,12 @@ WHERE m."id" = f.id;
 SELECT "created_at" FROM "sagabox"."outbox_messages" WHERE "dead_at" IS NULL ORDER BY "seq" LIMIT 1;
 
 -- name: stats
--- Operators: pending, waiting for a retry, dead, age of the oldest pending (seconds),
--- age of the oldest pending row held back by an older open transaction (its txid is
--- not below the snapshot's xmin, so the relay may not publish it yet; seconds).
+-- Operators: pending, waiting for a retry, dead, age of the oldest pending (seconds).
 SELECT
     count(*) FILTER (WHERE "dead_at" IS NULL),
     count(*) FILTER (WHERE "dead_at" IS NULL AND "attempts" > 0),
     count(*) FILTER (WHERE "dead_at" IS NOT NULL),
-    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8,
-    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (
-        WHERE "dead_at" IS NULL AND "txid" >= pg_snapshot_xmin(pg_current_snapshot()))), 0)::float8
+    COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
 FROM "sagabox"."outbox_messages";
 
 -- name: list_dead
@@ -142,12 +145,10 @@ WHERE "dead_at" IS NOT NULL;
 
 -- name: topic_backlog
 -- Operators (the console): per topic, pending rows, those waiting for a retry due later,
--- those of transactions newer than the oldest open one (the relay may not publish them
--- yet), dead letters, and the age of the oldest pending row (seconds).
+-- dead letters, and the age of the oldest pending row (seconds).
 SELECT "topic",
     count(*) FILTER (WHERE "dead_at" IS NULL),
     count(*) FILTER (WHERE "dead_at" IS NULL AND "next_attempt_at" > now()),
-    count(*) FILTER (WHERE "dead_at" IS NULL AND "txid" >= pg_snapshot_xmin(pg_current_snapshot())),
     count(*) FILTER (WHERE "dead_at" IS NOT NULL),
     COALESCE(EXTRACT(EPOCH FROM now() - min("created_at") FILTER (WHERE "dead_at" IS NULL)), 0)::float8
 FROM "sagabox"."outbox_messages"
@@ -156,16 +157,14 @@ ORDER BY "topic";
 
 -- name: list_held
 -- Operators (the console): pending rows the relay cannot publish now, in seq order, at
--- most $1, with the reason (the conditions of claim): a retry due later, a transaction
--- newer than the oldest open one, or an earlier row of the same key waiting for a retry.
+-- most $1, with the reason (the conditions of claim): a retry due later, or an earlier
+-- row of the same key waiting for a retry.
 SELECT m."id", m."topic", m."key", m."attempts", COALESCE(m."last_error", ''), m."created_at", m."next_attempt_at",
     CASE WHEN m."next_attempt_at" > now() THEN 'retry due later'
-         WHEN m."txid" >= pg_snapshot_xmin(pg_current_snapshot()) THEN 'older transaction open'
          ELSE 'behind a retrying row of its key' END
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND (m."next_attempt_at" > now()
-       OR m."txid" >= pg_snapshot_xmin(pg_current_snapshot())
        OR (m."key" <> '' AND EXISTS (
            SELECT 1 FROM "sagabox"."outbox_messages" AS w
            WHERE w."key" = m."key" AND w."dead_at" IS NULL AND w."next_attempt_at" > now() AND w."seq" < m."seq")))

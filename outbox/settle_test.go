@@ -9,8 +9,7 @@ import (
 	"github.com/sagabox/sagabox/outbox"
 )
 
-// claimAll claims every pending row, waiting until they are ready (the snapshot's
-// xmin is cluster-wide: other tests' transactions hold rows back for a while).
+// claimAll claims every pending row, claiming again until want rows came.
 func claimAll(t *testing.T, s *outbox.Store, db outbox.Querier, want int) []outbox.Claimed {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -73,12 +73,11 @@ type Claimed struct {
 // (nil means every shard), in order, and how many rows it scanned: when that is
 // limit, more may be waiting. now decides which retries are due.
 //
-// Ordering: rows are scanned in seq (insert) order, a row is ready once its
-// transaction id is below pg_snapshot_xmin (no older transaction can still add a
-// row before it), and a keyed row is taken only when every earlier scanned row of
-// its key is ready and no earlier row of its key waits for a retry. Rows waiting
-// for a retry are not scanned, so they never fill limit. See package relay,
-// "Commit order".
+// Ordering: rows are scanned in seq (insert) order and every committed row is
+// ready, whatever other transaction is still open; a keyed row is taken only when
+// no earlier row of its key waits for a retry. So a key's rows are published in
+// the order their transactions committed. Rows waiting for a retry are not
+// scanned, so they never fill limit. See package relay, "Commit order".
 func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.Time, limit int) ([]Claimed, int, error) {
 	return s.ClaimNext(ctx, db, shards, now, limit, &Cursor{})
 }
@@ -86,16 +85,17 @@ func (s *Store) Claim(ctx context.Context, db Querier, shards []int16, now time.
 // Cursor lets claims follow each other while the rows of the earlier ones are
 // still pending (being published): each scans only after the last row the one
 // before it scanned, and leaves the keys that one left a row of. A row that
-// becomes visible behind the cursor is found only by a claim from a new Cursor;
-// so that no later row of its key overtakes it meanwhile, the claims of one
-// Cursor take only rows of transactions older than the first claim's snapshot
-// xmin (every row of those was visible to it), and the caller passes one now to
-// all of them (a retry falling due behind the cursor stays waiting).
+// commits behind the cursor is found only by a claim from a new Cursor; so that
+// no later row of its key overtakes it meanwhile, the claims of one Cursor take
+// only rows the first claim's snapshot saw (committed before it), and the caller
+// passes one now to all of them (a retry falling due behind the cursor stays
+// waiting).
 type Cursor struct {
 	// Seq is the last seq scanned; the next claim scans after it.
 	Seq int64
-	// Xmin is the first claim's snapshot xmin (0 before it).
-	Xmin uint64
+	// Snapshot is the first claim's snapshot, as PostgreSQL prints a pg_snapshot
+	// ("" before it).
+	Snapshot string
 	// Blocked holds the keys a claim left a row of (not ready): later rows of
 	// theirs are not taken either. The caller adds keys it must hold back (their
 	// publish failed) the same way.
@@ -112,17 +112,17 @@ const (
 func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now time.Time, limit int, cur *Cursor) ([]Claimed, int, error) {
 	var rows pgx.Rows
 	var err error
-	var xmin *uint64 // NULL: LEAST takes the snapshot's
-	if cur.Xmin != 0 {
-		xmin = &cur.Xmin
+	var snap *string // NULL: the first claim of a run takes every committed row
+	if cur.Snapshot != "" {
+		snap = &cur.Snapshot
 	}
 	switch {
 	case shards != nil && len(shards) == 0:
 		return nil, 0, nil
 	case shards == nil:
-		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, xmin)
+		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, snap)
 	default:
-		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, xmin, shards, slices.Min(shards), slices.Max(shards))
+		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, snap, shards, slices.Min(shards), slices.Max(shards))
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)
@@ -148,7 +148,7 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 		lastTopic        string
 		chunk            []byte
 	)
-	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Xmin}
+	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Snapshot}
 	for rows.Next() {
 		if err := rows.Scan(targets...); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
@@ -195,18 +195,32 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	return out, scanned, nil
 }
 
-// Probe returns the highest seq of a pending row after seq after, and false when
-// there is none: whether rows arrived since the answer after was given. It reads
-// only the index entries of the rows added since.
-func (s *Store) Probe(ctx context.Context, db Querier, after int64) (int64, bool, error) {
+// ProbeResult is what Probe found.
+type ProbeResult struct {
+	// Seq is the highest seq of a pending row after the one asked about, and Found
+	// says whether there is one: rows arrived since.
+	Seq   int64
+	Found bool
+	// Xmin and Xmax are the probe's snapshot's: the transactions open at the probe
+	// have xids below Xmax, and all of them have ended once a later Xmin reaches it.
+	Xmin, Xmax uint64
+}
+
+// Probe reports whether pending rows were added after seq after: the highest seq
+// of one, and the snapshot's xmin and xmax. It reads only the index entries of the
+// rows added since. A transaction open at the probe may hold a row with a seq at
+// or below the answer, which becomes visible when it commits: the probe cannot see
+// such a row, so a caller claims again once a later probe's Xmin reaches this Xmax.
+func (s *Store) Probe(ctx context.Context, db Querier, after int64) (ProbeResult, error) {
 	var seq *int64
-	if err := db.QueryRow(ctx, s.stmt("probe"), after).Scan(&seq); err != nil {
-		return after, false, fmt.Errorf("probe: %w", err)
+	res := ProbeResult{Seq: after}
+	if err := db.QueryRow(ctx, s.stmt("probe"), after).Scan(&seq, &res.Xmin, &res.Xmax); err != nil {
+		return ProbeResult{Seq: after}, fmt.Errorf("probe: %w", err)
 	}
-	if seq == nil {
-		return after, false, nil
+	if seq != nil {
+		res.Seq, res.Found = *seq, true
 	}
-	return *seq, true, nil
+	return res, nil
 }
 
 // Failure is the bookkeeping of one failed publish: one attempt spent, the error

@@ -179,13 +179,13 @@ func TestClaimBlockedByALockGivesUp(t *testing.T) {
 	}
 }
 
-// TestLongTransactionHoldingBackIsNamed: an open transaction holds back every row
-// committed after it began. The relay reports how long through Hooks.HeldBack
-// and logs which backend it is (pid, start, query) past HoldWarnAfter.
+// TestLongTransactionHoldingBackIsNamed: an open transaction keeps vacuum from
+// removing the rows published since it began. The relay reports how long through
+// Hooks.HeldBack and logs which backend it is (pid, start, query) past
+// HoldWarnAfter.
 //
-// Not parallel: its open transaction holds back every row of the test cluster
-// (the xmin is cluster-wide), so parallel tests waited for it and failed, and
-// their own open transactions could be the one named.
+// Not parallel: the oldest transaction is the test cluster's (the xmin is
+// cluster-wide), so parallel tests' own open transactions could be the one named.
 func TestLongTransactionHoldingBackIsNamed(t *testing.T) {
 	ctx := context.Background()
 	e := setup(t, 1)
@@ -210,7 +210,7 @@ func TestLongTransactionHoldingBackIsNamed(t *testing.T) {
 	}, func() string {
 		return fmt.Sprintf("holder pid %d logged and reported (held %v); logs:\n%s", pid, time.Duration(held.Load()), logs.String())
 	})
-	if !strings.Contains(logs.String(), "holds back publishing") {
+	if !strings.Contains(logs.String(), "keeps vacuum from removing") {
 		t.Fatalf("log does not say what the transaction does:\n%s", logs.String())
 	}
 }

@@ -107,8 +107,9 @@ type Config struct {
 	// that may have expired. Defaults to 5s.
 	PublishTimeout time.Duration
 	// HoldWarnAfter is the age at which the oldest running transaction on the
-	// server, which holds back publishing (see Hooks.HeldBack), is logged with its
-	// pid, start and query, once a minute while it lasts. Defaults to 30s.
+	// server, which keeps vacuum from removing published rows (see Hooks.HeldBack),
+	// is logged with its pid, start and query, once a minute while it lasts.
+	// Defaults to 30s.
 	HoldWarnAfter time.Duration
 	// Now is the clock for retry scheduling and dead-letter times (not for leases,
 	// which use the database clock). Defaults to time.Now.

@@ -8,8 +8,8 @@ import (
 	"github.com/sagabox/sagabox/relay"
 )
 
-// TestHeldPause checks the re-check schedule of rows held back by an open older
-// transaction: it doubles while the loop's own pause keeps finding them held, up to
+// TestHeldPause checks the re-check schedule of rows a cycle left (committed after
+// its run's first claim, or of a key under way): it doubles while the loop's own pause keeps finding them held, up to
 // PollInterval, and starts again at its minimum after a cycle a NOTIFY started, so
 // that steady load (every notified cycle sees some held rows) cannot push it to
 // PollInterval.

@@ -22,10 +22,10 @@ type Hooks struct {
 	// not dead-lettered row (0 when there is none).
 	Lag func(age time.Duration)
 	// HeldBack is called after every heartbeat with the age of the oldest
-	// transaction running on the server that holds a transaction id (0 when none):
-	// a row committed now is not published before that transaction ends, however
-	// old it is (see doc.go, "Commit order"). The relay logs which backend it is
-	// once it is older than Config.HoldWarnAfter.
+	// transaction running on the server that holds a transaction id (0 when none).
+	// It holds back no publishing, but vacuum cannot remove the outbox rows deleted
+	// since it began, so every claim reads past them (see doc.go, "Commit order").
+	// The relay logs which backend it is once it is older than Config.HoldWarnAfter.
 	HeldBack func(age time.Duration)
 	// Shards is called after every heartbeat with the number of shards this relay owns.
 	Shards func(owned int)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
+	"github.com/sagabox/sagabox/relay"
 )
 
 // firstPublished records when each message was first published.
@@ -41,6 +42,20 @@ func (p *firstPublished) when(id uuid.UUID) (time.Time, bool) {
 	return at, ok
 }
 
+// startLongPollRelay starts a relay of workers loops, publishing to the returned
+// recorder, whose PollInterval (20 s) a test of wake-ups must not fall back on.
+func startLongPollRelay(t *testing.T, pool *pgxpool.Pool, workers int) (*firstPublished, relay.Config) {
+	t.Helper()
+	pub := &firstPublished{at: map[uuid.UUID]time.Time{}}
+	cfg := fastConfig()
+	cfg.Workers = workers
+	cfg.PollInterval = 20 * time.Second
+	cfg.LeaseTTL = 60 * time.Second
+	cfg.PublishTimeout = 5 * time.Second
+	startRelay(t, pool, pub, cfg)
+	return pub, cfg
+}
+
 // keyOfLoop returns a key whose shard (hashtext(key) & 255, migration 00001) is
 // served by publish loop w of workers.
 func keyOfLoop(t *testing.T, pool *pgxpool.Pool, w, workers int) string {
@@ -67,13 +82,7 @@ func TestLateRowOfOneLoopIsFoundByTheNextRowOfAnother(t *testing.T) {
 	db := testenv.NewDB(t)
 	ctx := context.Background()
 	k0, k1 := keyOfLoop(t, db.Pool, 0, 2), keyOfLoop(t, db.Pool, 1, 2)
-	pub := &firstPublished{at: map[uuid.UUID]time.Time{}}
-	cfg := fastConfig()
-	cfg.Workers = 2
-	cfg.PollInterval = 20 * time.Second // the bound this test must not fall back on
-	cfg.LeaseTTL = 60 * time.Second
-	cfg.PublishTimeout = 5 * time.Second
-	startRelay(t, db.Pool, pub, cfg)
+	pub, cfg := startLongPollRelay(t, db.Pool, 2)
 
 	// Both loops hold their shards and have gone idle.
 	warm := []outbox.Message{
@@ -100,8 +109,7 @@ func TestLateRowOfOneLoopIsFoundByTheNextRowOfAnother(t *testing.T) {
 	enqueue(t, db.Pool, s)
 	// Give the probe time to see S (it looks every 1-5 ms). Were it slower, it would
 	// find R and S together after R's commit, and the test would pass either way; it
-	// never fails for it. S itself is held back until R commits (an older
-	// transaction is open), so there is nothing to wait for.
+	// never fails for it.
 	time.Sleep(300 * time.Millisecond)
 	if err := txR.Commit(ctx); err != nil {
 		t.Fatal(err)
@@ -119,4 +127,40 @@ func TestLateRowOfOneLoopIsFoundByTheNextRowOfAnother(t *testing.T) {
 		enqueue(t, db.Pool, outbox.Message{ID: uuid.New(), Topic: "t", Key: k0, Payload: []byte("x" + strconv.Itoa(i))})
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestLateRowIsFoundWithoutWaitingForPoll: a row R whose transaction took its seq
+// before a row S and commits after S was published, with no row added after it.
+// The probe reads after S's seq and never sees R; since an open transaction no
+// longer holds S back, R's commit must wake the relay by itself (the probe claims
+// again once every transaction open when it found S has ended), not wait for
+// PollInterval.
+func TestLateRowIsFoundWithoutWaitingForPoll(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	ctx := context.Background()
+	pub, cfg := startLongPollRelay(t, db.Pool, 1)
+	warm := outbox.Message{ID: uuid.New(), Topic: "t", Key: "w", Payload: []byte("w")}
+	enqueue(t, db.Pool, warm)
+	waitFor(t, 15*time.Second, "the warm-up row published", func() bool { _, ok := pub.when(warm.ID); return ok })
+
+	txR, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer txR.Rollback(ctx)
+	r := outbox.Message{ID: uuid.New(), Topic: "t", Key: "r", Payload: []byte("R")}
+	if err := outbox.Enqueue(ctx, txR, r); err != nil {
+		t.Fatal(err)
+	}
+	s := outbox.Message{ID: uuid.New(), Topic: "t", Key: "s", Payload: []byte("S")}
+	enqueue(t, db.Pool, s)
+	waitFor(t, cfg.PollInterval/2, "S published while R's transaction is open", func() bool { _, ok := pub.when(s.ID); return ok })
+	if err := txR.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	committed := time.Now()
+	waitFor(t, cfg.PollInterval/2, "R published after its commit, no row added since", func() bool { _, ok := pub.when(r.ID); return ok })
+	at, _ := pub.when(r.ID)
+	t.Logf("R published %v after its commit", at.Sub(committed))
 }

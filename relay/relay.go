@@ -178,17 +178,15 @@ func (r *Relay) wakeWorker(w int) {
 }
 
 // nextHeldPause returns how long a publish loop waits before looking again at the
-// held rows of its last cycle (0: none held, wait for a wake-up or the poll). Held
-// rows become ready without any notification when the older transaction holding
-// them inserted no outbox row, and under load they are mostly rows of
-// transactions that commit a millisecond later, so the loop looks again after lo
-// (BusyInterval) and backs off while they stay held. The pause doubles only over
-// cycles its own timer started (afterPause); a cycle a wake-up started begins
-// again at lo. Doubling it on every cycle, as before, let it reach PollInterval
-// under steady load (nearly every cycle sees some rows of still-open
-// transactions), and then the last rows of a burst, held for a millisecond,
-// waited up to PollInterval after the last wake-up. An idle relay behind a long
-// transaction still backs off to PollInterval: no spinning.
+// held rows of its last cycle (0: none held, wait for a wake-up or the poll): rows
+// a run's later claims left because they committed after its first claim, or rows
+// of keys still under way in a tail. They become claimable without any
+// notification, so the loop looks again after lo (BusyInterval) and backs off
+// while they stay held. The pause doubles only over cycles its own timer started
+// (afterPause); a cycle a wake-up started begins again at lo. Doubling it on
+// every cycle let it reach PollInterval under steady load, and then the last rows
+// of a burst, held for a millisecond, waited up to PollInterval after the last
+// wake-up. Rows that stay held back the loop off to PollInterval: no spinning.
 func nextHeldPause(prev time.Duration, held int, afterPause bool, lo, poll time.Duration) time.Duration {
 	switch {
 	case held == 0:
@@ -279,6 +277,11 @@ func (r *Relay) probeLoop(ctx context.Context) {
 	maxInterval := min(probeIntervalMax, r.cfg.PollInterval)
 	interval := r.cfg.BusyInterval
 	var seen int64
+	// lateBefore, when not 0, is the xmax of a probe that found rows while
+	// transactions were open: one of those may have taken a seq below the rows
+	// found and commit its row later, where no probe looks. Once the xmin reaches
+	// lateBefore they have all ended, and the loops claim once more.
+	var lateBefore uint64
 	lastNew := time.Now()
 	t := time.NewTimer(interval)
 	defer t.Stop()
@@ -296,12 +299,18 @@ func (r *Relay) probeLoop(ctx context.Context) {
 			}
 			lastNew, interval = time.Now(), r.cfg.BusyInterval
 		} else {
-			next, found, err := r.q.msgs.Probe(ctx, r.db, seen)
+			p, err := r.q.msgs.Probe(ctx, r.db, seen)
 			switch {
 			case err != nil:
 				interval = maxInterval // the loops report database trouble
-			case found:
-				seen, lastNew, interval = next, time.Now(), r.cfg.BusyInterval
+			case p.Found:
+				seen, lastNew, interval = p.Seq, time.Now(), r.cfg.BusyInterval
+				if p.Xmin < p.Xmax { // transactions are open: see lateBefore
+					lateBefore = max(lateBefore, p.Xmax)
+				}
+				r.wake()
+			case lateBefore != 0 && p.Xmin >= lateBefore:
+				lateBefore, lastNew, interval = 0, time.Now(), r.cfg.BusyInterval
 				r.wake()
 			case time.Since(lastNew) > probeIdleAfter:
 				interval = min(2*interval, maxInterval)
@@ -435,7 +444,7 @@ func (l *loop) pending() (keys map[string]bool, unkeyed map[uuid.UUID]bool) {
 // published at once. Every batch is published only if all of the run's shards
 // stay leased for PublishTimeout; otherwise the run ends and the next one uses
 // the shards it has. It returns how many rows it claimed, and how many it scanned
-// but left because they are not ready yet (an older transaction is still open,
+// but left because they are not ready yet (committed after the run's first claim,
 // or an earlier row of their key is under way in a tail).
 func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
 	l := r.loops[w]

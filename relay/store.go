@@ -181,7 +181,7 @@ func Preflight(ctx context.Context, db *pgxpool.Pool, schema string) error {
 }
 
 // oldestXactSQL finds the oldest transaction on the server that holds an xid: the
-// one pg_snapshot_xmin stops at, so no row committed after it began is ready
+// one pg_snapshot_xmin stops at, so vacuum keeps every row deleted after it began
 // until it ends. Any database's; its query text shows only with pg_read_all_stats.
 const oldestXactSQL = `SELECT "pid", COALESCE("datname", ''), COALESCE("usename", ''), "xact_start",
     GREATEST(EXTRACT(EPOCH FROM now() - "xact_start"), 0)::float8, COALESCE("state", ''), left(COALESCE("query", ''), 200)
@@ -190,7 +190,7 @@ WHERE "backend_xid" IS NOT NULL AND "xact_start" IS NOT NULL AND "pid" <> pg_bac
 ORDER BY age("backend_xid") DESC
 LIMIT 1`
 
-// holdLogEvery spaces the warnings about one transaction holding back publishing.
+// holdLogEvery spaces the warnings about one long transaction.
 const holdLogEvery = time.Minute
 
 // reportHeldBack reports the age of the oldest running transaction (Hooks.HeldBack)
@@ -215,6 +215,6 @@ func (r *Relay) reportHeldBack(ctx context.Context) {
 		return
 	}
 	r.holdLogged = time.Now()
-	r.log.Warn("relay: an open transaction holds back publishing: rows committed after it began wait until it ends",
+	r.log.Warn("relay: a long open transaction keeps vacuum from removing the outbox rows published since it began, so every claim reads past them; end it",
 		"pid", pid, "database", db, "user", user, "xact_start", start, "age", d.Round(time.Second), "state", state, "query", query)
 }

@@ -1,7 +1,7 @@
 -- +goose Up
--- Rows become visible in commit order, not in seq order: the relay publishes a row only once its
--- txid is below the oldest running transaction (pg_snapshot_xmin) and no earlier row of its key
--- is still waiting, in seq order (see relay/doc.go for why seq and not (txid, seq)).
+-- Rows become visible in commit order, not in seq order: the relay publishes the committed rows
+-- in seq order, each once no earlier row of its key is still waiting (see relay/doc.go, "Commit
+-- order", for why seq and not (txid, seq)).
 --
 -- "shard" spreads keys over 256 shards (the relay's unit of ownership). It is computed here,
 -- not by producers, so no writer can disagree about a key's shard. 256 is fixed by this

@@ -13,10 +13,8 @@ import (
 
 // Outbox returns a collector of the outbox of schema ("" means the default), read at
 // every scrape with outbox.Stats (one query over the outbox table: cheap while the
-// relay keeps up): sagabox_relay_pending (rows not yet published, not dead),
-// sagabox_relay_dead_lettered (rows the relay gave up on, waiting for an operator)
-// and sagabox_relay_held_back_seconds (age of the oldest committed row held back by
-// an older transaction that is still open; 0 when none).
+// relay keeps up): sagabox_relay_pending (rows not yet published, not dead) and
+// sagabox_relay_dead_lettered (rows the relay gave up on, waiting for an operator).
 func Outbox(db outbox.Querier, schema string) (prometheus.Collector, error) {
 	if _, err := promsql.Table(schema, "outbox_messages"); err != nil {
 		return nil, fmt.Errorf("relayprom: %w", err)
@@ -24,8 +22,6 @@ func Outbox(db outbox.Querier, schema string) (prometheus.Collector, error) {
 	const ns = "sagabox_relay"
 	pending := prometheus.NewDesc(ns+"_pending", "Outbox rows not yet published and not dead-lettered.", nil, nil)
 	dead := prometheus.NewDesc(ns+"_dead_lettered", "Dead-lettered outbox rows waiting for an operator (sagactl outbox retry).", nil, nil)
-	held := prometheus.NewDesc(ns+"_held_back_seconds",
-		"Age of the oldest committed outbox row held back because an older transaction is still open.", nil, nil)
 	return promsql.New(ns, 0, func(ctx context.Context, emit promsql.Emit) error {
 		b, err := outbox.Stats(ctx, db, schema)
 		if err != nil {
@@ -33,9 +29,8 @@ func Outbox(db outbox.Querier, schema string) (prometheus.Collector, error) {
 		}
 		emit(pending, float64(b.Pending))
 		emit(dead, float64(b.Dead))
-		emit(held, b.HeldBack.Seconds())
 		return nil
-	}, pending, dead, held), nil
+	}, pending, dead), nil
 }
 
 // BuildInfo returns the gauge sagabox_build_info{version,revision,goversion} = 1,
