@@ -1,5 +1,6 @@
 -- Every statement on the saga tables "saga_instances", "saga_steps" and "saga_events"
--- (migrations/sql/00003_sagastate.sql), by name.
+-- (migrations/sql/00003_sagastate.sql), by name; and unsend_commands, which takes a
+-- duplicate Start's commands back out of the outbox.
 --
 -- Each statement follows a "-- name: <name>" line. They are written for the default
 -- schema, so each one runs as it is in psql; an orchestrator for another schema puts its
@@ -11,12 +12,13 @@
 
 -- name: start_saga
 -- Start: a new saga's instance row, its steps and its first log entries, in one
--- statement. The orchestrator computes the first transition before it knows the start
--- time: at the reference time $2, which the statement moves every time column by to
--- the start time ($1 is now). The instance row goes first, and a duplicate id inserts
--- nothing there ("saga" has no row), so nothing else either: no error, the caller's
--- transaction stays usable, and the orchestrator sends no commands. It returns the
--- start time and the row's xmin.
+-- statement, sent with the outbox insert of its first commands. The orchestrator
+-- computes the first transition before it knows the start time: at the reference time
+-- $2, which the statement moves every time column by to the start time ($1 is now).
+-- The instance row goes first, and a duplicate id inserts nothing there ("saga" has no
+-- row), so nothing else either: no error, and the caller's transaction stays usable
+-- (the commands are then taken back, unsend_commands). It returns the start time and
+-- the row's xmin.
 WITH "now" AS (SELECT coalesce($1::timestamptz, clock_timestamp()) - $2::timestamptz AS "shift"),
 "saga" AS (
     INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "last_error", "wake_at", "created_at",
@@ -47,6 +49,11 @@ WITH "now" AS (SELECT coalesce($1::timestamptz, clock_timestamp()) - $2::timesta
         AS u(at, type, step, op, attempt, detail))
 SELECT "created_at", "xmin" FROM "saga";
 
+-- name: unsend_commands
+-- Start of a duplicate id: the commands enqueued with start_saga, in this transaction
+-- (so no relay has seen them), are deleted again; the transaction is as it was.
+DELETE FROM "sagabox"."outbox_messages" WHERE "id" = ANY($1::uuid[]);
+
 -- name: lock_instances
 -- The sagas a transaction changes, locked in id order: two transactions that lock
 -- overlapping sets wait for each other instead of deadlocking. After the instance
@@ -67,24 +74,45 @@ SELECT "id", "type", "status", "payload", "version", "last_error", "wake_at", "c
 FROM "sagabox"."saga_instances"
 WHERE "id" = $1;
 
--- name: update_instances
--- The new state of every saga a transaction changed, each only if still at the version
--- it was read at. The check fails the statement by itself: a row at another version
--- gets a NULL "version", which its NOT NULL constraint refuses (SQLSTATE 23502, column
--- "version"), so the statement can go with the COMMIT and nothing commits when it
--- fails. It returns the rows' new xmin, for the orchestrator's memory of their steps
--- (a row deleted meanwhile is missing: the caller checks the count, except when the
--- statement goes with the COMMIT, where the rows locked by the prefetched read cannot
--- be deleted meanwhile).
-UPDATE "sagabox"."saga_instances" AS s
-SET "status" = u.status, "version" = CASE WHEN s."version" = u.version THEN s."version" + 1 END,
-    "last_error" = u.last_error, "wake_at" = u.wake_at,
-    "updated_at" = u.updated_at, "finished_at" = u.finished_at, "aborted_at" = u.aborted_at
-FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-            $7::timestamptz[], $8::timestamptz[])
-    AS u(id, version, status, last_error, wake_at, updated_at, finished_at, aborted_at)
-WHERE s."id" = u.id
-RETURNING s."id", s."xmin";
+-- name: write_sagas
+-- A transition's writes, for every saga of the transaction, in one statement: the
+-- instance rows ("sagas"), the steps that changed ("steps": the plan columns never
+-- change after Start) and the new log entries ("events").
+--
+-- Each instance row changes only if still at the version it was read at. The check
+-- fails the statement by itself: a row at another version gets a NULL "version", which
+-- its NOT NULL constraint refuses (SQLSTATE 23502, column "version"), so the statement
+-- can go with the COMMIT and nothing commits when it fails. It returns the rows' new
+-- xmin, for the orchestrator's memory of their steps (a row deleted meanwhile is
+-- missing: the caller checks the count, except when the statement goes with the
+-- COMMIT, where the rows locked by the prefetched read cannot be deleted meanwhile).
+WITH "sagas" AS (
+    UPDATE "sagabox"."saga_instances" AS s
+    SET "status" = u.status, "version" = CASE WHEN s."version" = u.version THEN s."version" + 1 END,
+        "last_error" = u.last_error, "wake_at" = u.wake_at,
+        "updated_at" = u.updated_at, "finished_at" = u.finished_at, "aborted_at" = u.aborted_at
+    FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                $7::timestamptz[], $8::timestamptz[])
+        AS u(id, version, status, last_error, wake_at, updated_at, finished_at, aborted_at)
+    WHERE s."id" = u.id
+    RETURNING s."id", s."xmin"),
+"steps" AS (
+    UPDATE "sagabox"."saga_steps" AS s
+    SET "status" = u.status, "op" = u.op, "attempt" = u.attempt, "attempt_base" = u.attempt_base,
+        "deadline" = u.deadline, "next_attempt_at" = u.next_attempt_at, "must_undo" = u.must_undo,
+        "done_seq" = u.done_seq, "input" = u.input, "result" = u.result, "last_error" = u.last_error,
+        "started_at" = u.started_at, "finished_at" = u.finished_at
+    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::int[], $14::int[], $15::timestamptz[],
+                $16::timestamptz[], $17::bool[], $18::int[], $19::bytea[], $20::bytea[], $21::text[],
+                $22::timestamptz[], $23::timestamptz[])
+        AS u(saga_id, name, status, op, attempt, attempt_base, deadline, next_attempt_at, must_undo,
+             done_seq, input, result, last_error, started_at, finished_at)
+    WHERE s."saga_id" = u.saga_id AND s."name" = u.name),
+"events" AS (
+    INSERT INTO "sagabox"."saga_events" ("saga_id", "at", "type", "step", "op", "attempt", "detail")
+    SELECT * FROM unnest($24::uuid[], $25::timestamptz[], $26::text[], $27::text[], $28::text[], $29::int[],
+                         $30::text[]))
+SELECT "id", "xmin" FROM "sagas";
 
 -- name: due_sagas
 -- The sweeper's batch: sagas of the registered types $3 whose deadline or scheduled
@@ -162,30 +190,15 @@ WITH "gone" AS (
 "events" AS (DELETE FROM "sagabox"."saga_events" WHERE "saga_id" IN (SELECT "id" FROM "gone"))
 SELECT count(*) FROM "gone";
 
--- name: update_steps
--- A transition: the changed steps of every saga of the transaction (the plan columns
--- never change after Start).
-UPDATE "sagabox"."saga_steps" AS s
-SET "status" = u.status, "op" = u.op, "attempt" = u.attempt, "attempt_base" = u.attempt_base,
-    "deadline" = u.deadline, "next_attempt_at" = u.next_attempt_at, "must_undo" = u.must_undo,
-    "done_seq" = u.done_seq, "input" = u.input, "result" = u.result, "last_error" = u.last_error,
-    "started_at" = u.started_at, "finished_at" = u.finished_at
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::timestamptz[],
-            $8::timestamptz[], $9::bool[], $10::int[], $11::bytea[], $12::bytea[], $13::text[],
-            $14::timestamptz[], $15::timestamptz[])
-    AS u(saga_id, name, status, op, attempt, attempt_base, deadline, next_attempt_at, must_undo,
-         done_seq, input, result, last_error, started_at, finished_at)
-WHERE s."saga_id" = u.saga_id AND s."name" = u.name;
-
 -- name: index_scans_only
 -- Around the statements of a transition (lock_instances and select_steps in one round
--- trip, update_instances and update_steps in the other; once, with the first, when the
+-- trip, write_sagas in the other; once, with the first, when the
 -- two are the reply consumer's BEGIN and COMMIT), in the transaction: no
 -- sequential scans. Their plans are cached per connection (a generic plan after five
 -- runs) and kept until the table is next analyzed; built while the saga tables were a
 -- few pages (a new database, the first minute before autovacuum comes by), they read the
 -- whole table, which then keeps growing. Measured (BenchmarkSagaLoad, no-op saga):
--- update_steps 80-114 buffer hits and 0.8-1.2 ms per call for 4-5 rows, against 20
+-- the steps' update (then a statement of its own) 80-114 buffer hits and 0.8-1.2 ms per call for 4-5 rows, against 20
 -- hits and 0.34 ms with the index; BenchmarkStateDB, lock_instances 92 hits for 8 rows
 -- against 25. The previous setting is kept in "sagabox.enable_seqscan" and put back after.
 SELECT set_config('sagabox.enable_seqscan', current_setting('enable_seqscan'), true), set_config('enable_seqscan', 'off', true);
@@ -201,11 +214,6 @@ SELECT "saga_id", "name", "position", "stage", "topic", "do_command", "undo_comm
 FROM "sagabox"."saga_steps"
 WHERE "saga_id" = ANY($1::uuid[])
 ORDER BY "saga_id", "position";
-
--- name: insert_events
--- The log entries of every saga a transaction changed.
-INSERT INTO "sagabox"."saga_events" ("saga_id", "at", "type", "step", "op", "attempt", "detail")
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[]);
 
 -- name: select_events
 SELECT "id", "saga_id", "type", "at", "step", "op", "attempt", "detail"

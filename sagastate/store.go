@@ -265,18 +265,14 @@ func readSteps(rows pgx.Rows, sagas map[uuid.UUID]*Instance) error {
 }
 
 // start writes new saga c, whose first transition was computed at the reference time
-// c.res.state.CreatedAt: the instance row, its steps and its log in one statement
-// (start_saga), which moves their times to the start time (clock, or the database's when
-// clock is zero), and then its commands. The commands are validated before anything is
-// sent; a duplicate id writes nothing. Once written, c's state and events carry the
-// start time, and cache (if not nil) remembers the steps.
+// c.res.state.CreatedAt, in one round trip: the instance row, its steps and its log in
+// one statement (start_saga), which moves their times to the start time (clock, or the
+// database's when clock is zero), and its commands. The commands are validated before
+// anything is sent. A duplicate id writes no saga, and the commands sent with it are
+// taken back (unsend_commands): the transaction is left as it was. Once written, c's
+// state and events carry the start time, and cache (if not nil) remembers the steps.
 func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo string, c *change, clock time.Time, cache *stepCache) error {
 	s := &c.res.state
-	msgs := commandMessages(c, replyTo)
-	cmds := &pipeline{batch: &pgx.Batch{}}
-	if err := out.Enqueue(ctx, cmds, msgs...); err != nil {
-		return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", s.ID, err)
-	}
 	ref := s.CreatedAt
 	steps := make([]ownedStep, len(s.Steps))
 	for i, st := range s.Steps {
@@ -287,20 +283,33 @@ func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	args = append(args, eventArgs(c.res.events)[1:]...)
 	var created time.Time
 	var xmin uint32
-	err := db.QueryRow(ctx, q.sql("start_saga"), args...).Scan(&created, &xmin)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
+	inserted := false
+	w := &pipeline{batch: &pgx.Batch{}}
+	w.queueRows(func(rows pgx.Rows) error {
+		_, err := pgx.ForEachRow(rows, []any{&created, &xmin}, func() error { inserted = true; return nil })
+		return err
+	}, q.sql("start_saga"), args...)
+	msgs := commandMessages(c, replyTo)
+	if err := out.Enqueue(ctx, w, msgs...); err != nil {
+		return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", s.ID, err)
 	}
-	if err != nil {
+	if err := w.run(ctx, db); err != nil {
 		return fmt.Errorf("sagastate: insert saga %s: %w", s.ID, err)
+	}
+	if !inserted {
+		if len(msgs) > 0 {
+			ids := make([][16]byte, len(msgs))
+			for i, m := range msgs {
+				ids[i] = m.ID // set by Enqueue
+			}
+			if _, err := db.Exec(ctx, q.sql("unsend_commands"), ids); err != nil {
+				return fmt.Errorf("sagastate: take back the commands of duplicate saga %s: %w", s.ID, err)
+			}
+		}
+		return fmt.Errorf("%w: %s; pick a new id, or treat the saga as started", ErrDuplicate, s.ID)
 	}
 	c.res.shift(created.Sub(ref))
 	s.Version = 1
-	if len(msgs) > 0 {
-		if err := cmds.run(ctx, db); err != nil {
-			return fmt.Errorf("sagastate: enqueue commands of saga %s: %w", s.ID, err)
-		}
-	}
 	if cache != nil {
 		cache.put(s, xmin)
 	}
@@ -385,32 +394,24 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 		what = fmt.Sprintf("%d sagas", len(changes))
 	}
 	w := &pipeline{batch: &pgx.Batch{}}
-	// For update_instances and update_steps. With pre the load set it for the rest of
-	// the transaction already (queueLoad without restore).
-	if (len(updated) > 0 || len(changedSteps) > 0) && pre == nil {
+	// For write_sagas' updates. With pre the load set it for the rest of the
+	// transaction already (queueLoad without restore).
+	if pre == nil {
 		w.queue(nil, q.sql("index_scans_only"))
 	}
 	xmins := make(map[uuid.UUID]uint32, len(updated))
-	if len(updated) > 0 {
-		n := len(updated)
-		w.queueRows(func(rows pgx.Rows) error {
-			var id uuid.UUID
-			var xmin uint32
-			_, err := pgx.ForEachRow(rows, []any{&id, &xmin}, func() error { xmins[id] = xmin; return nil })
-			if err == nil && len(xmins) != n {
-				err = fmt.Errorf("%w: %s: %d of %d deleted since they were read", ErrConcurrentUpdate, what, n-len(xmins), n)
-			}
-			return err
-		}, q.sql("update_instances"), instanceArgs(updated, versions)...)
-	}
-	if len(changedSteps) > 0 {
-		w.queue(nil, q.sql("update_steps"), changedStepArgs(changedSteps)...)
-	}
-	if (len(updated) > 0 || len(changedSteps) > 0) && pre == nil { // the commit resets it
+	n := len(updated)
+	w.queueRows(func(rows pgx.Rows) error {
+		var id uuid.UUID
+		var xmin uint32
+		_, err := pgx.ForEachRow(rows, []any{&id, &xmin}, func() error { xmins[id] = xmin; return nil })
+		if err == nil && len(xmins) != n {
+			err = fmt.Errorf("%w: %s: %d of %d deleted since they were read", ErrConcurrentUpdate, what, n-len(xmins), n)
+		}
+		return err
+	}, q.sql("write_sagas"), append(append(instanceArgs(updated, versions), changedStepArgs(changedSteps)...), eventArgs(events)...)...)
+	if pre == nil { // the commit resets it
 		w.queue(nil, q.sql("index_scans_as_before"))
-	}
-	if len(events) > 0 {
-		w.queue(nil, q.sql("insert_events"), eventArgs(events)...)
 	}
 	if len(msgs) > 0 {
 		if err := out.Enqueue(ctx, w, msgs...); err != nil {
@@ -439,7 +440,7 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	return nil
 }
 
-// concurrentUpdate marks err as ErrConcurrentUpdate when update_instances refused a
+// concurrentUpdate marks err as ErrConcurrentUpdate when write_sagas refused a
 // saga no longer at the version read (its NULL "version"), and as transient too when
 // the consumer is to run the transaction again.
 func concurrentUpdate(err error, transient bool) error {
@@ -513,7 +514,7 @@ func (p *pipeline) run(ctx context.Context, db DB) error {
 	return first
 }
 
-// instanceArgs are the parameters of update_instances.
+// instanceArgs are the instance parameters of write_sagas.
 func instanceArgs(sagas []*Instance, versions []int64) []any {
 	n := len(sagas)
 	ids, statuses, errs := make([][16]byte, n), make([]string, n), make([]string, n)
@@ -541,8 +542,8 @@ func newStepArgs(steps []ownedStep) []any {
 	return append([]any{ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries}, dyn...)
 }
 
-// changedStepArgs are the 15 parameters of update_steps: the key and what transitions
-// change.
+// changedStepArgs are the 15 step parameters of write_sagas: the key and what
+// transitions change.
 func changedStepArgs(steps []ownedStep) []any {
 	n := len(steps)
 	ids, names, statuses, ops, errs := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -558,7 +559,7 @@ func changedStepArgs(steps []ownedStep) []any {
 	return []any{ids, names, statuses, ops, attempts, bases, deadlines, nexts, undo, seqs, inputs, results, errs, starts, fins}
 }
 
-// eventArgs are the 7 parameters of insert_events.
+// eventArgs are the 7 event parameters of write_sagas.
 func eventArgs(events []Event) []any {
 	n := len(events)
 	ids, ats, types, steps, ops, attempts, details := make([][16]byte, n), make([]time.Time, n), make([]string, n),
