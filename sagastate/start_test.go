@@ -117,3 +117,42 @@ func TestStartOnTheDatabaseClockDatesEverythingAtTheStart(t *testing.T) {
 		t.Fatalf("after a's reply: a %s started %v (want %v), b %s", a.Status, a.StartedAt, start, s.Steps[1].Status)
 	}
 }
+
+// A transition in the caller's transaction (HandleReply) turns sequential scans off
+// and generic plans on for its own statements only: the transaction's settings are
+// as they were once it returns.
+func TestTransitionPutsTheCallersPlannerSettingsBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	def := sagastate.Define[script]("settings", sagastate.Step("a", topic).Do("a.do").Undo("a.undo"),
+		sagastate.Step("b", topic).Do("b.do").Undo("b.undo"))
+	o, err := sagastate.New(db.Pool, sagastate.Config{Sagas: []sagastate.Definition{def}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.New()
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return def.Start(ctx, tx, o, id, script{}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = on`); err != nil {
+			return err
+		}
+		if err := o.HandleReply(ctx, tx, wire.Reply{SagaID: id, Step: "a", Op: wire.OpForward, Attempt: 1, Outcome: wire.OutcomeSuccess}); err != nil {
+			return err
+		}
+		var mode, seq string
+		if err := tx.QueryRow(ctx, `SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')`).Scan(&mode, &seq); err != nil {
+			return err
+		}
+		if mode != "force_custom_plan" || seq != "on" {
+			t.Errorf("after HandleReply: plan_cache_mode %s, enable_seqscan %s; want force_custom_plan, on", mode, seq)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

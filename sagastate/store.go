@@ -139,7 +139,8 @@ type loading struct {
 }
 
 // queueLoad queues load's first round trip in batch. Unless restore is set, the
-// statements after it in the transaction keep to index scans (see index_scans_only):
+// statements after it in the transaction keep to index scans and generic plans (see
+// plan_settings):
 // for a transaction that runs only the orchestrator's statements until it commits.
 func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock time.Time, cache *stepCache, restore bool) *loading {
 	l := &loading{ids: ids, lock: lock, clock: clock, cache: cache, read: ids, sagas: make(map[uuid.UUID]*Instance, len(ids))}
@@ -155,7 +156,7 @@ func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock t
 		}
 	}
 	if lock {
-		batch.Queue(q.sql("index_scans_only"))
+		batch.Queue(q.sql("plan_settings"))
 		batch.Queue(q.sql("lock_instances"), pguuid.Array(ids), ts(clock)).Query(l.scanInstances)
 	} else {
 		batch.Queue(q.sql("select_instance"), [16]byte(ids[0]), ts(clock)).Query(l.scanInstances)
@@ -169,7 +170,7 @@ func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock t
 		})
 	}
 	if lock && restore {
-		batch.Queue(q.sql("index_scans_as_before"))
+		batch.Queue(q.sql("plan_settings_as_before"))
 	}
 	return l
 }
@@ -397,7 +398,7 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	// For write_sagas' updates. With pre the load set it for the rest of the
 	// transaction already (queueLoad without restore).
 	if pre == nil {
-		w.queue(nil, q.sql("index_scans_only"))
+		w.queue(nil, q.sql("plan_settings"))
 	}
 	xmins := make(map[uuid.UUID]uint32, len(updated))
 	n := len(updated)
@@ -411,7 +412,7 @@ func (q queries) write(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 		return err
 	}, q.sql("write_sagas"), append(append(instanceArgs(updated, versions), changedStepArgs(changedSteps)...), eventArgs(events)...)...)
 	if pre == nil { // the commit resets it
-		w.queue(nil, q.sql("index_scans_as_before"))
+		w.queue(nil, q.sql("plan_settings_as_before"))
 	}
 	if len(msgs) > 0 {
 		if err := out.Enqueue(ctx, w, msgs...); err != nil {
