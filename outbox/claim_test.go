@@ -99,3 +99,65 @@ func TestClaimHoldsBackOnlyRowsBehindAWaitingRowOfTheirKey(t *testing.T) {
 		claim(t, later.Add(time.Second), "a1", "a2", "a3", "b1", "u1", "u2", "u3")
 	})
 }
+
+// TestClaimsOfARunLeaveRowsCommittedAfterItsFirstClaim: a claim that follows on
+// with a Cursor scans only after the rows the one before scanned, so a row that
+// commits behind the cursor (its transaction took its seq early) waits for the
+// next run. A later row of its key, committed after it, must wait too, or it
+// would be published first: the claims of a run take only rows its first claim's
+// snapshot saw.
+func TestClaimsOfARunLeaveRowsCommittedAfterItsFirstClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	store := outbox.NewStore("")
+	payloads := func(rows []outbox.Claimed) []string {
+		var out []string
+		for _, r := range rows {
+			out = append(out, string(r.Payload))
+		}
+		return out
+	}
+
+	late, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback(ctx)
+	if err := outbox.Enqueue(ctx, late, outbox.Message{Topic: "t", Key: "k", Payload: []byte("k1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "t", Key: "x", Payload: []byte("x1")}); err != nil {
+		t.Fatal(err)
+	}
+	cur := &outbox.Cursor{}
+	now := time.Now()
+	first, _, err := store.ClaimNext(ctx, db.Pool, nil, now, 1, cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(first); !slices.Equal(got, []string{"x1"}) {
+		t.Fatalf("first claim took %q; want [x1] (k1 is not committed)", got)
+	}
+	if err := late.Commit(ctx); err != nil { // k1 is now behind the cursor
+		t.Fatal(err)
+	}
+	if err := outbox.Enqueue(ctx, db.Pool, outbox.Message{Topic: "t", Key: "k", Payload: []byte("k2")}); err != nil {
+		t.Fatal(err)
+	}
+	next, scanned, err := store.ClaimNext(ctx, db.Pool, nil, now, 10, cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(next) != 0 || scanned != 1 || !cur.Blocked["k"] {
+		t.Fatalf("the run's next claim took %q (scanned %d, key k blocked: %v); want nothing: k2 committed after the run's first claim, and k1 before it is behind the cursor",
+			payloads(next), scanned, cur.Blocked["k"])
+	}
+	again, _, err := store.Claim(ctx, db.Pool, nil, time.Now(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(again); !slices.Equal(got, []string{"k1", "x1", "k2"}) {
+		t.Fatalf("a new run took %q; want [k1 x1 k2]", got)
+	}
+}
