@@ -845,3 +845,31 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The barrier reads with sequential scans off and a generic plan; the handler runs
+// with the transaction's own planner settings.
+func TestHandlerRunsWithTheTransactionsPlannerSettings(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	p, err := participants.New(db.Pool, participants.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mode, seq string
+	p.Handle("payment.charge", func(ctx context.Context, tx pgx.Tx, cmd wire.Command) ([]byte, error) {
+		return nil, tx.QueryRow(ctx, `SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')`).Scan(&mode, &seq)
+	})
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_custom_plan`); err != nil {
+			return err
+		}
+		return p.HandleCommand(ctx, tx, command(uuid.New(), wire.OpForward, 1, 1))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode != "force_custom_plan" || seq != "on" {
+		t.Fatalf("the handler ran with plan_cache_mode %s, enable_seqscan %s; want force_custom_plan, on", mode, seq)
+	}
+}
