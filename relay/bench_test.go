@@ -35,7 +35,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
@@ -315,27 +314,26 @@ func (d drainResult) dupNote() string {
 	return ""
 }
 
-// relayDrain fills a backlog of n rows, holds it back with an open transaction
-// (its rows are not ready while an older transaction runs) until the relays own
-// their shares, then lets it go, waking every relay at once, and times the relays
-// from the first record in Kafka to the last.
+// relayDrain fills a backlog of n rows, leases each relay its share of the shards
+// beforehand, starts the relays together on it, and times them from the first
+// record in Kafka to the last.
 func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pgss bool) drainResult {
 	b.Helper()
 	ctx := context.Background()
 	db := newBenchDB(b, 4)
 	topic := k.createTopic(b, "drain", benchPartitions)
-	blocker, err := db.pool.Begin(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer blocker.Rollback(ctx)
-	if _, err := blocker.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
-		b.Fatal(err)
-	}
-	fill(b, db.pool, topic, n-2, benchKeys)
+	fill(b, db.pool, topic, n, benchKeys)
+	// A relay publishes every committed row at once, so the backlog cannot be held
+	// back until the relays have shared the shards (it was, by an open transaction,
+	// when a row waited for every older one). Instead each relay finds its share
+	// leased to it and waits for the signal to run: relays started one after the
+	// other (a process start takes 100-300 ms on busy cores) begin together, and
+	// none publishes a shard it is about to give up.
+	leaseShares(b, db.pool, "bench-", relays)
 	procs := make([]*relayProc, relays)
 	for i := range procs {
 		oi := o
+		oi.Gated = true
 		if o.CPUProfile != "" && relays > 1 { // a profile per relay process
 			oi.CPUProfile = strings.TrimSuffix(o.CPUProfile, ".pprof") + fmt.Sprintf("-%d.pprof", i)
 		}
@@ -344,7 +342,6 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 		}
 		procs[i] = startRelayProc(b, db.url, k.brokers, fmt.Sprintf("bench-%d", i), oi)
 	}
-	waitShares(b, db.pool, relays)
 	layout := shardLayout(b, db.pool)
 	workers := o.Workers
 	if workers == 0 {
@@ -360,31 +357,10 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(k.brokers...), Transport: tr}
-	// The relays start together: a committed row (held back too) puts every relay's
-	// probe into its fast pace (ProbeInterval, for a second after a row was found),
-	// then the blocker adds the backlog's last row and commits, which makes every
-	// row ready at once and wakes every probe within ProbeInterval. Rolled back
-	// instead, the blocker left each publish loop to find the rows when its
-	// held-rows pause ran out, up to PollInterval apart: ×3's loops started up to
-	// 470 ms apart in a 3 s drain, ×1's two loops (one process) 9 ms apart.
-	addRow := func(q interface {
-		Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-	}, i int) {
-		if _, err := q.Exec(ctx, `INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload")
-VALUES (gen_random_uuid(), $1, 'key-' || ($2::int % $3), convert_to(rpad('k' || ($2::int % $3) || ':start:', 1024, 'x'), 'UTF8'))`,
-			topic, i, benchKeys); err != nil {
-			b.Fatal(err)
-		}
-	}
-	addRow(db.pool, n-2)
-	time.Sleep(300 * time.Millisecond) // every probe has seen it (an idle probe looks every 100 ms)
-	addRow(blocker, n-1)
-	if pgss { // after the claims of the held-back rows
+	if pgss {
 		_, _ = db.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
 	}
-	if err := blocker.Commit(ctx); err != nil {
-		b.Fatal(err)
-	}
+	startGated(b, procs)
 	var first time.Time
 	var cpu0 cpuSplit
 	var n0, seen int64

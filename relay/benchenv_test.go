@@ -308,6 +308,8 @@ type benchRelayOpts struct {
 	Listen        bool
 	MaxConns      int // the relay's pool size (pool_max_conns); 0: pgxpool's default
 	CPUProfile    string
+	// Gated makes the relay process wait for SIGUSR2 before it runs (startGated).
+	Gated bool
 	// Trace names a file the relay writes, at its end, "id start end" for every
 	// message it published: the payload's number before ':' and the publish call's
 	// start and end (unix nanos), for BenchmarkRelayWakeup's breakdown.
@@ -329,6 +331,7 @@ type procStats struct {
 type relayProc struct {
 	cmd   *exec.Cmd
 	stats chan procStats
+	ready chan struct{} // closed when a gated relay waits for its start (startGated)
 }
 
 func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o benchRelayOpts) *relayProc {
@@ -345,11 +348,14 @@ func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o b
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	p := &relayProc{cmd: cmd, stats: make(chan procStats, 1)}
+	p := &relayProc{cmd: cmd, stats: make(chan procStats, 1), ready: make(chan struct{})}
 	go func() {
 		var st procStats
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if sc.Text() == "READY" {
+				close(p.ready)
+			}
 			if js, ok := strings.CutPrefix(sc.Text(), "STATS "); ok {
 				_ = json.Unmarshal([]byte(js), &st)
 			}
@@ -358,6 +364,37 @@ func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o b
 	}()
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	return p
+}
+
+// startGated starts gated relay processes (benchRelayOpts.Gated) together: it
+// waits until each waits for its signal, then signals them all.
+func startGated(b *testing.B, procs []*relayProc) {
+	b.Helper()
+	for _, p := range procs {
+		select {
+		case <-p.ready:
+		case <-time.After(60 * time.Second):
+			b.Fatal("a gated relay process was not ready within 60s")
+		}
+	}
+	for _, p := range procs {
+		if err := p.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// leaseShares gives relay "<prefix>i" of relays the i-th of relays equal ranges of
+// the shards, and registers it as live, as its own heartbeats would: a relay that
+// starts with that ID renews its leases at once and moves nothing.
+func leaseShares(b *testing.B, pool *pgxpool.Pool, prefix string, relays int) {
+	b.Helper()
+	if _, err := pool.Exec(context.Background(), `WITH l AS (
+    UPDATE "sagabox"."outbox_leases" SET "owner" = $1 || ("shard" * $2 / $3), "expires_at" = now() + interval '1 minute', "epoch" = "epoch" + 1)
+INSERT INTO "sagabox"."outbox_relays" ("id", "expires_at")
+SELECT $1 || i, now() + interval '1 minute' FROM generate_series(0, $2 - 1) AS i`, prefix, relays, relay.Shards); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // stop ends the relay gracefully and returns its figures.
@@ -449,6 +486,18 @@ func runBenchRelay() int {
 			sep = "&"
 		}
 		os.Setenv("DATABASE_URL", u+sep+"pool_max_conns="+strconv.Itoa(o.MaxConns))
+	}
+	if o.Gated {
+		// Wait for startGated's SIGUSR2, so that relays started one after the other
+		// begin at once on shares leased to them beforehand (relayDrain).
+		usr2 := make(chan os.Signal, 1)
+		signal.Notify(usr2, syscall.SIGUSR2)
+		fmt.Println("READY")
+		select {
+		case <-usr2:
+		case <-ctx.Done():
+			return 0
+		}
 	}
 	if code := runRelayProcess(ctx, cfg); code != 0 {
 		return code
