@@ -488,6 +488,13 @@ func BenchmarkRelayWakeup(b *testing.B) {
 			fmt.Fprintf(w, "    %-44s %s\n", m.name, waitSummary(results[i].waits))
 		}
 	}
+	fmt.Fprintf(w, "  the server's WAL while the producers ran (pg_stat_wal; every fsync of a durable commit is one the others may queue behind):\n")
+	for i, m := range modes {
+		if !m.direct {
+			wl := results[i].wal
+			fmt.Fprintf(w, "    %-44s %6.2f MB/s, %5d writes/s, %5d fsyncs/s, %d writes by full WAL buffers\n", m.name, float64(wl.bytes)/1e6, wl.writes, wl.syncs, wl.buffersFull)
+		}
+	}
 	fmt.Fprintf(w, "  where commit → Kafka goes, p50 / p99 (the relay's publish trace):\n")
 	for i, m := range modes {
 		if r := results[i]; len(r.claim) > 0 {
@@ -586,6 +593,24 @@ type wakeResult struct {
 	rate             float64
 	readErrs         int64
 	relayCPU         time.Duration // the relay process's user + system time
+	wal              walStats      // the server's WAL activity during the run (pg_stat_wal)
+}
+
+// walStats is what pg_stat_wal counts: WAL written (bytes), writes and fsyncs,
+// and writes forced by full WAL buffers.
+type walStats struct{ bytes, writes, syncs, buffersFull int64 }
+
+func readWAL(b *testing.B, pool *pgxpool.Pool) walStats {
+	b.Helper()
+	var w walStats
+	if err := pool.QueryRow(context.Background(), `SELECT wal_bytes::bigint, wal_write, wal_sync, wal_buffers_full FROM pg_stat_wal`).Scan(&w.bytes, &w.writes, &w.syncs, &w.buffersFull); err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
+func (w walStats) since(o walStats) walStats {
+	return walStats{w.bytes - o.bytes, w.writes - o.writes, w.syncs - o.syncs, w.buffersFull - o.buffersFull}
 }
 
 func (r wakeResult) pct(s []time.Duration, q float64) time.Duration {
@@ -680,6 +705,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	waits := make(chan map[string]int, 1)
 	go func() { waits <- sampleWaits(sampleCtx, db.pool) }()
+	wal0 := readWAL(b, db.pool)
 	begin := time.Now()
 	for g := range producers {
 		producing.Go(func() {
@@ -717,6 +743,10 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 		})
 	}
 	producing.Wait()
+	res.wal = readWAL(b, db.pool).since(wal0)
+	walSecs := time.Since(begin).Seconds()
+	res.wal = walStats{int64(float64(res.wal.bytes) / walSecs), int64(float64(res.wal.writes) / walSecs),
+		int64(float64(res.wal.syncs) / walSecs), res.wal.buffersFull}
 	stopSampling()
 	res.waits = <-waits
 	res.rate = float64(total) / time.Unix(0, lastCommit.Load()).Sub(begin).Seconds()
