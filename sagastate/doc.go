@@ -81,20 +81,23 @@
 // saga_steps must come with an UPDATE of the saga's saga_instances row (for example
 // SET version = version) in the same transaction.
 //
-// Round trips. The reply consumer's transaction takes two: its BEGIN and inbox insert
-// go with the lock and read of the replies' sagas (consumer Prefetch; the saga ids are
-// in the records' headers), and its COMMIT with every write (consumer.QueueAtCommit).
-// The writes therefore cannot be checked before the commit: the version check is in
-// the statement itself (write_sagas fails on a saga at another version, so the
-// commit fails and the consumer runs the transaction again), and the xmin remembered
-// with the steps is the transaction's own id, read with the lock. The sweeper's and
-// the operators' transactions send their writes at once. Start, in the caller's, takes
-// one: one statement (start_saga) writes the instance row, its steps and its first log
-// entries, sent with the commands' outbox insert. The first transition is computed
-// before the start time is known, at a reference time the statement moves every time
-// to the start time by; a duplicate id writes no saga row (nor steps nor events), and
-// the commands sent with it are deleted again (one more round trip, for that case
-// only).
+// Round trips. The reply consumer's transaction takes two: its BEGIN and inbox insert go
+// with the lock and read of the replies' sagas (consumer Prefetch; the saga ids are in
+// the records' headers), and its COMMIT with every write (consumer.QueueAtCommit). The
+// writes therefore cannot be checked before the commit: the version check is in the
+// statement itself (write_sagas fails on a saga at another version, so the commit fails
+// and the consumer runs the transaction again), and the xmin remembered with the steps is
+// the transaction's own id, read with the lock. Whatever the number of replies, the
+// orchestrator adds four statements to the consumer's: plan_settings and lock_instances
+// with the BEGIN (and select_steps for sagas whose steps it does not remember),
+// write_sagas (instance rows, changed steps and log entries) and the commands' outbox
+// insert with the COMMIT. The sweeper's and the operators' transactions send their writes
+// at once. Start, in the caller's, takes one: one statement (start_saga) writes the
+// instance row, its steps and its first log entries, sent with the commands' outbox
+// insert. The first transition is computed before the start time is known, at a reference
+// time the statement moves every time to the start time by; a duplicate id writes no saga
+// row (nor steps nor events), and the commands sent with it are deleted again (one more
+// round trip, for that case only).
 // The sweeper applies a batch of due sagas (SweepBatch) as one transition of them all,
 // in a savepoint: locked and read in one round trip, written in one more; only if that
 // fails does it take them one at a time, a savepoint each, so that a saga it cannot
