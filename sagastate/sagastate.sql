@@ -18,8 +18,12 @@
 -- The instance row goes first, and a duplicate id inserts nothing there ("saga" has no
 -- row), so nothing else either: no error, and the caller's transaction stays usable
 -- (the commands are then taken back, unsend_commands). It returns the start time and
--- the row's xmin.
-WITH "now" AS (SELECT coalesce($1::timestamptz, clock_timestamp()) - $2::timestamptz AS "shift"),
+-- the row's xmin. The shift is a number of microseconds: the difference of two
+-- timestamptz values comes in days and hours, and a day added to a timestamptz is a
+-- calendar day in the session's time zone, 23 or 25 hours across a daylight saving change.
+WITH "now" AS (
+    SELECT interval '1 microsecond' * ((extract(epoch FROM coalesce($1::timestamptz, clock_timestamp()))
+        - extract(epoch FROM $2::timestamptz)) * 1000000)::float8 AS "shift"),
 "saga" AS (
     INSERT INTO "sagabox"."saga_instances" ("id", "type", "status", "payload", "last_error", "wake_at", "created_at",
         "updated_at", "finished_at")
