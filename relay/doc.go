@@ -220,7 +220,8 @@
 //     its key overtakes it, a run takes only rows its first claim's snapshot saw
 //     (committed before it), and uses one "now" for retries. A run
 //     ends when a claim does not fill or after min(PollInterval, 1 s); the next
-//     starts from the oldest row again;
+//     starts from the loop's floor (below it every row is settled, see Wake-ups),
+//     or from the oldest row once per PollInterval;
 //   - a key whose row failed in batch N is dropped from batch N+1 (already
 //     claimed) and from the rest of the run; the next run finds its rows again,
 //     behind the failed row's retry;
@@ -435,6 +436,13 @@
 // behind 20,000 deleted ones took 11.6 ms, 2,858 heap pages); since, about 100
 // buffers and 0.8-2.7 ms per claim in nine runs of ten (13.7 in one), 1.6-9.6 s
 // per run. A second publish loop runs its own claims over the same index range.
+// Runs now start from their loop's floor, below which every row of its shards is
+// settled (relay/floor.go: a clean run's last scanned seq, once every transaction
+// open at its first claim has ended), and from the oldest row once per
+// PollInterval, for retries falling due: a claim's cost no longer grows with the
+// time since the last vacuum, only the rows deleted while the xmin trails (about
+// a producer transaction's length) remain to step over. Three interleaved pairs at
+// load 7-12: 99, 70 and 140 buffers per claim before, 72, 57 and 66 after.
 
 // # Residual ordering limits
 //

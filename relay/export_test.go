@@ -49,3 +49,6 @@ func HeartbeatHook(r *Relay, f func(at string)) { r.hook = f }
 
 // WaitReleases waits for r's background releases of surplus shards.
 func WaitReleases(r *Relay) { r.releases.Wait() }
+
+// Floor returns where publish loop w's runs start to scan (see floor).
+func Floor(r *Relay, w int) int64 { return r.loops[w].floor.seq }

@@ -323,9 +323,9 @@ func (r *Relay) probeLoop(ctx context.Context) {
 }
 
 // runLimit bounds one cycle's run of pipelined claims: the claims of a run scan
-// forward from the row after the last one scanned, so rows it left behind (held
-// by an older open transaction, or due for a retry) are looked at again only by
-// the next run, which starts from the oldest row.
+// forward from the row after the last one scanned, so rows it left behind
+// (committed after its first claim, or due for a retry) are looked at again only
+// by a later run, which starts from the loop's floor or the oldest row.
 func (r *Relay) runLimit() time.Duration { return min(r.cfg.PollInterval, time.Second) }
 
 // batch is one claim: the rows to publish and what it holds.
@@ -368,15 +368,17 @@ func dropBatch(next <-chan batch) {
 // goroutine (or Cycle, in tests) touches the slice.
 type loop struct {
 	tails []*tail
+	floor floor // where its runs start to scan
 }
 
 // tail is the last batch of a cycle that caught up, published and settled while
 // the loop goes on, so that rows committed during its publish do not wait for
 // its acknowledgement.
 type tail struct {
-	rows []row
-	done chan struct{} // closed once the batch is settled or dropped
-	err  error         // set before done is closed
+	rows  []row
+	done  chan struct{} // closed once the batch is settled or dropped
+	err   error         // set before done is closed
+	clean bool          // every row was acknowledged and deleted; set before done is closed
 }
 
 // reap forgets the tails that ended and returns their errors.
@@ -449,6 +451,7 @@ func (l *loop) pending() (keys map[string]bool, unkeyed map[uuid.UUID]bool) {
 func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error) {
 	l := r.loops[w]
 	if err := l.waitBelow(r.cfg.MaxPublishes); err != nil {
+		l.floor.reset()
 		return 0, 0, err
 	}
 	// A wake-up sent before this point is answered by this cycle's claim, which
@@ -462,6 +465,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	default:
 	}
 	if err := l.reap(); err != nil {
+		l.floor.reset()
 		return 0, 0, err
 	}
 	shards := r.leases.usable(time.Now().Add(r.cfg.PublishTimeout))
@@ -474,7 +478,12 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	runEnd := time.Now().Add(r.runLimit())
 	now := r.cfg.Now() // one now for the run's claims: see outbox.Cursor
 	keys, skip := l.pending()
-	cur := &outbox.Cursor{Blocked: keys}
+	cur := &outbox.Cursor{Blocked: keys, Seq: l.floor.start(shards, time.Now(), r.cfg.PollInterval, r.cfg.MaxPublishes == 1)}
+	dirty := false // rows of this run may be left pending: see floor
+	var last *tail
+	defer func() {
+		l.floor.ran(runOutcome{clean: err == nil && held == 0 && !dirty, seq: cur.Seq, snapshot: cur.Snapshot, tail: last})
+	}()
 	var settling <-chan error // the settle in flight
 	defer func() {
 		if settling != nil {
@@ -497,7 +506,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 				next = make(chan batch, 1)
 				go func() { next <- r.claimBatch(ctx, shards, now, cur, skip) }()
 			} else {
-				r.wakeWorker(w) // a new run, from the oldest row
+				r.wakeWorker(w) // a new run, from the floor
 			}
 		}
 		if len(b.rows) == 0 {
@@ -507,11 +516,13 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 				b.release()
 				dropBatch(next)
 				r.wakeWorker(w)
+				dirty = true
 				return claimed, held, nil
 			}
 			if !full {
 				// Caught up: the next cycle need not wait for this publish.
-				l.tails = append(l.tails, r.publishTail(ctx, w, b))
+				last = r.publishTail(ctx, w, b)
+				l.tails = append(l.tails, last)
 				return claimed + len(b.rows), held, nil
 			}
 			s, pubErr := r.publish(ctx, b.rows)
@@ -539,6 +550,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 				r.wakeWorker(w)
 			}
 			failedKeys = s.failedKeys
+			dirty = dirty || !s.clean()
 		}
 		if next == nil {
 			return claimed, held, nil
@@ -577,6 +589,7 @@ func (r *Relay) publishTail(ctx context.Context, w int, b batch) *tail {
 		if s.unavailable != nil {
 			t.err = fmt.Errorf("publish: %w", s.unavailable)
 		}
+		t.clean = s.clean()
 	}()
 	return t
 }
@@ -590,6 +603,12 @@ type published struct {
 	heldBack   bool
 	// unavailable is set when the broker refused some messages as a whole.
 	unavailable error
+}
+
+// clean reports whether every row was acknowledged: none failed, none was held
+// back or refused as unavailable, so none is left pending.
+func (p published) clean() bool {
+	return len(p.failed) == 0 && !p.heldBack && p.unavailable == nil && len(p.failedKeys) == 0
 }
 
 // publish sends rows and sorts the outcome. An error means the batch failed as a

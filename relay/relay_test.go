@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/sagabox/sagabox/internal/kafkatest"
@@ -231,6 +232,22 @@ func cycleUntil(t *testing.T, r *relay.Relay, want int) {
 	})
 }
 
+// enqueueOpen enqueues msg in a transaction it leaves open (rolled back at the
+// test's end unless committed).
+func enqueueOpen(t *testing.T, pool *pgxpool.Pool, msg outbox.Message) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if err := outbox.Enqueue(ctx, tx, msg); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
 // readValues reads n records of topic and returns their values in partition order.
 func readValues(t *testing.T, brokers []string, topic string, n int) []string {
 	t.Helper()
@@ -255,14 +272,7 @@ func TestOpenTransactionDoesNotHoldBackLaterCommits(t *testing.T) {
 	e := setup(t, 1)
 	r := steppedRelay(t, e)
 
-	older, err := e.db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer older.Rollback(ctx)
-	if err := outbox.Enqueue(ctx, older, outbox.Message{Topic: e.topic, Key: "k", Payload: []byte("k:second")}); err != nil {
-		t.Fatal(err)
-	}
+	older := enqueueOpen(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: []byte("k:second")})
 	// The younger transaction inserts later and commits first.
 	enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: []byte("k:first")})
 	if n := cycleOnce(t, r); n != 1 {
@@ -447,4 +457,44 @@ func TestSeveralRelays(t *testing.T) {
 	waitFor(t, 20*time.Second, "the new relay to get a share", func() bool { return shardsSeen[3].Load() > 0 })
 	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 900, 60*time.Second), perKey, true)
 	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return countRows(t, e.db.Pool, "true") == 0 })
+}
+
+// TestFloorNeverPassesARowOfAnOpenTransaction: a loop's runs start after its
+// floor, not from the oldest row, once its earlier rows are settled. A row whose
+// transaction took its seq early and is still open must not fall below the floor
+// before it commits, or it would wait for the next run from the oldest row
+// (PollInterval, a minute here).
+func TestFloorNeverPassesARowOfAnOpenTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t, 1)
+	cfg := fastConfig()
+	cfg.Workers = 1
+	cfg.PollInterval = time.Minute
+	cfg.LeaseTTL = 2 * time.Minute
+	r := steppedRelayConfig(t, e, cfg)
+	late := enqueueOpen(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "late", Payload: []byte("late:1")})
+	var lateSeq int64
+	if err := late.QueryRow(ctx, `SELECT max("seq") FROM "sagabox"."outbox_messages"`).Scan(&lateSeq); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", i)})
+		cycleUntil(t, r, 1)
+		if f := relay.Floor(r, 0); f >= lateSeq {
+			t.Fatalf("floor %d passed seq %d of the row of a transaction still open", f, lateSeq)
+		}
+	}
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cycleUntil(t, r, 1) // within a minute: from the floor, below the late row
+	for i := 6; i <= 8; i++ {
+		enqueue(t, e.db.Pool, outbox.Message{Topic: e.topic, Key: "k", Payload: payload("k", i)})
+		cycleUntil(t, r, 1)
+	}
+	if f := relay.Floor(r, 0); f <= lateSeq {
+		t.Errorf("floor %d once every row up to %d was published; want it past the late row (seq %d)", f, lateSeq, lateSeq)
+	}
+	checkOrder(t, kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, 9, 30*time.Second), map[string]int{"k": 8, "late": 1}, false)
 }
