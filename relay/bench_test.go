@@ -326,14 +326,16 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	// A relay publishes every committed row at once, so the backlog cannot be held
 	// back until the relays have shared the shards (it was, by an open transaction,
 	// when a row waited for every older one). Instead each relay finds its share
-	// leased to it and waits for the signal to run: relays started one after the
-	// other (a process start takes 100-300 ms on busy cores) begin together, and
-	// none publishes a shard it is about to give up.
+	// leased to it, so it moves no shard, and holds its publishes until the signal
+	// (startGate): relays started one after the other (a process start takes
+	// 100-300 ms on busy cores), each connected and with its first batches
+	// claimed, publish together.
 	leaseShares(b, db.pool, "bench-", relays)
+	warm := k.createTopic(b, "warm", 1)
 	procs := make([]*relayProc, relays)
 	for i := range procs {
 		oi := o
-		oi.Gated = true
+		oi.WarmTopic = warm
 		if o.CPUProfile != "" && relays > 1 { // a profile per relay process
 			oi.CPUProfile = strings.TrimSuffix(o.CPUProfile, ".pprof") + fmt.Sprintf("-%d.pprof", i)
 		}

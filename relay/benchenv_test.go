@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
@@ -308,8 +309,10 @@ type benchRelayOpts struct {
 	Listen        bool
 	MaxConns      int // the relay's pool size (pool_max_conns); 0: pgxpool's default
 	CPUProfile    string
-	// Gated makes the relay process wait for SIGUSR2 before it runs (startGated).
-	Gated bool
+	// WarmTopic, when set, gates the relay process's publishes (startGated): its
+	// first publish sends one message to WarmTopic instead, says READY and waits
+	// for SIGUSR2.
+	WarmTopic string
 	// Trace names a file the relay writes, at its end, "id start end" for every
 	// message it published: the payload's number before ':' and the publish call's
 	// start and end (unix nanos), for BenchmarkRelayWakeup's breakdown.
@@ -331,7 +334,7 @@ type procStats struct {
 type relayProc struct {
 	cmd   *exec.Cmd
 	stats chan procStats
-	ready chan struct{} // closed when a gated relay waits for its start (startGated)
+	ready chan struct{} // closed when a gated relay is ready to publish (startGated)
 }
 
 func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o benchRelayOpts) *relayProc {
@@ -366,8 +369,36 @@ func startRelayProc(b *testing.B, dbURL string, brokers []string, id string, o b
 	return p
 }
 
-// startGated starts gated relay processes (benchRelayOpts.Gated) together: it
-// waits until each waits for its signal, then signals them all.
+// startGate holds a relay's publishes until startGated's SIGUSR2, so that relays
+// started one after the other publish together: each runs, renews the shares
+// leased to it and claims its first batches meanwhile, and its first publish
+// warms the broker's metadata and connections with one message to warm.
+type startGate struct {
+	relay.Publisher
+	warm  string
+	once  sync.Once
+	open  chan struct{}
+	first atomic.Int64 // unix nanos of the first publish through the open gate
+}
+
+func (g *startGate) Publish(ctx context.Context, msgs []outbox.Message) error {
+	g.once.Do(func() {
+		if err := g.Publisher.Publish(ctx, []outbox.Message{{ID: uuid.New(), Topic: g.warm, Payload: []byte("warm")}}); err != nil {
+			fmt.Fprintln(os.Stderr, "warm-up publish:", err)
+		}
+		fmt.Println("READY")
+	})
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	g.first.CompareAndSwap(0, time.Now().UnixNano())
+	return g.Publisher.Publish(ctx, msgs)
+}
+
+// startGated opens the start gates of relay processes (benchRelayOpts.WarmTopic)
+// together: it waits until each is ready to publish, then signals them all.
 func startGated(b *testing.B, procs []*relayProc) {
 	b.Helper()
 	for _, p := range procs {
@@ -487,19 +518,22 @@ func runBenchRelay() int {
 		}
 		os.Setenv("DATABASE_URL", u+sep+"pool_max_conns="+strconv.Itoa(o.MaxConns))
 	}
-	if o.Gated {
-		// Wait for startGated's SIGUSR2, so that relays started one after the other
-		// begin at once on shares leased to them beforehand (relayDrain).
+	var wrap func(relay.Publisher) relay.Publisher
+	var gate *startGate
+	if o.WarmTopic != "" {
+		gate = &startGate{warm: o.WarmTopic, open: make(chan struct{})}
 		usr2 := make(chan os.Signal, 1)
 		signal.Notify(usr2, syscall.SIGUSR2)
-		fmt.Println("READY")
-		select {
-		case <-usr2:
-		case <-ctx.Done():
-			return 0
-		}
+		go func() {
+			select {
+			case <-usr2:
+				close(gate.open)
+			case <-ctx.Done():
+			}
+		}()
+		wrap = func(p relay.Publisher) relay.Publisher { gate.Publisher = p; return gate }
 	}
-	if code := runRelayProcess(ctx, cfg); code != 0 {
+	if code := runRelayProcess(ctx, cfg, wrap); code != 0 {
 		return code
 	}
 	if o.Trace != "" {
@@ -508,8 +542,12 @@ func runBenchRelay() int {
 			return 1
 		}
 	}
+	first := firstPublish.Load()
+	if gate != nil { // the gated publish started when the gate opened, not when it was called
+		first = gate.first.Load()
+	}
 	st, _ := json.Marshal(procStats{PeakRSS: selfHWM(), PeakHeap: peakHeap.Load(), Published: published.Load(),
-		FirstPublish: firstPublish.Load(), LastSettle: lastSettle.Load(), Publishes: publishes.Load(), PublishNanos: publishNanos.Load()})
+		FirstPublish: first, LastSettle: lastSettle.Load(), Publishes: publishes.Load(), PublishNanos: publishNanos.Load()})
 	fmt.Println("STATS " + string(st))
 	return 0
 }

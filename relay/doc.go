@@ -97,9 +97,10 @@
 // loops (one process, their pauses in step) started 9 ms apart. It then woke
 // every relay at once (their first publishes 12-123 ms apart at load 8-21, the
 // spread of the first claims on busy cores; since no open transaction holds rows
-// back, see Commit order, it leases each relay its share beforehand and starts the
-// waiting relay processes with one signal: first publishes 37-43 ms apart at load
-// 6-9). Side by side at 50 ms, 100k rows,
+// back, see Commit order, it leases each relay its share beforehand and holds the
+// relays' publishes until one signal, once each has connected, warmed its broker
+// connection and claimed its first batches: first publishes 4 ms apart at load
+// 2-4). Side by side at 50 ms, 100k rows,
 // load 13-14, two rounds: the old start 812-864 ms apart, ×1's loops in publish
 // calls for 83-85% of the drain, ×1 13.6-13.7k msgs/s; the new one 56-61 ms,
 // 92-94%, 15.5-16.3k (×3/×1 2.05-2.06 against 1.30 and 2.41: one new round's

@@ -35,13 +35,14 @@ func runChild() int {
 	cfg.ID = os.Getenv("RELAY_ID")
 	cfg.BatchSize = 20
 	cfg.LeaseTTL, cfg.HeartbeatInterval = childLeaseTTL, childHeartbeat
-	return runRelayProcess(ctx, cfg)
+	return runRelayProcess(ctx, cfg, nil)
 }
 
 // runRelayProcess runs a relay with cfg on DATABASE_URL (its pool sized as
 // outbox-relay sizes it, unless the URL says) and KAFKA_BROKERS until
-// ctx ends, and returns the process's exit code.
-func runRelayProcess(ctx context.Context, cfg relay.Config) int {
+// ctx ends, and returns the process's exit code. wrap, if not nil, wraps the
+// kafkapub publisher.
+func runRelayProcess(ctx context.Context, cfg relay.Config, wrap func(relay.Publisher) relay.Publisher) int {
 	url := os.Getenv("DATABASE_URL")
 	poolCfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -63,7 +64,11 @@ func runRelayProcess(ctx context.Context, cfg relay.Config) int {
 		return 1
 	}
 	defer pub.Close()
-	r, err := relay.New(pool, pub, cfg)
+	var p relay.Publisher = pub
+	if wrap != nil {
+		p = wrap(pub)
+	}
+	r, err := relay.New(pool, p, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
