@@ -24,7 +24,8 @@ import (
 // producer transaction's length, several runs), at most maxProposals of them.
 // Anything else (a failure, rows left, other shards, a restart) puts the floor
 // back to 0. Every PollInterval a run starts from the oldest row anyway:
-// the safety net for retries falling due below the floor, and for a transaction
+// the safety net for retries falling due below the floor, dead letters revived
+// below it (outbox.RetryDead), and for a transaction
 // that took its seq before the first claim's snapshot but its xid after it (a
 // window of microseconds). With MaxPublishes above 1 runs always start from the
 // oldest row: batches of earlier cycles may still be under way below the floor.
