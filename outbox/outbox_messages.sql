@@ -20,7 +20,10 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 -- relay, "Commit order"). A claim that follows on in a run ($4, the run's first
 -- snapshot, see outbox.Cursor) takes only rows that snapshot saw; the others, and
 -- every later row of their key, wait for the next run. The claim returns its
--- snapshot (or $4) for the claims that follow on. Whether any row waits for a
+-- snapshot (or $4) for the claims that follow on, and whether any pending row has
+-- failed before (it waits for its retry or is due: a relay's loop then scans from
+-- the oldest row, see relay/floor.go), asked in outbox_messages_waiting_idx's order
+-- like the retry test below, so that no plan reads the table for it. Whether any row waits for a
 -- retry is asked once per claim (an InitPlan): when none does, the usual case, no
 -- scanned row needs the NOT EXISTS, a lookup per row (measured: a fifth of the
 -- claim's CPU, 2 buffers a row). It is
@@ -40,7 +43,9 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[
 WITH run AS MATERIALIZED (SELECT $4::text::pg_snapshot AS snap)
 SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
     (SELECT snap FROM run) IS NULL OR pg_visible_in_snapshot(m."txid", (SELECT snap FROM run)) AS ready,
-    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run)
+    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run),
+    (SELECT f."seq" FROM "sagabox"."outbox_messages" AS f WHERE f."dead_at" IS NULL AND f."next_attempt_at" IS NOT NULL
+     ORDER BY f."key", f."seq" LIMIT 1) IS NOT NULL
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3
@@ -61,7 +66,9 @@ LIMIT $1;
 WITH run AS MATERIALIZED (SELECT $4::text::pg_snapshot AS snap)
 SELECT m."seq", m."id", m."ctid", m."topic", m."key", m."payload", m."headers", m."attempts",
     (SELECT snap FROM run) IS NULL OR pg_visible_in_snapshot(m."txid", (SELECT snap FROM run)) AS ready,
-    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run)
+    (SELECT COALESCE(snap, pg_current_snapshot())::text FROM run),
+    (SELECT f."seq" FROM "sagabox"."outbox_messages" AS f WHERE f."dead_at" IS NULL AND f."next_attempt_at" IS NOT NULL
+     ORDER BY f."key", f."seq" LIMIT 1) IS NOT NULL
 FROM "sagabox"."outbox_messages" AS m
 WHERE m."dead_at" IS NULL
   AND m."seq" > $3

@@ -96,6 +96,10 @@ type Cursor struct {
 	// Snapshot is the first claim's snapshot, as PostgreSQL prints a pg_snapshot
 	// ("" before it).
 	Snapshot string
+	// Retrying is set by a claim that returned rows while some pending row (of
+	// any shard) had failed before and waits for its retry or is due: it may be
+	// below where the claims started, and later rows of its key must not pass it.
+	Retrying bool
 	// Blocked holds the keys a claim left a row of (not ready): later rows of
 	// theirs are not taken either. The caller adds keys it must hold back (their
 	// publish failed) the same way.
@@ -144,16 +148,17 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 		topic, key       pgtype.DriverBytes
 		payload, headers pgtype.DriverBytes
 		attempts         int
-		ready            bool
+		ready, retrying  bool
 		lastTopic        string
 		chunk            []byte
 	)
-	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Snapshot}
+	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Snapshot, &retrying}
 	for rows.Next() {
 		if err := rows.Scan(targets...); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
 		}
 		scanned++
+		cur.Retrying = cur.Retrying || retrying
 		k := string(key)
 		if k != "" && cur.Blocked[k] {
 			continue

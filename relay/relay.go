@@ -482,7 +482,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	dirty := false // rows of this run may be left pending: see floor
 	var last *tail
 	defer func() {
-		l.floor.ran(runOutcome{clean: err == nil && held == 0 && !dirty, seq: cur.Seq, snapshot: cur.Snapshot, tail: last})
+		l.floor.ran(runOutcome{clean: err == nil && held == 0 && !dirty && !cur.Retrying, seq: cur.Seq, snapshot: cur.Snapshot, tail: last})
 	}()
 	var settling <-chan error // the settle in flight
 	defer func() {
