@@ -439,8 +439,9 @@
 // per run. A second publish loop runs its own claims over the same index range.
 // Runs now start from their loop's floor, below which every row of its shards is
 // settled (relay/floor.go: a clean run's last scanned seq, once every transaction
-// open at its first claim has ended), and from the oldest row once per
-// PollInterval, for retries falling due: a claim's cost no longer grows with the
+// open at its first claim has ended; while any pending row has failed before, the
+// floor stays at 0, so no later row of its key passes its retry), and from the
+// oldest row once per PollInterval: a claim's cost no longer grows with the
 // time since the last vacuum, only the rows deleted while the xmin trails (about
 // a producer transaction's length) remain to step over. Three interleaved pairs at
 // load 7-12: 99, 70 and 140 buffers per claim before, 72, 57 and 66 after.
