@@ -99,3 +99,15 @@ SELECT gen_random_uuid(), 't', 'k' || (i % 100), '\x00' FROM generate_series(1, 
 		t.Fatal(err)
 	}
 }
+
+// TestEnqueueTakesItsXidBeforeItsSeq: Enqueue's insert assigns the transaction's
+// xid before any row's seq default runs (a one-time filter above the rows), so no
+// seq is ever held by a transaction the relay's snapshots cannot see as open.
+func TestEnqueueTakesItsXidBeforeItsSeq(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDB(t)
+	plan := genericPlan(t, db, "enqueue", `'{}'::uuid[], '{}'::text[], '{}'::text[], '{}'::bytea[], '{}'::jsonb[]`)
+	if !regexp.MustCompile(`"One-Time Filter": "\(pg_current_xact_id\(\) IS NOT NULL\)"`).MatchString(plan) {
+		t.Fatalf("enqueue does not take its xid before its rows' seqs:\n%s", plan)
+	}
+}

@@ -6,9 +6,14 @@
 -- quoted table name in place of "sagabox"."outbox_messages", and changes nothing else.
 
 -- name: enqueue
--- One statement for all messages of an Enqueue call.
+-- One statement for all messages of an Enqueue call. The transaction takes its xid
+-- (pg_current_xact_id, a one-time filter) before the first row takes its seq: a
+-- transaction whose first write this is would otherwise hold a seq without an xid
+-- for a moment, invisible to the relay's snapshots as an open transaction, and the
+-- relay could pass that seq (relay/floor.go) before the row commits.
 INSERT INTO "sagabox"."outbox_messages" ("id", "topic", "key", "payload", "headers")
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]);
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[])
+WHERE pg_current_xact_id() IS NOT NULL;
 
 -- name: claim
 -- The oldest pending rows of the shards $5 after seq $3, in seq (insert) order, at most $1.

@@ -15,22 +15,23 @@ import (
 // floor over those of the last two runs only.
 //
 // A clean run (it took every row it scanned, all of them were settled with no
-// failure, and no pending row of the table had failed before: one waiting for
-// its retry, or due, may lie below the floor, and a later row of its key above
-// it must not go first) proposes its last scanned seq. A row at or below it can still
-// commit later only in a transaction that was open at the run's first claim, so
-// the proposal becomes the floor once a later run's first claim sees a snapshot
-// xmin at or above that claim's xmax (every such transaction has ended) and that
-// run, which scanned from the old floor and so saw those rows too, is clean
-// itself. Proposals wait in order (under steady load the xmin trails by about a
-// producer transaction's length, several runs), at most maxProposals of them.
-// Anything else (a failure, rows left, other shards, a restart) puts the floor
-// back to 0. Every PollInterval a run starts from the oldest row anyway:
-// the safety net for dead letters revived below the floor (outbox.RetryDead),
-// and for a transaction
-// that took its seq before the first claim's snapshot but its xid after it (a
-// window of microseconds). With MaxPublishes above 1 runs always start from the
-// oldest row: batches of earlier cycles may still be under way below the floor.
+// failure, and no pending row of the table had failed before: one waiting for its
+// retry, or due, may lie below the floor, and a later row of its key above it
+// must not go first) proposes its last scanned seq. A row at or below it can
+// still commit later only in a transaction that was open at the run's first
+// claim, so the proposal becomes the floor once a later run's first claim sees a
+// snapshot xmin at or above that claim's xmax (every such transaction has ended)
+// and that run, which scanned from the old floor and so saw those rows too, is
+// clean itself. Proposals wait in order (under steady load the xmin trails by
+// about a producer transaction's length, several runs), at most maxProposals of
+// them. Anything else (a failure, rows left, other shards, a restart) puts the
+// floor back to 0. Every PollInterval a run starts from the oldest row anyway:
+// the safety net for dead letters revived below the floor (outbox.RetryDead), and
+// for a row written other than by outbox.Enqueue (which takes its transaction's
+// xid before the row's seq) whose transaction took its seq before the first
+// claim's snapshot but its xid after it. With MaxPublishes above 1 runs always
+// start from the oldest row: batches of earlier cycles may still be under way
+// below the floor.
 type floor struct {
 	seq      int64
 	shards   []int16   // the shards it holds for

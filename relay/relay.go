@@ -277,11 +277,13 @@ func (r *Relay) probeLoop(ctx context.Context) {
 	maxInterval := min(probeIntervalMax, r.cfg.PollInterval)
 	interval := r.cfg.BusyInterval
 	var seen int64
-	// lateBefore, when not 0, is the xmax of a probe that found rows while
+	// late holds, oldest first, the xmax of each probe that found rows while
 	// transactions were open: one of those may have taken a seq below the rows
 	// found and commit its row later, where no probe looks. Once the xmin reaches
-	// lateBefore they have all ended, and the loops claim once more.
-	var lateBefore uint64
+	// one they have all ended, and the loops claim once more. Each is kept on its
+	// own (at most maxProposals), so that a transaction opened after a probe does
+	// not delay the wake-up that probe owes.
+	var late []uint64
 	lastNew := time.Now()
 	t := time.NewTimer(interval)
 	defer t.Stop()
@@ -305,12 +307,14 @@ func (r *Relay) probeLoop(ctx context.Context) {
 				interval = maxInterval // the loops report database trouble
 			case p.Found:
 				seen, lastNew, interval = p.Seq, time.Now(), r.cfg.BusyInterval
-				if p.Xmin < p.Xmax { // transactions are open: see lateBefore
-					lateBefore = max(lateBefore, p.Xmax)
+				late = lateAfter(late, p.Xmin)
+				if p.Xmin < p.Xmax && len(late) < maxProposals && (len(late) == 0 || late[len(late)-1] < p.Xmax) {
+					late = append(late, p.Xmax) // transactions are open: see late
 				}
 				r.wake()
-			case lateBefore != 0 && p.Xmin >= lateBefore:
-				lateBefore, lastNew, interval = 0, time.Now(), r.cfg.BusyInterval
+			case len(late) > 0 && p.Xmin >= late[0]:
+				late = lateAfter(late, p.Xmin)
+				lastNew, interval = time.Now(), r.cfg.BusyInterval
 				r.wake()
 			case time.Since(lastNew) > probeIdleAfter:
 				interval = min(2*interval, maxInterval)
@@ -320,6 +324,15 @@ func (r *Relay) probeLoop(ctx context.Context) {
 		}
 		t.Reset(interval)
 	}
+}
+
+// lateAfter drops the thresholds of late that xmin has reached.
+func lateAfter(late []uint64, xmin uint64) []uint64 {
+	n := 0
+	for n < len(late) && late[n] <= xmin {
+		n++
+	}
+	return append(late[:0], late[n:]...)
 }
 
 // runLimit bounds one cycle's run of pipelined claims: the claims of a run scan
