@@ -28,11 +28,11 @@ WHERE pg_current_xact_id() IS NOT NULL;
 -- snapshot (or $4) for the claims that follow on, and whether any pending row has
 -- failed before (it waits for its retry or is due: a relay's loop then scans from
 -- the oldest row, see relay/floor.go), asked in outbox_messages_waiting_idx's order
--- like the retry test below, so that no plan reads the table for it. Whether any row waits for a
--- retry is asked once per claim (an InitPlan): when none does, the usual case, no
--- scanned row needs the NOT EXISTS, a lookup per row (measured: a fifth of the
--- claim's CPU, 2 buffers a row). It is
--- asked in outbox_messages_waiting_idx's order so that every plan reads that index:
+-- like the retry test below, so that no plan reads the table for it.
+-- Whether any row waits for a retry is asked once per claim (an InitPlan): when
+-- none does, the usual case, no scanned row needs the NOT EXISTS, a lookup per
+-- row (measured: a fifth of the claim's CPU, 2 buffers a row). It is asked in
+-- outbox_messages_waiting_idx's order so that every plan reads that index:
 -- as a plain EXISTS, the generic plan read the whole table when many failed rows
 -- were due again (TestClaimDoesNotScanTheTableWhenManyRetriesAreDue).
 -- The shard test, "shard IN $5", is written NOT ... NOT IN so that it stays a hashed
