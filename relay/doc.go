@@ -44,10 +44,13 @@
 //
 // A row whose transaction took its seq before another's and commits after the
 // relay has seen the other is behind what the probe reads (it reads the rows added
-// after the highest seq it has seen). The probe remembers the transactions open
-// when it found rows (its snapshot's xmax) and wakes the loops once they have all
-// ended (TestLateRowIsFoundWithoutWaitingForPoll); a long transaction open
-// meanwhile delays only such rows, by at most PollInterval.
+// after the highest seq it has seen). For each probe that found rows it remembers
+// the transactions open then (its snapshot's xmax) and wakes the loops once those
+// have all ended (TestLateRowIsFoundWithoutWaitingForPoll); a long transaction
+// open at that probe delays only such rows, by at most PollInterval. That needs a
+// transaction to hold its xid before its row takes a seq, which outbox.Enqueue
+// sees to (a row written otherwise may, for a moment, hold a seq with no xid,
+// invisible to every snapshot as an open transaction).
 //
 // A long transaction still costs the relay something: vacuum cannot remove the
 // rows deleted since it began, so every claim reads past them. The relay reports
