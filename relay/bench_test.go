@@ -493,8 +493,9 @@ func BenchmarkRelayWakeup(b *testing.B) {
 	fmt.Fprintf(w, "  the server's WAL while the producers ran (pg_stat_wal; every fsync of a durable commit is one the others may queue behind):\n")
 	for i, m := range modes {
 		if !m.direct {
-			wl := results[i].wal
-			fmt.Fprintf(w, "    %-44s %6.2f MB/s, %5d writes/s, %5d fsyncs/s, %d writes by full WAL buffers\n", m.name, float64(wl.bytes)/1e6, wl.writes, wl.syncs, wl.buffersFull)
+			wl, secs := results[i].wal, results[i].walSecs
+			fmt.Fprintf(w, "    %-44s %6.2f MB/s, %5.0f writes/s, %5.0f fsyncs/s, %d writes by full WAL buffers\n", m.name,
+				float64(wl.bytes)/1e6/secs, float64(wl.writes)/secs, float64(wl.syncs)/secs, wl.buffersFull)
 		}
 	}
 	fmt.Fprintf(w, "  where commit → Kafka goes, p50 / p99 (the relay's publish trace):\n")
@@ -595,7 +596,8 @@ type wakeResult struct {
 	rate             float64
 	readErrs         int64
 	relayCPU         time.Duration // the relay process's user + system time
-	wal              walStats      // the server's WAL activity during the run (pg_stat_wal)
+	wal              walStats      // the server's WAL activity while the producers ran (pg_stat_wal)
+	walSecs          float64       // how long they ran
 }
 
 // walStats is what pg_stat_wal counts: WAL written (bytes), writes and fsyncs,
@@ -745,10 +747,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 		})
 	}
 	producing.Wait()
-	res.wal = readWAL(b, db.pool).since(wal0)
-	walSecs := time.Since(begin).Seconds()
-	res.wal = walStats{int64(float64(res.wal.bytes) / walSecs), int64(float64(res.wal.writes) / walSecs),
-		int64(float64(res.wal.syncs) / walSecs), res.wal.buffersFull}
+	res.wal, res.walSecs = readWAL(b, db.pool).since(wal0), time.Since(begin).Seconds()
 	stopSampling()
 	res.waits = <-waits
 	res.rate = float64(total) / time.Unix(0, lastCommit.Load()).Sub(begin).Seconds()

@@ -96,15 +96,8 @@ func TestLateRowOfOneLoopIsFoundByTheNextRowOfAnother(t *testing.T) {
 		return ok0 && ok1
 	})
 
-	txR, err := db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer txR.Rollback(ctx)
 	r := outbox.Message{ID: uuid.New(), Topic: "t", Key: k1, Payload: []byte("R")}
-	if err := outbox.Enqueue(ctx, txR, r); err != nil {
-		t.Fatal(err)
-	}
+	txR := enqueueOpen(t, db.Pool, r)
 	s := outbox.Message{ID: uuid.New(), Topic: "t", Key: k0, Payload: []byte("S")}
 	enqueue(t, db.Pool, s)
 	// Give the probe time to see S (it looks every 1-5 ms). Were it slower, it would
@@ -144,15 +137,8 @@ func TestLateRowIsFoundWithoutWaitingForPoll(t *testing.T) {
 	enqueue(t, db.Pool, warm)
 	waitFor(t, 15*time.Second, "the warm-up row published", func() bool { _, ok := pub.when(warm.ID); return ok })
 
-	txR, err := db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer txR.Rollback(ctx)
 	r := outbox.Message{ID: uuid.New(), Topic: "t", Key: "r", Payload: []byte("R")}
-	if err := outbox.Enqueue(ctx, txR, r); err != nil {
-		t.Fatal(err)
-	}
+	txR := enqueueOpen(t, db.Pool, r)
 	s := outbox.Message{ID: uuid.New(), Topic: "t", Key: "s", Payload: []byte("S")}
 	enqueue(t, db.Pool, s)
 	waitFor(t, cfg.PollInterval/2, "S published while R's transaction is open", func() bool { _, ok := pub.when(s.ID); return ok })

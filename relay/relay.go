@@ -619,9 +619,10 @@ type published struct {
 }
 
 // clean reports whether every row was acknowledged: none failed, none was held
-// back or refused as unavailable, so none is left pending.
+// back or refused as unavailable (publish sorts every refused row into one of the
+// three), so none is left pending.
 func (p published) clean() bool {
-	return len(p.failed) == 0 && !p.heldBack && p.unavailable == nil && len(p.failedKeys) == 0
+	return len(p.failed) == 0 && !p.heldBack && p.unavailable == nil
 }
 
 // publish sends rows and sorts the outcome. An error means the batch failed as a
