@@ -161,3 +161,40 @@ func TestClaimsOfARunLeaveRowsCommittedAfterItsFirstClaim(t *testing.T) {
 		t.Fatalf("a new run took %q; want [k1 x1 k2]", got)
 	}
 }
+
+// TestClaimOfLargeMessagesStopsAtMaxBytes: with a row limit of 2000 and messages of
+// 300 KiB, a claim held 600 MiB before MaxBytes; now it stops after the row that
+// reaches MaxBytes, and the next claim of the cursor goes on from the row after
+// it, so every row comes once, in order.
+func TestClaimOfLargeMessagesStopsAtMaxBytes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	var msgs []outbox.Message
+	for i := range 7 {
+		p := make([]byte, 300<<10)
+		p[0] = byte('a' + i)
+		msgs = append(msgs, outbox.Message{Topic: "t", Key: "k", Payload: p})
+	}
+	if err := outbox.Enqueue(ctx, db.Pool, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	store := outbox.NewStore("")
+	cur := &outbox.Cursor{MaxBytes: 700 << 10} // reached by the third row
+	var got []string
+	for i, want := range []int{3, 3, 1, 0} {
+		rows, scanned, err := store.ClaimNext(ctx, db.Pool, nil, time.Now(), 2000, cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != want || scanned != want {
+			t.Fatalf("claim %d returned %d rows (%d scanned), want %d", i+1, len(rows), scanned, want)
+		}
+		for _, r := range rows {
+			got = append(got, string(r.Payload[:1]))
+		}
+	}
+	if want := []string{"a", "b", "c", "d", "e", "f", "g"}; !slices.Equal(got, want) {
+		t.Fatalf("claimed %v, want %v", got, want)
+	}
+}

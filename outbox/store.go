@@ -104,6 +104,11 @@ type Cursor struct {
 	// theirs are not taken either. The caller adds keys it must hold back (their
 	// publish failed) the same way.
 	Blocked map[string]bool
+	// MaxBytes, when positive, bounds the payload bytes one claim returns: it
+	// stops after the row that brings them to MaxBytes or more, and the rows after
+	// it are left for the next claim, as rows past the limit are. A claim's
+	// memory is then MaxBytes plus one message, whatever its limit of rows.
+	MaxBytes int
 }
 
 // A claim copies payloads into chunks of minChunk bytes, doubling up to maxChunk.
@@ -142,7 +147,7 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	out := make([]Claimed, 0, min(max(limit, 0), 64))
 	next := minChunk // the next chunk's size: small claims (the usual case) stay small
 	var (
-		scanned          int
+		scanned, bytes   int
 		id               [16]byte
 		tid              pgtype.TID
 		topic, key       pgtype.DriverBytes
@@ -193,6 +198,9 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 			}
 		}
 		out = append(out, r)
+		if bytes += len(r.Payload); cur.MaxBytes > 0 && bytes >= cur.MaxBytes {
+			break // rows.Close reads the rest of the result and drops it
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)

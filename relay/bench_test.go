@@ -48,13 +48,13 @@ const (
 )
 
 // benchProduceDelays are the broker latencies injected for the scale-out figures:
-// 50 ms and 100 ms (a broker in another region), where one relay waits for the
-// broker (2 loops × 500 rows per round trip: about 16k and 9k msgs/s) and three
-// still leave the two cores room, so the ratio shows what the relays' coordination
-// costs, not how much CPU the machine has left. At 10 ms one relay is already
-// bound by the two cores (38k msgs/s, the machine 79% busy) and ×3/×1 stays
-// about 1.
-var benchProduceDelays = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
+// 50, 100 and 200 ms (a broker in another region, or one struggling). Three relays
+// scale out only while one waits for the broker and three still leave the two
+// cores room: one relay's two loops move 2 × 2000 rows per round trip (about 53k,
+// 31k and 15k msgs/s), so at 50 ms one relay already uses most of what the cores
+// give and ×3/×1 shows how much CPU is left, at 200 ms what the coordination
+// costs. (With 500-row batches one relay was latency-bound from 50 ms: 16k msgs/s.)
+var benchProduceDelays = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
 
 // benchDelays returns the injected broker latencies of the scale-out figures:
 // SAGABOX_BENCH_DELAYS (comma-separated durations), else benchProduceDelays.
@@ -85,7 +85,7 @@ func mib(n int64) float64 { return float64(n) / (1 << 20) }
 // produce), then relay processes ×1 and ×3, on the plain broker and on one that
 // delays every produce request by each of benchDelays.
 func BenchmarkRelayDrain(b *testing.B) {
-	n := envInt("SAGABOX_BENCH_BACKLOG", 100_000)
+	n := envInt("SAGABOX_BENCH_BACKLOG", 200_000)
 	// The delayed drains are as long as the plain ones: ×3 then lasts 2-4 s, and the
 	// relays' first claims on busy cores, which spread their starts by up to 200 ms,
 	// weigh half as much as with n/2.
@@ -93,7 +93,7 @@ func BenchmarkRelayDrain(b *testing.B) {
 	load0, cpu0 := loadAvg(), sampleCPU()
 	plain := startBroker(b, 0)
 
-	rawDelete, rawDeleteCPU := rawDrain(b, n, false)
+	rawBefore, rawDeleteCPU := rawDrain(b, n, false)
 	rawReturning, rawReturningCPU := rawDrain(b, n, true)
 	rawProduce, rawProduceCPU := rawKafkaProduce(b, plain, n)
 	var prof string
@@ -101,6 +101,11 @@ func BenchmarkRelayDrain(b *testing.B) {
 		prof = filepath.Join(dir, "relay-drain.pprof")
 	}
 	one := relayDrain(b, plain, n, 1, benchRelayOpts{CPUProfile: prof}, true)
+	// The raw drain again right after relay ×1: one connection's rate varies by
+	// a third between runs minutes apart on these shared cores, so relay ×1 is
+	// compared with the mean of the drains on either side of it.
+	rawAfter, _ := rawDrain(b, n, false)
+	rawDelete := (rawBefore + rawAfter) / 2
 	var prof3 string
 	if prof != "" {
 		prof3 = filepath.Join(filepath.Dir(prof), "relay-drain-x3.pprof")
@@ -139,7 +144,8 @@ func BenchmarkRelayDrain(b *testing.B) {
 	line := func(name string, v float64, unit, cmp string) {
 		fmt.Fprintf(w, "  %-52s %9.0f %-7s %s\n", name, v, unit, cmp)
 	}
-	line("baseline: raw claim+delete, 1 connection, 1000/stmt", rawDelete, "rows/s", rawDeleteCPU.perMsg(n))
+	line("baseline: raw claim+delete, 1 connection, 1000/stmt", rawDelete, "rows/s",
+		fmt.Sprintf("mean of %.0f before the relays and %.0f after relay ×1; %s", rawBefore, rawAfter, rawDeleteCPU.perMsg(n)))
 	line("baseline: same, DELETE … RETURNING the rows", rawReturning, "rows/s", fmt.Sprintf("%.2f× of raw claim+delete; %s", rawReturning/rawDelete, rawReturningCPU.perMsg(n)))
 	line("baseline: raw kafka-go produce, 1000/call, acks=all", rawProduce, "msgs/s", rawProduceCPU.perMsg(n))
 	serial := 1 / (1/rawReturning + 1/rawProduce)
@@ -203,6 +209,7 @@ func rawDrain(b *testing.B, n int, returning bool) (float64, cpuSplit) {
 	b.Helper()
 	ctx := context.Background()
 	db := newBenchDB(b, 2)
+	defer db.drop()
 	fill(b, db.pool, "raw", n, benchKeys)
 	conn, err := db.pool.Acquire(ctx)
 	if err != nil {
@@ -261,7 +268,9 @@ func rawKafkaProduce(b *testing.B, k *benchKafka, n int) (float64, cpuSplit) {
 		}
 	}
 	rate := float64(n) / time.Since(start).Seconds()
-	return rate, sampleSplit(0, k.cmd.Process.Pid, nil).since(cpu0)
+	cpu := sampleSplit(0, k.cmd.Process.Pid, nil).since(cpu0)
+	k.deleteTopics(b, &kafka.Client{Addr: kafka.TCP(k.brokers...)}, topic)
+	return rate, cpu
 }
 
 type drainResult struct {
@@ -321,6 +330,7 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	b.Helper()
 	ctx := context.Background()
 	db := newBenchDB(b, 4)
+	defer db.drop()
 	topic := k.createTopic(b, "drain", benchPartitions)
 	fill(b, db.pool, topic, n, benchKeys)
 	// A relay publishes every committed row at once, so the backlog cannot be held
@@ -433,6 +443,7 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	res.startSpread = time.Duration(slices.Max(firsts) - slices.Min(firsts))
 	res.endSpread = time.Duration(slices.Max(lasts) - slices.Min(lasts))
 	res.dups = k.ends(client, topic, benchPartitions) - int64(n)
+	k.deleteTopics(b, client, topic, warm)
 	return res
 }
 
@@ -647,8 +658,10 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	ctx := context.Background()
 	const producers = 16
 	db := newBenchDB(b, producers+2)
+	defer db.drop()
 	db.setTrigger(b, m.trigger)
 	topic := k.createTopic(b, "wake", benchPartitions)
+	defer k.deleteTopics(b, &kafka.Client{Addr: kafka.TCP(k.brokers...)}, topic)
 	var proc *relayProc
 	trace := ""
 	if m.relay {

@@ -16,7 +16,8 @@ import (
 // The defaults of Config, exported so that binaries and callers name them instead of
 // repeating the figures (cmd/outbox-relay's flags start from them).
 const (
-	BatchSizeDefault         = 500
+	BatchSizeDefault         = 2000
+	MaxBatchBytesDefault     = 8 << 20
 	WorkersDefault           = 2
 	MaxPublishesDefault      = 1
 	MaxAttemptsDefault       = 10
@@ -41,8 +42,17 @@ type Config struct {
 	// of one schema. Defaults to "<hostname>-<pid>-<random>".
 	ID string
 	// BatchSize is the most rows one publish loop claims, publishes and settles at once.
-	// Defaults to 500.
+	// Defaults to 2000: a 1 KiB-row backlog drained 46% faster than at 500, with
+	// less CPU per message (doc.go, Throughput).
 	BatchSize int
+	// MaxBatchBytes bounds the payload bytes of one claim: it ends after the row
+	// that reaches MaxBatchBytes, and the next claim goes on from there. A loop
+	// holds at most MaxPublishes + 2 batches (under way, the next one claimed, the
+	// last one settling), so the rows in memory stay under
+	// (MaxPublishes + 2) × Workers × (MaxBatchBytes + the largest message),
+	// whatever BatchSize and the messages' size. Defaults to 8 MiB (2000 rows of
+	// 4 KiB).
+	MaxBatchBytes int
 	// Workers is the number of publish loops. Loop i serves the leased shards s
 	// with s mod Workers = i, so the claim, publish and settle of different shards
 	// overlap while every key (one shard) stays on one loop, in order.
@@ -151,6 +161,9 @@ func (c *Config) applyDefaults() {
 	if c.BatchSize == 0 {
 		c.BatchSize = BatchSizeDefault
 	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = MaxBatchBytesDefault
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = MaxAttemptsDefault
 	}
@@ -194,6 +207,9 @@ func (c *Config) validate() error {
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		bad("BatchSize is %d; use 1..10000", c.BatchSize)
+	}
+	if c.MaxBatchBytes < 1 {
+		bad("MaxBatchBytes is %d; it must be positive (0 for the 8 MiB default)", c.MaxBatchBytes)
 	}
 	if c.Workers < 1 || c.Workers > Shards {
 		bad("Workers is %d; use 1..%d", c.Workers, Shards)

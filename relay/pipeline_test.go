@@ -127,3 +127,47 @@ func TestOverlappingPublishesKeepKeyOrderWhenOneFails(t *testing.T) {
 		})
 	}
 }
+
+// TestLargeMessagesArePublishedInBatchesOfMaxBatchBytes: a batch of BatchSize rows
+// held BatchSize of the largest messages in memory (2000 of 1 MiB: 2 GiB). With
+// MaxBatchBytes a claim stops at the row that reaches it, so no publish carries
+// more than MaxBatchBytes and one message, and the key's rows still go out once
+// each, in order.
+func TestLargeMessagesArePublishedInBatchesOfMaxBatchBytes(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 1)
+	const n, size, budget = 12, 300 << 10, 1 << 20
+	var mu sync.Mutex
+	var largest int
+	cfg := fastConfig()
+	cfg.MaxBatchBytes = budget
+	cfg.Hooks.Publish = func(msgs []outbox.Message) func(error) {
+		bytes := 0
+		for _, m := range msgs {
+			bytes += len(m.Payload)
+		}
+		mu.Lock()
+		largest = max(largest, bytes)
+		mu.Unlock()
+		return nil
+	}
+	var msgs []outbox.Message
+	for i := range n {
+		p := make([]byte, size)
+		copy(p, payload("k", i+1))
+		msgs = append(msgs, outbox.Message{Topic: e.topic, Key: "k", Payload: p})
+	}
+	enqueue(t, e.db.Pool, msgs...) // committed before the relay starts: one backlog
+	startRelay(t, e.db.Pool, e.pub, cfg)
+	parts := kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, n, 60*time.Second)
+	for i, m := range parts[0] {
+		if want := payload("k", i+1); string(m.Value[:len(want)]) != string(want) {
+			t.Fatalf("record %d is %q..., want %q", i, m.Value[:len(want)], want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if largest > budget+size {
+		t.Fatalf("a publish carried %d bytes of payload; MaxBatchBytes is %d and a message %d", largest, budget, size)
+	}
+}

@@ -346,6 +346,7 @@ type batch struct {
 	rows    []row
 	scanned int // rows the claim scanned, of which skipped were rows under way in tails
 	skipped int
+	full    bool // the claim stopped at BatchSize or MaxBatchBytes: more may be waiting
 	start   time.Time
 	err     error
 	release func() // ends the batch's hold on cycleMu; safe to call twice
@@ -358,7 +359,7 @@ type batch struct {
 func (r *Relay) claimBatch(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor, skip map[uuid.UUID]bool) batch {
 	r.cycleMu.RLock()
 	b := batch{start: time.Now(), release: sync.OnceFunc(r.cycleMu.RUnlock)}
-	b.rows, b.scanned, b.err = r.claim(ctx, shards, now, cur)
+	b.rows, b.scanned, b.full, b.err = r.claim(ctx, shards, now, cur)
 	if b.err != nil {
 		b.release()
 	} else if len(skip) > 0 {
@@ -491,7 +492,8 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 	runEnd := time.Now().Add(r.runLimit())
 	now := r.cfg.Now() // one now for the run's claims: see outbox.Cursor
 	keys, skip := l.pending()
-	cur := &outbox.Cursor{Blocked: keys, Seq: l.floor.start(shards, time.Now(), r.cfg.PollInterval, r.cfg.MaxPublishes == 1)}
+	cur := &outbox.Cursor{Blocked: keys, Seq: l.floor.start(shards, time.Now(), r.cfg.PollInterval, r.cfg.MaxPublishes == 1),
+		MaxBytes: r.cfg.MaxBatchBytes}
 	dirty := false // rows of this run may be left pending: see floor
 	var last *tail
 	defer func() {
@@ -513,7 +515,7 @@ func (r *Relay) cycle(ctx context.Context, w int) (claimed, held int, err error)
 		}
 		held += b.scanned - b.skipped - len(b.rows)
 		var next chan batch
-		full := b.scanned == r.cfg.BatchSize
+		full := b.full
 		if full && len(b.rows) > 0 { // more may be waiting behind this batch
 			if time.Now().Before(runEnd) {
 				next = make(chan batch, 1)

@@ -39,13 +39,13 @@ func TestConfig(t *testing.T) {
 	t.Run("ErrorsAreJoinedAndNamed", func(t *testing.T) {
 		t.Parallel()
 		_, err := relay.New(nil, nil, relay.Config{
-			BatchSize: -1, MaxAttempts: -1, RetryBackoffMin: time.Minute, RetryBackoffMax: time.Second,
+			BatchSize: -1, MaxBatchBytes: -1, MaxAttempts: -1, RetryBackoffMin: time.Minute, RetryBackoffMax: time.Second,
 			LeaseTTL: time.Second, HeartbeatInterval: time.Second,
 		})
 		if !errors.Is(err, relay.ErrInvalidConfig) {
 			t.Fatalf("err = %v, want ErrInvalidConfig", err)
 		}
-		for _, want := range []string{"pool is nil", "Publisher is nil", "BatchSize", "MaxAttempts", "RetryBackoffMax", "LeaseTTL"} {
+		for _, want := range []string{"pool is nil", "Publisher is nil", "BatchSize", "MaxBatchBytes", "MaxAttempts", "RetryBackoffMax", "LeaseTTL"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error does not mention %s:\n%v", want, err)
 			}

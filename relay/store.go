@@ -66,11 +66,12 @@ WHERE "tgrelid" = '` + strings.ReplaceAll(pgx.Identifier{schema, "outbox_message
 	}
 }
 
-// claim returns the rows to publish next after cur, in order, and how many rows
-// it scanned (when that is limit, more may be waiting). See outbox.Store.ClaimNext. A row that can
+// claim returns the rows to publish next after cur, in order, how many rows it
+// scanned and whether it stopped at BatchSize rows or MaxBatchBytes (then more
+// may be waiting). See outbox.Store.ClaimNext. A row that can
 // never become a message (outbox.Claimed.Invalid) is dead-lettered here, so it
 // neither fails the claim nor blocks its key.
-func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) ([]row, int, error) {
+func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) (_ []row, scanned int, full bool, _ error) {
 	if len(shards) == Shards {
 		shards = nil
 	}
@@ -80,11 +81,13 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 	defer cancel()
 	claimed, scanned, err := r.q.msgs.ClaimNext(ctx, r.db, shards, now, r.cfg.BatchSize, cur)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	out := make([]row, 0, len(claimed))
 	var invalid []outbox.Failure
+	bytes := 0
 	for _, c := range claimed {
+		bytes += len(c.Payload)
 		if c.Invalid == nil {
 			out = append(out, row{msg: c.Message, loc: c.Loc, attempts: c.Attempts})
 			continue
@@ -95,10 +98,11 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 	}
 	if len(invalid) > 0 {
 		if err := r.q.msgs.Settle(ctx, r.db, nil, invalid); err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
 	}
-	return out, scanned - len(invalid), nil
+	full = scanned == r.cfg.BatchSize || (cur.MaxBytes > 0 && bytes >= cur.MaxBytes)
+	return out, scanned - len(invalid), full, nil
 }
 
 // failure is the bookkeeping of one failed row.

@@ -41,19 +41,19 @@ func main() {
 
 // options are the parsed flags.
 type options struct {
-	databaseURL, brokers, schema, metricsAddr, relayID string
-	createTopics                                       bool
-	topicPartitions, replicationFactor                 int
-	maxMessageBytes                                    int
-	tls, tlsInsecure                                   bool
-	tlsCA, tlsCert, tlsKey                             string
-	saslMechanism, saslUser, saslPassword              string
-	batchSize, workers, maxPublishes, maxAttempts      int
-	pollInterval, leaseTTL, heartbeat, publishTimeout  time.Duration
-	noNotify                                           bool
-	listen                                             bool
-	logLevel, logFormat                                string
-	version, deprecatedBrokersFlag                     bool
+	databaseURL, brokers, schema, metricsAddr, relayID           string
+	createTopics                                                 bool
+	topicPartitions, replicationFactor                           int
+	maxMessageBytes                                              int
+	tls, tlsInsecure                                             bool
+	tlsCA, tlsCert, tlsKey                                       string
+	saslMechanism, saslUser, saslPassword                        string
+	batchSize, maxBatchBytes, workers, maxPublishes, maxAttempts int
+	pollInterval, leaseTTL, heartbeat, publishTimeout            time.Duration
+	noNotify                                                     bool
+	listen                                                       bool
+	logLevel, logFormat                                          string
+	version, deprecatedBrokersFlag                               bool
 }
 
 // flagSet declares every flag with its environment variable; a set variable
@@ -140,6 +140,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error, f
 	str(&o.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL user name")
 	secret(&o.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password (prefer the environment variable)")
 	integer(&o.batchSize, "batch-size", "RELAY_BATCH_SIZE", relay.BatchSizeDefault, "rows claimed, published and settled per batch")
+	integer(&o.maxBatchBytes, "max-batch-bytes", "RELAY_MAX_BATCH_BYTES", relay.MaxBatchBytesDefault, "payload bytes a batch stops at (bounds memory with large messages)")
 	integer(&o.workers, "workers", "RELAY_WORKERS", relay.WorkersDefault, "parallel publish loops; each serves its own shards, so per-key order holds")
 	integer(&o.maxPublishes, "max-publishes", "RELAY_MAX_PUBLISHES", relay.MaxPublishesDefault, "batches one publish loop has under way at once, on disjoint keys (1: one after another)")
 	integer(&o.maxAttempts, "max-attempts", "RELAY_MAX_ATTEMPTS", relay.MaxAttemptsDefault, "failed publishes of a message before it is dead-lettered")
@@ -317,7 +318,7 @@ func serve(ctx context.Context, o options, pubCfg kafkapub.Config, log *slog.Log
 		return &startError{fmt.Errorf("--database-url: %w", err)}
 	}
 	cfg := relay.Config{
-		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, Workers: o.workers, MaxPublishes: o.maxPublishes, MaxAttempts: o.maxAttempts,
+		Schema: o.schema, ID: o.relayID, BatchSize: o.batchSize, MaxBatchBytes: o.maxBatchBytes, Workers: o.workers, MaxPublishes: o.maxPublishes, MaxAttempts: o.maxAttempts,
 		PollInterval: o.pollInterval, LeaseTTL: o.leaseTTL, HeartbeatInterval: o.heartbeat,
 		PublishTimeout: o.publishTimeout, Listen: o.listen && !o.noNotify, Logger: log,
 	}
