@@ -275,6 +275,15 @@
 // at 200 ms with 2000 (one relay 31k and 15k msgs/s). Under a steady flow a
 // claim takes what has arrived since the last one, a few rows, whatever
 // BatchSize is: the batch size changes the catch-up rate, not the latency.
+// Three runs of the whole benchmark with 200k-row backlogs (2026-12-02 00:49-01:12
+// UTC, load 1-2.5): relay ×1 107k, 73k and 105k msgs/s, 0.94×, 0.60× and 1.07×
+// the raw claim+delete measured on either side of it (the 0.60 run's raw
+// kafka-go produce reached 57k msgs/s against 116-121k in the others: the
+// machine's other tenants had the CPU); ×3/×1 0.75, 0.79 and 0.85 on the plain
+// broker (three relays' claims each read every heap page of the seq range they
+// scan, since each page holds rows of every shard: PostgreSQL's CPU per message
+// 11-13 µs against 8-10), and 1.43/1.68/1.24 at 50 ms, 1.83/2.36/2.31 at 100 ms,
+// 2.55/2.97/2.58 at 200 ms.
 
 // Leases rather than session advisory locks: a lease expires by the clock, so a
 // relay cut off from the database by a network partition (whose session may live
@@ -417,6 +426,18 @@
 // relay running is the relay's share of the CPU and of the flushes, and it varies
 // with what else the machine's disk is flushing: their tx p50 was 0.86-1.45× of
 // the no-relay lines in runs at load 10-16 and 2.4-2.9× at load 1-7.
+//
+// Part of that was the benchmark's: its lines ran one after the other on
+// databases of one server, each kept to the end, so every line found the shared
+// buffers fuller of the earlier lines' dirty pages than the one before, and the
+// no-relay baseline ran first: 1.59 ms tx p50 at the start of one run, 3.08 ms
+// when repeated at its end. Each line now has a fresh database, dropped after it,
+// and the server checkpoints before the next. A quiet run so (2026-12-02 01:12 UTC,
+// load 1.5-8): the producers' tx p50 3.19 ms with no relay (2.90 ms again at the
+// end), 3.37 ms with the default relay (1.11×, their rate 1.00×), commit→Kafka
+// p50 5.5 ms, p99 77.8 ms; Workers 1 6.1 / 55.2 ms with tx p50 1.49×. The p99 is
+// still the claims' and settles' wait for a CPU (commit → publish call p99
+// 72 ms, the publish call's 10 ms).
 //
 // Overlapping publishes (MaxPublishes 2) need the connections for it: the
 // benchmark's relay has pgxpool's default pool (4 on these cores), two loops with
