@@ -264,8 +264,9 @@
 //
 // BatchSize defaults to 2000 rows. Draining a backlog of 1 KiB rows, 500-row
 // batches cost 19.5-21.8 µs of CPU per message in all (PostgreSQL, broker, relay)
-// and 2000-row ones 15.2-16.8: each claim, publish and settle has a fixed part
-// (a round trip, a plan, a produce request per broker, a commit). Interleaved on
+// and 2000-row ones 12.5-16.8, the relay process's part 8.1-8.6 against 4.7-6.4:
+// each claim, publish and settle has a fixed part (a round trip, a plan, a
+// produce request per broker, a commit). Interleaved on
 // one machine (two rounds, load 1-2, the benchmark's runs each on a fresh
 // database and topic): relay ×1 79-83k msgs/s at 500, 116-141k at 2000; ×3/×1
 // on the plain broker 0.71-0.87 at 500, 0.50-0.95 at 2000. Bigger batches also
