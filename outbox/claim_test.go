@@ -163,9 +163,10 @@ func TestClaimsOfARunLeaveRowsCommittedAfterItsFirstClaim(t *testing.T) {
 }
 
 // TestClaimOfLargeMessagesStopsAtMaxBytes: with a row limit of 2000 and messages of
-// 300 KiB, a claim held 600 MiB before MaxBytes; now it stops after the row that
-// reaches MaxBytes, and the next claim of the cursor goes on from the row after
-// it, so every row comes once, in order.
+// 300 KiB, a claim held 600 MiB before MaxBytes; now the server ends it at the row
+// that reaches MaxBytes (scanned counts the rows it sent), the claim reports it
+// full, and the next claim of the cursor goes on from the row after it, so every
+// row comes once, in order.
 func TestClaimOfLargeMessagesStopsAtMaxBytes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -189,6 +190,9 @@ func TestClaimOfLargeMessagesStopsAtMaxBytes(t *testing.T) {
 		}
 		if len(rows) != want || scanned != want {
 			t.Fatalf("claim %d returned %d rows (%d scanned), want %d", i+1, len(rows), scanned, want)
+		}
+		if full := want == 3; cur.Full != full {
+			t.Fatalf("claim %d: Full is %v, want %v", i+1, cur.Full, full)
 		}
 		for _, r := range rows {
 			got = append(got, string(r.Payload[:1]))

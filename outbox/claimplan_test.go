@@ -32,10 +32,15 @@ WHERE "seq" % 10 <> 0`); err != nil {
 	// Only the generic plan: custom plans know the time and estimate the waiting rows
 	// from the statistics; they may read the table when it is small, by cost, not by
 	// a wrong estimate.
-	for name, args := range map[string]string{"claim": `100, now(), 0, NULL, '{0,1,2}', 0, 2`, "claim_all": `100, now(), 0, NULL`} {
+	for name, args := range map[string]string{"claim": `100, now(), 0, NULL, '{0,1,2}', 0, 2, 8388608`, "claim_all": `100, now(), 0, NULL, 8388608`} {
 		plan := genericPlan(t, db, name, args)
 		if strings.Contains(plan, `"Seq Scan"`) {
 			t.Errorf("%s: the plan scans the whole table:\n%s", name, plan)
+		}
+		// The byte bound's running sum streams in seq order under the LIMIT: no sort
+		// of every pending row before the first one comes out.
+		if strings.Contains(plan, `"Sort"`) || !strings.Contains(plan, `"WindowAgg"`) {
+			t.Errorf("%s: the running sum of the payloads is not computed in index order:\n%s", name, plan)
 		}
 		// The shard test probes a hash of the shards per row (outbox_messages.sql, claim).
 		if name == "claim" && !strings.Contains(plan, "hashed SubPlan") {

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -104,11 +105,15 @@ type Cursor struct {
 	// theirs are not taken either. The caller adds keys it must hold back (their
 	// publish failed) the same way.
 	Blocked map[string]bool
-	// MaxBytes, when positive, bounds the payload bytes one claim returns: it
-	// stops after the row that brings them to MaxBytes or more, and the rows after
-	// it are left for the next claim, as rows past the limit are. A claim's
-	// memory is then MaxBytes plus one message, whatever its limit of rows.
+	// MaxBytes, when positive, bounds the payload bytes one claim scans: it ends
+	// at the row that brings them to MaxBytes or more, and the rows after it are
+	// left for the next claim (the server does not send them), as rows past the
+	// limit are. A claim's payloads then stay under MaxBytes plus one message,
+	// whatever its limit of rows. Keys and headers are not counted.
 	MaxBytes int
+	// Full is set by each claim: it stopped at its limit of rows or at MaxBytes,
+	// so more rows may be waiting behind it.
+	Full bool
 }
 
 // A claim copies payloads into chunks of minChunk bytes, doubling up to maxChunk.
@@ -125,13 +130,18 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	if cur.Snapshot != "" {
 		snap = &cur.Snapshot
 	}
+	maxBytes := int64(math.MaxInt64)
+	if cur.MaxBytes > 0 {
+		maxBytes = int64(cur.MaxBytes)
+	}
+	cur.Full = false
 	switch {
 	case shards != nil && len(shards) == 0:
 		return nil, 0, nil
 	case shards == nil:
-		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, snap)
+		rows, err = db.Query(ctx, s.stmt("claim_all"), limit, now, cur.Seq, snap, maxBytes)
 	default:
-		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, snap, shards, slices.Min(shards), slices.Max(shards))
+		rows, err = db.Query(ctx, s.stmt("claim"), limit, now, cur.Seq, snap, shards, slices.Min(shards), slices.Max(shards), maxBytes)
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)
@@ -147,7 +157,8 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 	out := make([]Claimed, 0, min(max(limit, 0), 64))
 	next := minChunk // the next chunk's size: small claims (the usual case) stay small
 	var (
-		scanned, bytes   int
+		scanned          int
+		upto             int64 // payload bytes of the rows scanned so far
 		id               [16]byte
 		tid              pgtype.TID
 		topic, key       pgtype.DriverBytes
@@ -157,7 +168,7 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 		lastTopic        string
 		chunk            []byte
 	)
-	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Snapshot, &retrying}
+	targets := []any{&cur.Seq, &id, &tid, &topic, &key, &payload, &headers, &attempts, &ready, &cur.Snapshot, &retrying, &upto}
 	for rows.Next() {
 		if err := rows.Scan(targets...); err != nil {
 			return nil, 0, fmt.Errorf("claim: %w", err)
@@ -198,13 +209,11 @@ func (s *Store) ClaimNext(ctx context.Context, db Querier, shards []int16, now t
 			}
 		}
 		out = append(out, r)
-		if bytes += len(r.Payload); cur.MaxBytes > 0 && bytes >= cur.MaxBytes {
-			break // rows.Close reads the rest of the result and drops it
-		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, fmt.Errorf("claim: %w", err)
 	}
+	cur.Full = scanned > 0 && (scanned == limit || upto >= maxBytes)
 	return out, scanned, nil
 }
 

@@ -131,34 +131,38 @@ func TestOverlappingPublishesKeepKeyOrderWhenOneFails(t *testing.T) {
 // TestLargeMessagesArePublishedInBatchesOfMaxBatchBytes: a batch of BatchSize rows
 // held BatchSize of the largest messages in memory (2000 of 1 MiB: 2 GiB). With
 // MaxBatchBytes a claim stops at the row that reaches it, so no publish carries
-// more than MaxBatchBytes and one message, and the key's rows still go out once
-// each, in order.
+// more than MaxBatchBytes and one message; a claim the bound cut short counts as
+// full, so one cycle's run claims the rest at once; and the key's rows go out
+// once each, in order.
 func TestLargeMessagesArePublishedInBatchesOfMaxBatchBytes(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 1)
-	const n, size, budget = 12, 300 << 10, 1 << 20
+	const n, size, budget = 12, 64 << 10, 160 << 10 // 3 rows a batch
 	var mu sync.Mutex
-	var largest int
+	var publishes, largest int
 	cfg := fastConfig()
-	cfg.MaxBatchBytes = budget
+	cfg.Workers, cfg.MaxBatchBytes = 1, budget
 	cfg.Hooks.Publish = func(msgs []outbox.Message) func(error) {
 		bytes := 0
 		for _, m := range msgs {
 			bytes += len(m.Payload)
 		}
 		mu.Lock()
-		largest = max(largest, bytes)
+		publishes, largest = publishes+1, max(largest, bytes)
 		mu.Unlock()
 		return nil
 	}
+	r := steppedRelayConfig(t, e, cfg)
 	var msgs []outbox.Message
 	for i := range n {
 		p := make([]byte, size)
 		copy(p, payload("k", i+1))
 		msgs = append(msgs, outbox.Message{Topic: e.topic, Key: "k", Payload: p})
 	}
-	enqueue(t, e.db.Pool, msgs...) // committed before the relay starts: one backlog
-	startRelay(t, e.db.Pool, e.pub, cfg)
+	enqueue(t, e.db.Pool, msgs...)
+	if got := cycleOnce(t, r); got != n {
+		t.Fatalf("one cycle claimed %d of %d rows: a claim the byte bound cut short did not count as full", got, n)
+	}
 	parts := kafkatest.ReadTopic(t, e.kafka.Brokers, e.topic, n, 60*time.Second)
 	for i, m := range parts[0] {
 		if want := payload("k", i+1); string(m.Value[:len(want)]) != string(want) {
@@ -167,7 +171,8 @@ func TestLargeMessagesArePublishedInBatchesOfMaxBatchBytes(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if largest > budget+size {
-		t.Fatalf("a publish carried %d bytes of payload; MaxBatchBytes is %d and a message %d", largest, budget, size)
+	if largest > budget+size || publishes != n/3 {
+		t.Fatalf("%d publishes, the largest of %d bytes of payload; want %d of at most MaxBatchBytes %d and one message %d",
+			publishes, largest, n/3, budget, size)
 	}
 }

@@ -71,7 +71,7 @@ WHERE "tgrelid" = '` + strings.ReplaceAll(pgx.Identifier{schema, "outbox_message
 // may be waiting). See outbox.Store.ClaimNext. A row that can
 // never become a message (outbox.Claimed.Invalid) is dead-lettered here, so it
 // neither fails the claim nor blocks its key.
-func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) (_ []row, scanned int, full bool, _ error) {
+func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *outbox.Cursor) ([]row, int, bool, error) {
 	if len(shards) == Shards {
 		shards = nil
 	}
@@ -85,9 +85,7 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 	}
 	out := make([]row, 0, len(claimed))
 	var invalid []outbox.Failure
-	bytes := 0
 	for _, c := range claimed {
-		bytes += len(c.Payload)
 		if c.Invalid == nil {
 			out = append(out, row{msg: c.Message, loc: c.Loc, attempts: c.Attempts})
 			continue
@@ -101,8 +99,7 @@ func (r *Relay) claim(ctx context.Context, shards []int16, now time.Time, cur *o
 			return nil, 0, false, err
 		}
 	}
-	full = scanned == r.cfg.BatchSize || (cur.MaxBytes > 0 && bytes >= cur.MaxBytes)
-	return out, scanned - len(invalid), full, nil
+	return out, scanned - len(invalid), cur.Full, nil
 }
 
 // failure is the bookkeeping of one failed row.
