@@ -269,7 +269,7 @@ func rawKafkaProduce(b *testing.B, k *benchKafka, n int) (float64, cpuSplit) {
 	}
 	rate := float64(n) / time.Since(start).Seconds()
 	cpu := sampleSplit(0, k.cmd.Process.Pid, nil).since(cpu0)
-	k.deleteTopics(b, &kafka.Client{Addr: kafka.TCP(k.brokers...)}, topic)
+	k.deleteTopics(b, topic)
 	return rate, cpu
 }
 
@@ -443,7 +443,7 @@ func relayDrain(b *testing.B, k *benchKafka, n, relays int, o benchRelayOpts, pg
 	res.startSpread = time.Duration(slices.Max(firsts) - slices.Min(firsts))
 	res.endSpread = time.Duration(slices.Max(lasts) - slices.Min(lasts))
 	res.dups = k.ends(client, topic, benchPartitions) - int64(n)
-	k.deleteTopics(b, client, topic, warm)
+	k.deleteTopics(b, topic, warm)
 	return res
 }
 
@@ -663,7 +663,7 @@ func wakeRun(b *testing.B, k *benchKafka, rate, seconds int, m wakeMode) wakeRes
 	defer db.drop()
 	db.setTrigger(b, m.trigger)
 	topic := k.createTopic(b, "wake", benchPartitions)
-	defer k.deleteTopics(b, &kafka.Client{Addr: kafka.TCP(k.brokers...)}, topic)
+	defer k.deleteTopics(b, topic)
 	var proc *relayProc
 	trace := ""
 	if m.relay {

@@ -272,10 +272,13 @@ func (k *benchKafka) createTopic(b *testing.B, prefix string, partitions int) st
 // record in its heap: a broker that kept the earlier runs' backlogs (100 MB each)
 // spent 15-28 µs of CPU per message in a later run, against 3-4 on a fresh one,
 // and the runs that came later (×3 after ×1) measured the broker's growing heap.
-func (k *benchKafka) deleteTopics(b *testing.B, c *kafka.Client, topics ...string) {
+func (k *benchKafka) deleteTopics(b *testing.B, topics ...string) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(k.brokers...), Transport: tr}
 	resp, err := c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics})
 	if err != nil {
 		b.Fatalf("delete topics %v: %v", topics, err)
