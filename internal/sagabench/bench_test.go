@@ -41,19 +41,22 @@ var (
 	onlyKinds  = flag.String("sagaload.kinds", "", "comma-separated kinds to run (baseline, no-op, order); empty: all")
 	onlyLevels = flag.String("sagaload.levels", "", "comma-separated loads to run (8, 64, 256, open); empty: all")
 	openRate   = flag.Float64("sagaload.rate", 0, "open-loop rate in flows/s; 0: half the closed-loop peak of the kind (of the levels run)")
+	window     = flag.Duration("sagaload.window", 3*time.Second, "how long each closed-loop level is measured, after its warm-up")
 )
 
 // selected reports whether the comma-separated list sel is empty or holds v.
 func selected(sel, v string) bool { return sel == "" || slices.Contains(strings.Split(sel, ","), v) }
 
-// flows is how many flows a closed-loop level runs: a few waves of its in-flight count.
-func flows(inFlight int) int { return max(300, 3*inFlight) }
+// warmUp is how long a closed-loop level runs before its window: its first wave, which
+// starts at once, has finished (256 no-op sagas in flight: p99 0.7-1.3 s at the start).
+const warmUp = 1500 * time.Millisecond
 
 // openSeconds is how long the open-loop level offers flows.
 const openSeconds = 5
 
-// BenchmarkSagaLoad loads three kinds of flow at 8, 64 and 256 in flight, then open loop
-// at half the peak throughput the closed-loop levels reached:
+// BenchmarkSagaLoad loads three kinds of flow at 8, 64 and 256 in flight (each level
+// measured over -sagaload.window of steady load, after warmUp), then open loop at half
+// the peak throughput the closed-loop levels reached:
 //
 //   - baseline: four command/reply round trips through the outbox, the relay, kfake and a
 //     participant with its barrier (no-op handlers), driven by a bare reply consumer
@@ -144,7 +147,7 @@ func measure(b testing.TB, name string, start func(testing.TB) env) []sagabench.
 		if !selected(*onlyLevels, fmt.Sprint(n)) {
 			continue
 		}
-		r, ids := e.driver.Closed(b, name, flows(n), n)
+		r, ids := e.driver.Steady(b, name, n, warmUp, *window)
 		peak = max(peak, r.PerSec)
 		add(r, ids)
 	}
