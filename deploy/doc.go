@@ -4,4 +4,5 @@
 // failures, consumer lag). deploy_test.go runs a relay, an orchestrator, a participant
 // and a consumer on PostgreSQL and kfake, scrapes each one's /metrics, and fails when the
 // dashboard or the rules use a metric no component exports, so they cannot drift apart.
+// outbox-relay.service is a systemd unit for cmd/outbox-relay.
 package deploy

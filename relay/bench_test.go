@@ -463,6 +463,7 @@ func BenchmarkRelayWakeup(b *testing.B) {
 		{name: "busy re-claim and probe every 5ms (before)", relay: true, opts: benchRelayOpts{BusyInterval: 5 * time.Millisecond}},
 		{name: "1 pub/loop, Workers 2 (the default)", relay: true},
 		{name: "1 pub/loop, Workers 1", relay: true, opts: benchRelayOpts{Workers: 1}},
+		{name: "the default, background CPU priority", relay: true, opts: benchRelayOpts{Background: true}},
 		{name: "MaxPublishes 2, Workers 2, pool 8", relay: true, opts: benchRelayOpts{MaxPublishes: 2, MaxConns: 8}},
 		{name: "1 pub/loop, Workers 2, pool 8", relay: true, opts: benchRelayOpts{MaxConns: 8}},
 		{name: "no relay, no trigger (baseline again)"},

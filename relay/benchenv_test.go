@@ -30,6 +30,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/sagabox/sagabox/internal/cpuprio"
 	"github.com/sagabox/sagabox/internal/embedkafka"
 	"github.com/sagabox/sagabox/internal/embedpg"
 	"github.com/sagabox/sagabox/internal/testenv"
@@ -341,6 +342,9 @@ type benchRelayOpts struct {
 	Listen        bool
 	MaxConns      int // the relay's pool size (pool_max_conns); 0: pgxpool's default
 	CPUProfile    string
+	// Background lowers the relay process's CPU priority (cpuprio.Background), as
+	// outbox-relay does by default (--cpu-priority background).
+	Background bool
 	// WarmTopic, when set, gates the relay process's publishes (startGated): its
 	// first publish sends one message to WarmTopic instead, says READY and waits
 	// for SIGUSR2.
@@ -481,6 +485,12 @@ func runBenchRelay() int {
 	if err := json.Unmarshal([]byte(os.Getenv("BENCH_RELAY_OPTS")), &o); err != nil {
 		fmt.Fprintln(os.Stderr, "BENCH_RELAY_OPTS:", err)
 		return 1
+	}
+	if o.Background {
+		if err := cpuprio.Background(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)

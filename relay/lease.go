@@ -31,12 +31,13 @@ func (l *leaseSet) usable(deadline time.Time) []int16 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make([]int16, 0, len(l.owned))
-	for s, until := range l.owned {
-		if until.After(deadline) {
+	// In shard order, by lookup: ranging over the map and sorting the result took 6% of
+	// the relay's CPU at 2,000 msgs/s offered (a cycle every millisecond or two).
+	for s := range int16(Shards) {
+		if until, ok := l.owned[s]; ok && until.After(deadline) {
 			out = append(out, s)
 		}
 	}
-	slices.Sort(out)
 	return out
 }
 

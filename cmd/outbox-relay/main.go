@@ -26,6 +26,7 @@ import (
 
 	"github.com/sagabox/sagabox/health"
 	"github.com/sagabox/sagabox/internal/buildinfo"
+	"github.com/sagabox/sagabox/internal/cpuprio"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/relay"
@@ -52,7 +53,7 @@ type options struct {
 	pollInterval, leaseTTL, heartbeat, publishTimeout            time.Duration
 	noNotify                                                     bool
 	listen                                                       bool
-	logLevel, logFormat                                          string
+	logLevel, logFormat, cpuPriority                             string
 	version, deprecatedBrokersFlag                               bool
 }
 
@@ -148,6 +149,7 @@ func flagSet(o *options, getenv func(string) string) (*flag.FlagSet, *[]error, f
 	duration(&o.leaseTTL, "lease-ttl", "RELAY_LEASE_TTL", relay.LeaseTTLDefault, "shard lease lifetime: a dead relay's shards move after this plus one heartbeat")
 	duration(&o.heartbeat, "heartbeat", "RELAY_HEARTBEAT", relay.HeartbeatIntervalDefault, "lease renewal and rebalancing interval")
 	duration(&o.publishTimeout, "publish-timeout", "RELAY_PUBLISH_TIMEOUT", relay.PublishTimeoutDefault, "bound on one batch's publish; must be below lease-ttl minus heartbeat")
+	str(&o.cpuPriority, "cpu-priority", "RELAY_CPU_PRIORITY", "background", "background: nice 10 and SCHED_BATCH on Linux, so a relay on PostgreSQL's cores yields them to the producers; normal: leave it")
 	boolean(&o.listen, "listen", "RELAY_LISTEN", "LISTEN for the NOTIFY trigger's wake-ups instead of probing (enable the trigger too; it serialises producers' commits: see relay's doc)")
 	boolean(&o.noNotify, "no-notify", "RELAY_NO_NOTIFY", "deprecated: the relay probes unless --listen is given")
 	str(&o.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
@@ -202,11 +204,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	pubCfg, err := o.publisherConfig()
 	errs = append(errs, err)
+	if o.cpuPriority != "background" && o.cpuPriority != "normal" {
+		errs = append(errs, fmt.Errorf("--cpu-priority %q: use background or normal", o.cpuPriority))
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintf(stderr, "outbox-relay: %v\nsee --help\n", strings.ReplaceAll(err.Error(), "\n", "\noutbox-relay: "))
 		return 2
 	}
 	pubCfg.Logger = log
+	if o.cpuPriority == "background" {
+		// BenchmarkRelayWakeup, 2,000 msgs/s from 16 producers on the relay's two
+		// cores: the producers' tx p50 2.1-2.8x their baseline against 3.7-4.0x.
+		if err := cpuprio.Background(); err != nil {
+			log.Warn("outbox-relay: the CPU priority stays normal (--cpu-priority=normal silences this)", "err", err)
+		}
+	}
 	if err := serve(ctx, o, pubCfg, log); err != nil {
 		var se *startError
 		if errors.As(err, &se) {

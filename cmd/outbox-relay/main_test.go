@@ -72,6 +72,7 @@ func TestBadConfigurationIsExplained(t *testing.T) {
 		{"UnknownSASL", []string{"--database-url=postgres://x", "--brokers=k:9092", "--kafka-sasl-mechanism=GSSAPI", "--kafka-sasl-username=u"}, map[string]string{"KAFKA_SASL_PASSWORD": "p"}, []string{"GSSAPI", "SCRAM-SHA-512"}},
 		{"HalfAClientCert", []string{"--database-url=postgres://x", "--brokers=k:9092", "--kafka-tls-cert=c.pem"}, nil, []string{"go together"}},
 		{"StrayArgument", []string{"extra"}, nil, []string{"unexpected argument"}},
+		{"BadCPUPriority", []string{"--database-url=postgres://x", "--brokers=k:9092"}, map[string]string{"RELAY_CPU_PRIORITY": "high"}, []string{`--cpu-priority "high"`, "background or normal"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

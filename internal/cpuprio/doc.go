@@ -1,0 +1,12 @@
+// Package cpuprio lowers a process's CPU priority: Background puts every thread of the
+// process at nice 10 under the SCHED_BATCH policy, and the threads they start inherit
+// it. cmd/outbox-relay calls it at start (--cpu-priority): a relay that shares cores
+// with PostgreSQL then yields them to the producers' backends, where at the default
+// priority its frequent wake-ups preempt them, a backend preempted while it holds the
+// WAL write lock holding up every commit queued behind it.
+//
+// Guarantee: after Background returns nil, every thread of the process runs at
+// SCHED_BATCH with a nice value of at least Nice. It only ever lowers the priority
+// (an unprivileged process cannot raise it again); on other systems than Linux it
+// changes nothing and returns ErrUnsupported.
+package cpuprio
