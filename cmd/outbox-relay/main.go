@@ -214,7 +214,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	pubCfg.Logger = log
 	if o.cpuPriority == "background" {
 		// BenchmarkRelayWakeup, 2,000 msgs/s from 16 producers on the relay's two
-		// cores: the producers' tx p50 2.1-2.8x their baseline against 3.7-4.0x.
+		// cores, eight interleaved pairs: the producers' tx p50 1.4-3.2x their
+		// baseline against 2.3-5.0x at the normal priority.
 		if err := cpuprio.Background(); err != nil {
 			log.Warn("outbox-relay: the CPU priority stays normal (--cpu-priority=normal silences this)", "err", err)
 		}

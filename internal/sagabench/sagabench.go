@@ -142,6 +142,7 @@ func (d *Driver) Steady(tb testing.TB, name string, inFlight int, warm, window t
 	tb.Helper()
 	var (
 		stop atomic.Bool
+		next atomic.Int64 // the index of the next flow started, across the workers
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		all  []uuid.UUID
@@ -152,8 +153,8 @@ func (d *Driver) Steady(tb testing.TB, name string, inFlight int, warm, window t
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; !stop.Load(); i++ {
-				id, ttc, err := d.one(context.Background(), i, Timeout)
+			for !stop.Load() {
+				id, ttc, err := d.one(context.Background(), int(next.Add(1)-1), Timeout)
 				end := time.Now()
 				mu.Lock()
 				all = append(all, id)
