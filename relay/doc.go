@@ -454,16 +454,16 @@
 // On a machine whose disk flushes faster (2026-12-02 04:20-04:55 UTC: producers'
 // tx p50 0.55-0.87 ms with no relay) the relay's CPU shows more. Every relay line
 // then cost the producers 2.1-8.8× tx p50 (rate 0.78-1.00×), and a process
-// spinning on one core, with no relay at all, cost them 2.2× (1.58-1.86 ms
-// against 0.69-0.87): what they pay is CPU time on the cores PostgreSQL runs
-// on. The relay takes less of it than that spinner (its process 0.22-0.29 of a core, the machine 55-63%
-// busy against 48%) but wakes every millisecond or two, each time ahead of a
-// backend that may hold the WAL write lock. outbox-relay therefore lowers its
-// own priority at start (--cpu-priority background: nice 10, SCHED_BATCH;
-// package internal/cpuprio): in eight interleaved pairs at load 1-6, the
-// producers' tx p50 fell from 2.3-5.0× to 1.4-3.2× their baseline in all eight,
-// and commit→Kafka p99 from 22-60 to 16-44 ms in six. A relay built into a
-// service (relay.New) leaves its process's priority alone.
+// spinning on one core, with no relay at all, cost them 2.2× (1.58-1.86 ms against
+// 0.69-0.87): what they pay is CPU time on the cores PostgreSQL runs on. The relay
+// takes less of it than that spinner (its process 0.22-0.29 of a core, the machine
+// 55-63% busy against 48%) but wakes every millisecond or two, each time ahead of
+// a backend that may hold the WAL write lock. outbox-relay therefore lowers its
+// own priority at start (--cpu-priority background: nice 10, SCHED_BATCH; package
+// internal/cpuprio): in eight interleaved pairs at load 1-6, the producers' tx p50
+// fell from 2.3-5.0× to 1.4-3.2× their baseline in all eight, and commit→Kafka p99
+// from 22-60 to 16-44 ms in six. A relay built into a service (relay.New) leaves
+// its process's priority alone.
 //
 // Overlapping publishes (MaxPublishes 2) need the connections for it: the
 // benchmark's relay has pgxpool's default pool (4 on these cores), two loops with
