@@ -463,7 +463,10 @@
 // internal/cpuprio): in eight interleaved pairs at load 1-6, the producers' tx p50
 // fell from 2.3-5.0× to 1.4-3.2× their baseline in all eight, and commit→Kafka p99
 // from 22-60 to 16-44 ms in six. A relay built into a service (relay.New) leaves
-// its process's priority alone.
+// its process's priority alone. The benchmark's relay shares its session with
+// PostgreSQL; nice ranks threads only within their session's autogroup and their
+// cgroup, so a relay run as a systemd service or in a container needs its group's
+// CPU weight lowered too (deploy/outbox-relay.service sets CPUWeight=20).
 //
 // Overlapping publishes (MaxPublishes 2) need the connections for it: the
 // benchmark's relay has pgxpool's default pool (4 on these cores), two loops with

@@ -217,7 +217,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// cores, eight interleaved pairs: the producers' tx p50 1.4-3.2x their
 		// baseline against 2.3-5.0x at the normal priority.
 		if err := cpuprio.Background(); err != nil {
-			log.Warn("outbox-relay: the CPU priority stays normal (--cpu-priority=normal silences this)", "err", err)
+			log.Warn("outbox-relay: could not lower the CPU priority of every thread; some may run at the normal one (--cpu-priority=normal silences this)", "err", err)
 		}
 	}
 	if err := serve(ctx, o, pubCfg, log); err != nil {

@@ -55,7 +55,8 @@ func TestPermanentDatabaseFaultsExitWithOneLine(t *testing.T) {
 			defer cancel()
 			var stderr bytes.Buffer
 			code := run(ctx, nil, func(k string) string {
-				return map[string]string{"DATABASE_URL": c.url, "KAFKA_BROKERS": "127.0.0.1:1"}[k]
+				// normal: run in this process must not lower the whole test binary's priority
+				return map[string]string{"DATABASE_URL": c.url, "KAFKA_BROKERS": "127.0.0.1:1", "RELAY_CPU_PRIORITY": "normal"}[k]
 			}, io.Discard, &stderr)
 			if ctx.Err() != nil {
 				t.Fatalf("still retrying after a minute; stderr:\n%s", stderr.String())
@@ -92,7 +93,7 @@ func serveAsync(t *testing.T, databaseURL, brokers string) (get func(path string
 	exit := make(chan int, 1)
 	go func() {
 		exit <- run(ctx, []string{"--metrics-addr=" + addr, "--log-level=error"}, func(k string) string {
-			return map[string]string{"DATABASE_URL": databaseURL, "KAFKA_BROKERS": brokers}[k]
+			return map[string]string{"DATABASE_URL": databaseURL, "KAFKA_BROKERS": brokers, "RELAY_CPU_PRIORITY": "normal"}[k]
 		}, io.Discard, io.Discard)
 	}()
 	var stopped *int

@@ -45,15 +45,17 @@ func pass() (int, error) {
 		if err != nil {
 			return changed, fmt.Errorf("cpuprio: read thread %d's scheduling: %w", tid, err)
 		}
-		if attr.Policy == unix.SCHED_BATCH && attr.Nice >= Nice {
-			continue
+		if attr.Policy == unix.SCHED_IDLE || attr.Policy == unix.SCHED_BATCH && attr.Nice >= Nice {
+			continue // already as low or lower: SCHED_IDLE runs only when nothing else would
 		}
-		err = unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_BATCH, Nice: max(attr.Nice, Nice)}, 0)
+		nice := max(attr.Nice, Nice)
+		// SCHED_RESET_ON_FORK is kept: an unprivileged thread may not clear it.
+		err = unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_BATCH, Nice: nice, Flags: attr.Flags & unix.SCHED_FLAG_RESET_ON_FORK}, 0)
 		if errors.Is(err, unix.ESRCH) {
 			continue
 		}
 		if err != nil {
-			return changed, fmt.Errorf("cpuprio: set thread %d to SCHED_BATCH at nice %d: %w", tid, Nice, err)
+			return changed, fmt.Errorf("cpuprio: set thread %d to SCHED_BATCH at nice %d (%d threads lowered before it): %w", tid, nice, changed, err)
 		}
 		changed++
 	}

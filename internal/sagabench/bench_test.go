@@ -102,7 +102,7 @@ func BenchmarkSagaLoad(b *testing.B) {
 	}
 	for _, r := range append(base, rows...) {
 		if r.Unfinished > 0 {
-			b.Errorf("%s (%d in flight, open %.0f/s): %d of %d flows unfinished; first: %v", r.Name, r.InFlight, r.Rate, r.Unfinished, r.Flows, r.FirstError)
+			b.Errorf("%s (%d in flight, open %.0f/s): %d flows unfinished (%d counted finished); first: %v", r.Name, r.InFlight, r.Rate, r.Unfinished, r.Flows, r.FirstError)
 		}
 	}
 }
