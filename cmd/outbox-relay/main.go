@@ -214,8 +214,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	pubCfg.Logger = log
 	if o.cpuPriority == "background" {
 		// BenchmarkRelayWakeup, 2,000 msgs/s from 16 producers on the relay's two
-		// cores, eight interleaved pairs: the producers' tx p50 1.4-3.2x their
-		// baseline against 2.3-5.0x at the normal priority.
+		// cores, the relay in PostgreSQL's session, eight interleaved pairs on a busy
+		// machine: the producers' tx p50 1.4-3.2x their baseline against 2.3-5.0x at
+		// the normal priority (relay/doc.go, Wake-ups, has the rest).
 		if err := cpuprio.Background(); err != nil {
 			log.Warn("outbox-relay: could not lower the CPU priority of every thread; some may run at the normal one (--cpu-priority=normal silences this)", "err", err)
 		}

@@ -14,6 +14,6 @@
 //
 // Guarantee: after Background returns nil, every thread of the process runs at
 // SCHED_BATCH with a nice value of at least Nice, or at SCHED_IDLE if it was. It only
-// ever lowers the priority (an unprivileged process cannot raise it again); on other systems than Linux it
-// changes nothing and returns ErrUnsupported.
+// ever lowers the priority (an unprivileged process cannot raise it again); on other
+// systems than Linux it changes nothing and returns ErrUnsupported.
 package cpuprio

@@ -180,7 +180,7 @@ func (d *Driver) Steady(tb testing.TB, name string, inFlight int, warm, window t
 			ttc, ids = append(ttc, e.ttc), append(ids, e.id)
 		}
 	}
-	res := summarize(Result{Name: name, InFlight: inFlight}, ttc, to.Sub(from), retries, cpu, trips)
+	res := summarize(Result{Name: name, InFlight: inFlight, Flows: len(ttc)}, ttc, to.Sub(from), retries, cpu, trips)
 	if len(errs) > 0 {
 		res.Unfinished, res.FirstError = len(errs), errs[0]
 	}
@@ -286,7 +286,6 @@ func (r *run) result(tb testing.TB, res Result, begin time.Time, retries int64, 
 // times to consistency ttc, and the retries, CPU and round trips of that time.
 func summarize(res Result, ttc []time.Duration, elapsed time.Duration, retries int64, cpu cpuTimes, trips tripCounts) Result {
 	slices.Sort(ttc)
-	res.Flows = len(ttc)
 	res.PerSec = float64(len(ttc)) / elapsed.Seconds()
 	if len(ttc) > 0 {
 		res.P50 = ttc[len(ttc)/2]
