@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -127,9 +128,20 @@ func TestRelayKilledMidBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	settled := backlog - pending // cannot grow while the lock is held
+	// Kafka holding more than was settled is not enough: the relay settles in the
+	// background, so its DELETE may not have reached the server yet, and a kill then
+	// leaves no session to terminate. Wait for the DELETE to wait on the lock.
 	waitFor(t, time.Minute, "a published batch waiting to be settled", func() error {
 		if n := e.col.distinct(); n <= settled {
 			return fmt.Errorf("%d distinct messages in Kafka, %d settled", n, settled)
+		}
+		var waiting int
+		if err := lock.QueryRow(ctx, `SELECT count(*) FROM pg_locks
+			WHERE NOT "granted" AND "relation" = '"sagabox"."outbox_messages"'::regclass`).Scan(&waiting); err != nil {
+			return err
+		}
+		if waiting == 0 {
+			return errors.New("published, but no settle waits on the lock yet")
 		}
 		return nil
 	})
