@@ -146,3 +146,39 @@ func TestEmptyPayloadIsClaimedEmptyNotNull(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleInACallersTransactionPutsItsPlanSettingsBack: the settle plans without
+// sequential scans and with generic plans (outbox_messages.sql, settle_plan); a
+// caller's transaction has its own settings again after it.
+func TestSettleInACallersTransactionPutsItsPlanSettingsBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDB(t)
+	s := outbox.NewStore("")
+	fillRows(t, db, 3)
+	claimed := claimAll(t, s, db.Pool, 3)
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_custom_plan`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(ctx, tx, locsOf(claimed), nil); err != nil {
+		t.Fatal(err)
+	}
+	var seqscan, mode string
+	if err := tx.QueryRow(ctx, `SELECT current_setting('enable_seqscan'), current_setting('plan_cache_mode')`).Scan(&seqscan, &mode); err != nil {
+		t.Fatal(err)
+	}
+	if seqscan != "on" || mode != "force_custom_plan" {
+		t.Errorf("after the settle the transaction has enable_seqscan %s and plan_cache_mode %s, want on and force_custom_plan", seqscan, mode)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, db); n != 0 {
+		t.Errorf("%d rows left after the settle committed, want 0", n)
+	}
+}

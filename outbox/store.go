@@ -270,8 +270,13 @@ type Loc struct {
 // statements in one round trip. A row is deleted where its claim found it while
 // it is the row claimed there; one that was changed and moved since (a relay
 // that took the shard over recorded a failure on it) stays and is published
-// again: a duplicate, never a row lost.
+// again: a duplicate, never a row lost. Its statements plan without sequential
+// scans (outbox_messages.sql, settle_plan) and put the transaction's settings back.
 func (s *Store) QueueSettle(b *pgx.Batch, published []Loc, failed []Failure) {
+	if len(published) == 0 && len(failed) == 0 {
+		return
+	}
+	b.Queue(s.stmt("settle_plan"))
 	if len(published) > 0 {
 		tids := make([]pgtype.TID, len(published))
 		seqs := make([]int64, len(published))
@@ -291,6 +296,7 @@ func (s *Store) QueueSettle(b *pgx.Batch, published []Loc, failed []Failure) {
 		}
 		b.Queue(s.stmt("record_failures"), pguuid.Array(ids), errs, next, dead)
 	}
+	b.Queue(s.stmt("settle_plan_as_before"))
 }
 
 // Batcher is the part of a pgx pool, connection or transaction that Settle needs.
