@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -102,16 +103,21 @@ func TestRelayEndToEnd(t *testing.T) {
 // the rest, in order per key, and publish that batch again rather than lose it.
 //
 // To hit that window every run, the test holds a SHARE lock on the outbox table: claims
-// (FOR UPDATE SKIP LOCKED) and publishing go on, the settling DELETE waits. Once Kafka
-// holds more messages than were settled, a batch is in flight: the relay is killed and its
-// waiting session terminated, as when the relay's host dies (a DELETE the server already
-// received would otherwise still run once the lock goes, and nothing would be redelivered).
+// (plain reads) and publishing go on, the settling DELETE waits. Once Kafka holds more
+// messages than were settled and a settle waits on the lock, a batch is in flight: the
+// relay is killed and every session of it terminated, as when the relay's host dies (a
+// DELETE the server already received, or receives from the dead relay's socket buffers,
+// would otherwise still run once the lock goes, and nothing would be redelivered).
 func TestRelayKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 50)
 	const backlog = 30000
 	e.produce(t, backlog, 500)()
-	r1 := startRelay(t, "relay-1", e.pg, e.broker)
+	// The relay's sessions carry its name, to be terminated with it.
+	const appName = "sagabox-it-relay-1"
+	pg1 := *e.pg
+	pg1.URL = withApplicationName(t, e.pg.URL, appName)
+	r1 := startRelay(t, "relay-1", &pg1, e.broker)
 	e.waitProgress(t, backlog/10)
 
 	ctx := context.Background()
@@ -147,10 +153,11 @@ func TestRelayKilledMidBatch(t *testing.T) {
 	})
 	r1.Kill(t)
 	inFlight := e.col.distinct() - settled
+	// Every session of the dead relay, each waited for (up to 10 s) until it is gone.
 	var terminated int
-	if err := lock.QueryRow(ctx, `SELECT count(pg_terminate_backend("pid")) FROM pg_stat_activity
-		WHERE "wait_event_type" = 'Lock' AND "pid" <> pg_backend_pid()`).Scan(&terminated); err != nil || terminated == 0 {
-		t.Fatalf("terminate the dead relay's waiting session: %d terminated, %v", terminated, err)
+	if err := lock.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend("pid", 10000)) FROM pg_stat_activity
+		WHERE "application_name" = $1`, appName).Scan(&terminated); err != nil || terminated == 0 {
+		t.Fatalf("terminate the dead relay's sessions: %d terminated, %v", terminated, err)
 	}
 	if err := lock.Rollback(ctx); err != nil {
 		t.Fatal(err)
@@ -170,7 +177,11 @@ func TestRelayKilledMidBatch(t *testing.T) {
 func TestTwoRelaysOneKilled(t *testing.T) {
 	t.Parallel()
 	e := setup(t, 64)
-	r1 := startRelay(t, "relay-1", e.pg, e.broker)
+	// The relay's sessions carry its name, to be terminated with it.
+	const appName = "sagabox-it-relay-1"
+	pg1 := *e.pg
+	pg1.URL = withApplicationName(t, e.pg.URL, appName)
+	r1 := startRelay(t, "relay-1", &pg1, e.broker)
 	r2 := startRelay(t, "relay-2", e.pg, e.broker)
 	wait := e.produce(t, 20000, 50)
 	e.waitProgress(t, 3000)
@@ -222,4 +233,17 @@ func TestBrokerStopped20s(t *testing.T) {
 		e.broker.Start(t)
 		t.Logf("broker down %s; %d messages committed by then", time.Since(stoppedAt).Round(time.Second), committed)
 	})
+}
+
+// withApplicationName returns rawURL with its sessions named name (application_name).
+func withApplicationName(t testing.TB, rawURL, name string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("application_name", name)
+	u.RawQuery = q.Encode()
+	return u.String()
 }

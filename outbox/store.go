@@ -271,7 +271,9 @@ type Loc struct {
 // it is the row claimed there; one that was changed and moved since (a relay
 // that took the shard over recorded a failure on it) stays and is published
 // again: a duplicate, never a row lost. Its statements plan without sequential
-// scans (outbox_messages.sql, settle_plan) and put the transaction's settings back.
+// scans (outbox_messages.sql, settle_plan) and put the transaction's settings back:
+// two SELECTs around them, so read the batch's results with Close or per-query
+// callbacks, not by position.
 func (s *Store) QueueSettle(b *pgx.Batch, published []Loc, failed []Failure) {
 	if len(published) == 0 && len(failed) == 0 {
 		return
