@@ -124,7 +124,7 @@ func (s *Store) Record(ctx context.Context, tx Execer, consumer string, id uuid.
 	if err := validate(consumer, id); err != nil {
 		return false, err
 	}
-	tag, err := tx.Exec(ctx, s.recordSQL, consumer, [16]byte(id)) // not through uuid.UUID's Valuer (package pguuid)
+	tag, err := tx.Exec(ctx, s.recordSQL, consumer, pguuid.Arg(id)) // not through uuid.UUID's Valuer (package pguuid)
 	if err != nil {
 		return false, fmt.Errorf("inbox: record message %s for consumer %q: %w", id, consumer, err)
 	}
@@ -261,7 +261,7 @@ func (s *Store) AddDeadLetter(ctx context.Context, tx Execer, d DeadLetter) (boo
 	if d.MessageID != uuid.Nil {
 		msgID = &d.MessageID
 	}
-	tag, err := tx.Exec(ctx, s.addDeadSQL, escapeText(d.Consumer), msgID, escapeText(d.Topic), d.Partition, d.Offset, d.Key, d.Value, h, d.Attempts,
+	tag, err := tx.Exec(ctx, s.addDeadSQL, escapeText(d.Consumer), msgID, escapeText(d.Topic), d.Partition, d.Offset, d.Key, d.Value, string(h), d.Attempts,
 		escapeText(d.Reason), rawNames, rawValues)
 	if err != nil {
 		return false, fmt.Errorf("inbox: store dead letter %s/%d@%d for consumer %q: %w", d.Topic, d.Partition, d.Offset, d.Consumer, err)

@@ -133,7 +133,7 @@ func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error 
 	topics := make([]string, len(msgs))
 	keys := make([]string, len(msgs))
 	payloads := make([][]byte, len(msgs))
-	headers := make([][]byte, len(msgs))
+	headers := make([]string, len(msgs)) // JSON text: encodable in every query exec mode
 	for i := range msgs {
 		m := &msgs[i]
 		if err := w.validate(m); err != nil {
@@ -150,7 +150,7 @@ func (w *Writer) Enqueue(ctx context.Context, tx Execer, msgs ...Message) error 
 		if payload == nil {
 			payload = []byte{}
 		}
-		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, payload, h
+		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, payload, string(h)
 	}
 	for i := range msgs {
 		if msgs[i].ID == uuid.Nil {

@@ -11,8 +11,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/wire"
 )
 
@@ -103,7 +105,7 @@ type stored struct {
 
 // keys are barrier rows as the statements' array arguments.
 type keys struct {
-	sagas      [][16]byte // uuid.UUID would be encoded through its driver.Valuer (package pguuid)
+	sagas      []pgtype.UUID // uuid.UUID would be encoded through its driver.Valuer (package pguuid)
 	steps, ops []string
 	outcomes   []string
 	reasons    []string
@@ -111,7 +113,7 @@ type keys struct {
 }
 
 func (k *keys) add(saga uuid.UUID, step string, op wire.Op) {
-	k.sagas, k.steps, k.ops = append(k.sagas, saga), append(k.steps, step), append(k.ops, string(op))
+	k.sagas, k.steps, k.ops = append(k.sagas, pguuid.Arg(saga)), append(k.steps, step), append(k.ops, string(op))
 }
 
 func (k *keys) addRow(saga uuid.UUID, step string, op wire.Op, outcome wire.Outcome, reason string, result []byte) {

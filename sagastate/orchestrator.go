@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/wire"
@@ -620,7 +621,7 @@ func (o *Orchestrator) sweepBatch(ctx context.Context) (handled, failed int, err
 			}
 			failed++
 			o.log.Error("sagastate: sweep saga; it is looked at again later", "saga", id, "retry_in", SweepRetryDelay, "err", err)
-			if _, err := tx.Exec(ctx, o.q.sql("postpone_instance"), [16]byte(id), SweepRetryDelay, ts(clock)); err != nil {
+			if _, err := tx.Exec(ctx, o.q.sql("postpone_instance"), pguuid.Arg(id), SweepRetryDelay, ts(clock)); err != nil {
 				return fmt.Errorf("sagastate: sweep: postpone saga %s: %w", id, err)
 			}
 		}

@@ -159,7 +159,7 @@ func (q queries) queueLoad(batch *pgx.Batch, ids []uuid.UUID, lock bool, clock t
 		batch.Queue(q.sql("plan_settings"))
 		batch.Queue(q.sql("lock_instances"), pguuid.Array(ids), ts(clock)).Query(l.scanInstances)
 	} else {
-		batch.Queue(q.sql("select_instance"), [16]byte(ids[0]), ts(clock)).Query(l.scanInstances)
+		batch.Queue(q.sql("select_instance"), pguuid.Arg(ids[0]), ts(clock)).Query(l.scanInstances)
 	}
 	if len(l.read) > 0 {
 		batch.Queue(q.sql("select_steps"), pguuid.Array(l.read)).Query(func(rows pgx.Rows) error {
@@ -279,7 +279,7 @@ func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	for i, st := range s.Steps {
 		steps[i] = ownedStep{s.ID, st}
 	}
-	args := append([]any{ts(clock), ref, [16]byte(s.ID), s.Type, string(s.Status), []byte(s.Payload), s.LastError,
+	args := append([]any{ts(clock), ref, pguuid.Arg(s.ID), s.Type, string(s.Status), string(s.Payload), s.LastError,
 		ts(s.WakeAt), ref, s.UpdatedAt, ts(s.FinishedAt)}, newStepArgs(steps)[1:]...)
 	args = append(args, eventArgs(c.res.events)[1:]...)
 	var created time.Time
@@ -299,11 +299,11 @@ func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	}
 	if !inserted {
 		if len(msgs) > 0 {
-			ids := make([][16]byte, len(msgs))
+			ids := make([]uuid.UUID, len(msgs))
 			for i, m := range msgs {
 				ids[i] = m.ID // set by Enqueue
 			}
-			if _, err := db.Exec(ctx, q.sql("unsend_commands"), ids); err != nil {
+			if _, err := db.Exec(ctx, q.sql("unsend_commands"), pguuid.Array(ids)); err != nil {
 				return fmt.Errorf("sagastate: take back the commands of duplicate saga %s: %w", s.ID, err)
 			}
 		}
@@ -518,10 +518,10 @@ func (p *pipeline) run(ctx context.Context, db DB) error {
 // instanceArgs are the instance parameters of write_sagas.
 func instanceArgs(sagas []*Instance, versions []int64) []any {
 	n := len(sagas)
-	ids, statuses, errs := make([][16]byte, n), make([]string, n), make([]string, n)
+	ids, statuses, errs := make([]pgtype.UUID, n), make([]string, n), make([]string, n)
 	wakes, updates, fins, aborts := make([]pgtype.Timestamptz, n), make([]time.Time, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 	for i, s := range sagas {
-		ids[i], statuses[i], errs[i] = s.ID, string(s.Status), s.LastError
+		ids[i], statuses[i], errs[i] = pguuid.Arg(s.ID), string(s.Status), s.LastError
 		wakes[i], updates[i], fins[i], aborts[i] = ts(s.WakeAt), s.UpdatedAt, ts(s.FinishedAt), ts(s.AbortedAt)
 	}
 	return []any{ids, versions, statuses, errs, wakes, updates, fins, aborts}
@@ -530,14 +530,14 @@ func instanceArgs(sagas []*Instance, versions []int64) []any {
 // newStepArgs are the arrays of start_saga's steps, after the saga ids.
 func newStepArgs(steps []ownedStep) []any {
 	n := len(steps)
-	ids, names, topics, dos, undos := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, names, topics, dos, undos := make([]pgtype.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	positions, stages, timeouts := make([]int32, n), make([]int32, n), make([]int64, n)
-	retries, undoRetries := make([][]byte, n), make([][]byte, n)
+	retries, undoRetries := make([]string, n), make([]string, n) // JSON text: encodable in every query exec mode
 	for i, st := range steps {
 		r, _ := json.Marshal(st.Retry) // plain struct of numbers: cannot fail
 		u, _ := json.Marshal(st.UndoRetry)
-		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = st.saga, st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
-		timeouts[i], retries[i], undoRetries[i] = st.Timeout.Milliseconds(), r, u
+		ids[i], names[i], positions[i], stages[i], topics[i], dos[i], undos[i] = pguuid.Arg(st.saga), st.Name, int32(st.Position), int32(st.Stage), st.Topic, st.Do, st.Undo
+		timeouts[i], retries[i], undoRetries[i] = st.Timeout.Milliseconds(), string(r), string(u)
 	}
 	dyn := changedStepArgs(steps)[2:]
 	return append([]any{ids, names, positions, stages, topics, dos, undos, timeouts, retries, undoRetries}, dyn...)
@@ -547,13 +547,13 @@ func newStepArgs(steps []ownedStep) []any {
 // transitions change.
 func changedStepArgs(steps []ownedStep) []any {
 	n := len(steps)
-	ids, names, statuses, ops, errs := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, names, statuses, ops, errs := make([]pgtype.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	attempts, bases, seqs := make([]int32, n), make([]int32, n), make([]int32, n)
 	inputs, results := make([][]byte, n), make([][]byte, n)
 	deadlines, nexts, starts, fins := make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 	undo := make([]bool, n)
 	for i, st := range steps {
-		ids[i], names[i], statuses[i], ops[i], attempts[i], bases[i] = st.saga, st.Name, string(st.Status), string(st.Op), int32(st.Attempt), int32(st.AttemptBase)
+		ids[i], names[i], statuses[i], ops[i], attempts[i], bases[i] = pguuid.Arg(st.saga), st.Name, string(st.Status), string(st.Op), int32(st.Attempt), int32(st.AttemptBase)
 		deadlines[i], nexts[i], undo[i], seqs[i], inputs[i], results[i] = ts(st.Deadline), ts(st.NextAttemptAt), st.MustUndo, int32(st.DoneSeq), st.Input, st.Result
 		errs[i], starts[i], fins[i] = st.LastError, ts(st.StartedAt), ts(st.FinishedAt)
 	}
@@ -563,16 +563,16 @@ func changedStepArgs(steps []ownedStep) []any {
 // eventArgs are the 7 event parameters of write_sagas.
 func eventArgs(events []Event) []any {
 	n := len(events)
-	ids, ats, types, steps, ops, attempts, details := make([][16]byte, n), make([]time.Time, n), make([]string, n),
+	ids, ats, types, steps, ops, attempts, details := make([]pgtype.UUID, n), make([]time.Time, n), make([]string, n),
 		make([]string, n), make([]string, n), make([]int32, n), make([]string, n)
 	for i, e := range events {
-		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = e.SagaID, e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
+		ids[i], ats[i], types[i], steps[i], ops[i], attempts[i], details[i] = pguuid.Arg(e.SagaID), e.At, string(e.Type), e.Step, string(e.Op), int32(e.Attempt), e.Detail
 	}
 	return []any{ids, ats, types, steps, ops, attempts, details}
 }
 
 func (q queries) events(ctx context.Context, db DB, id uuid.UUID) ([]Event, error) {
-	rows, err := db.Query(ctx, q.sql("select_events"), [16]byte(id))
+	rows, err := db.Query(ctx, q.sql("select_events"), pguuid.Arg(id))
 	if err != nil {
 		return nil, fmt.Errorf("sagastate: events of saga %s: %w", id, err)
 	}

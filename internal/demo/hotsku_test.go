@@ -3,12 +3,14 @@ package demo_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/demo"
 	"github.com/sagabox/sagabox/internal/testenv"
@@ -62,6 +64,28 @@ func TestLastItemsOfAHotSKUAreReservedOnce(t *testing.T) {
 	}
 }
 
+// TestOrderSagasRunInEveryQueryExecMode runs order sagas with every service's pool in
+// each of pgx's query exec modes. Behind PgBouncer in transaction mode a pool is often
+// set to exec or simple_protocol (default_query_exec_mode in the URL), where pgx
+// encodes an argument by its Go type alone: the uuids sagabox passed as [16]byte for
+// speed (package pguuid) could not be encoded there ("cannot find encode plan"), and
+// no saga could start.
+func TestOrderSagasRunInEveryQueryExecMode(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"cache_describe", "describe_exec", "exec", "simple_protocol"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			runOrderSagasIn(t, mode, map[string]int{"widget": 1000}, 20, func(j int, id uuid.UUID) demo.Order {
+				amount := int64(100)
+				if j%5 == 4 {
+					amount = demo.PaymentLimit + 1
+				}
+				return demo.Order{ID: id, Customer: "c", SKU: "widget", Qty: 1, Amount: amount, Address: fmt.Sprint(j)}
+			})
+		})
+	}
+}
+
 type sagaRun struct {
 	pool interface {
 		QueryRow(context.Context, string, ...any) pgx.Row
@@ -75,8 +99,15 @@ type sagaRun struct {
 // saga because of a transient database error, and that the business invariants hold.
 func runOrderSagas(t *testing.T, stock map[string]int, n int, order func(j int, id uuid.UUID) demo.Order) sagaRun {
 	t.Helper()
+	return runOrderSagasIn(t, "", stock, n, order)
+}
+
+// runOrderSagasIn is runOrderSagas with every service's pool in pgx's query exec mode
+// mode (default_query_exec_mode; "" for pgx's default).
+func runOrderSagasIn(t *testing.T, mode string, stock map[string]int, n int, order func(j int, id uuid.UUID) demo.Order) sagaRun {
+	t.Helper()
 	ctx := context.Background()
-	db, svc, env := startOrderSagas(t, stock, 8)
+	db, svc, env := startOrderSagas(t, mode, stock, 8)
 
 	ids := make([]uuid.UUID, n)
 	// Started in a few transactions of many sagas each, so their commands arrive
@@ -139,9 +170,12 @@ func runOrderSagas(t *testing.T, stock map[string]int, n int, order func(j int, 
 // startOrderSagas sets up the demo's services over stock, runs every participant and
 // the orchestrator of the order saga on topics of the given partitions, and returns
 // the database, the services and the saga environment.
-func startOrderSagas(t *testing.T, stock map[string]int, partitions int) (*testenv.DB, *demo.Services, *sagatest.Env) {
+func startOrderSagas(t *testing.T, mode string, stock map[string]int, partitions int) (*testenv.DB, *demo.Services, *sagatest.Env) {
 	t.Helper()
 	db, k := testenv.NewDB(t), testenv.NewKafka(t)
+	if mode != "" {
+		db = withExecMode(t, db, mode)
+	}
 	ctx := context.Background()
 	svc, err := demo.NewServices(demo.Schemas{})
 	if err != nil {
@@ -167,4 +201,23 @@ func startOrderSagas(t *testing.T, stock map[string]int, partitions int) (*teste
 		Participants: runners, Topics: topics.All(), Partitions: partitions,
 	})
 	return db, svc, env
+}
+
+// withExecMode returns db with a pool of its own whose queries run in pgx's query
+// exec mode mode, closed when t ends.
+func withExecMode(t *testing.T, db *testenv.DB, mode string) *testenv.DB {
+	t.Helper()
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("default_query_exec_mode", mode)
+	u.RawQuery = q.Encode()
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return &testenv.DB{Name: db.Name, URL: u.String(), Pool: pool}
 }

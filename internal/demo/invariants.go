@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/pguuid"
 )
 
 // Invariant is one business rule and whether it held.
@@ -123,7 +125,7 @@ func (s *Services) ids(ctx context.Context, db Querier, query string, arg []uuid
 	if arg == nil {
 		arg = []uuid.UUID{}
 	}
-	rows, err := db.Query(ctx, s.q[query], arg)
+	rows, err := db.Query(ctx, s.q[query], pguuid.Array(arg))
 	if err != nil {
 		return nil, fmt.Errorf("demo: check %s: %w", query, err)
 	}
@@ -154,7 +156,7 @@ func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int
 	for acct, start := range initial {
 		initialTotal += start
 		var balance, delta int64
-		if err := db.QueryRow(ctx, b.s.q["accountBalance"], acct, ids).Scan(&balance, &delta); err != nil {
+		if err := db.QueryRow(ctx, b.s.q["accountBalance"], acct, pguuid.Array(ids)).Scan(&balance, &delta); err != nil {
 			return nil, fmt.Errorf("demo: check account %s: %w", acct, err)
 		}
 		total += balance
@@ -172,7 +174,7 @@ func (b *Bank) CheckBank(ctx context.Context, db Querier, initial map[string]int
 		{"ledger matches outcome", "ledgerMismatch", "completed: debit+credit; reversed: debit+refund; rejected: nothing"},
 		{"audited exactly once", "auditMismatch", "one audit record per transfer, matching its outcome"},
 	} {
-		rows, err := db.Query(ctx, b.s.q[c.query], ids)
+		rows, err := db.Query(ctx, b.s.q[c.query], pguuid.Array(ids))
 		if err != nil {
 			return nil, fmt.Errorf("demo: check %s: %w", c.name, err)
 		}

@@ -22,7 +22,7 @@ import (
 func TestOrderWithQtyBeyondInt4IsRefusedNotLeftUnanswered(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db, _, env := startOrderSagas(t, map[string]int{"widget": 10}, 1)
+	db, _, env := startOrderSagas(t, "", map[string]int{"widget": 10}, 1)
 	id := uuid.New()
 	o := demo.Order{ID: id, Customer: "c", SKU: "widget", Qty: 1 << 31, Amount: 10, Address: "x"}
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return env.Orchestrator.Start(ctx, tx, demo.SagaType, id, o) })

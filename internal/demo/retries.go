@@ -6,6 +6,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sagabox/sagabox/internal/pguuid"
 )
 
 // Retries counts what a run's sagas spent on saga-level retries, from what the
@@ -31,7 +33,7 @@ func CountRetries(ctx context.Context, db Querier, schema string, ids []uuid.UUI
 		(SELECT count(*) FROM `+events+` WHERE "saga_id" = ANY($1) AND "type" = 'step_started')
 		- (SELECT count(DISTINCT ("saga_id", "step", "op")) FROM `+events+` WHERE "saga_id" = ANY($1) AND "type" = 'step_started'),
 		(SELECT count(*) FROM `+events+` WHERE "saga_id" = ANY($1) AND "type" = 'step_failed'
-			AND "detail" ~* 'deadlock|40P01|40001|serializ')`, ids).Scan(&r.Attempts, &r.Deadlocks)
+			AND "detail" ~* 'deadlock|40P01|40001|serializ')`, pguuid.Array(ids)).Scan(&r.Attempts, &r.Deadlocks)
 	if err != nil {
 		return r, fmt.Errorf("demo: count saga retries: %w", err)
 	}

@@ -13,8 +13,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/sagabox/sagabox/inbox/consumer"
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/migrations"
 	"github.com/sagabox/sagabox/wire"
 )
@@ -326,12 +328,12 @@ func (s *Services) reserveAtCommit(ctx context.Context, tx pgx.Tx, skus skuTxs, 
 		return nil, fmt.Errorf("reserve for order %s: %w", o.ID, err)
 	case st.free == nil:
 		return nil, refuse(fmt.Sprintf("unknown sku %q", o.SKU))
-	case slices.Contains(st.orders, o.ID):
+	case slices.Contains(st.orders, pguuid.Arg(o.ID)):
 		return result(map[string]any{"sku": o.SKU, "reserved": o.Qty}), nil
 	case *st.free < o.Qty:
 		return nil, refuse(outOfStock(o, *st.free))
 	}
-	st.orders, st.qtys = append(st.orders, o.ID), append(st.qtys, o.Qty)
+	st.orders, st.qtys = append(st.orders, pguuid.Arg(o.ID)), append(st.qtys, o.Qty)
 	*st.free -= o.Qty
 	return result(map[string]any{"sku": o.SKU, "reserved": o.Qty, "left": *st.free}), nil
 }
@@ -349,7 +351,7 @@ func (s *Services) ReleaseInventory(ctx context.Context, tx pgx.Tx, cmd wire.Com
 		if err != nil {
 			return nil, fmt.Errorf("release for order %s: %w", o.ID, err)
 		}
-		if i := slices.Index(st.orders, o.ID); i >= 0 {
+		if i := slices.Index(st.orders, pguuid.Arg(o.ID)); i >= 0 {
 			// Reserved by this transaction: not recorded at all, then.
 			if st.free != nil {
 				*st.free += st.qtys[i]
@@ -403,7 +405,7 @@ func (s *Services) write(ctx context.Context, tx pgx.Tx, name string, args ...an
 type skuTx struct {
 	read     bool
 	free     *int
-	orders   []uuid.UUID
+	orders   []pgtype.UUID // pgx encodes []uuid.UUID only with the statement described (package pguuid)
 	qtys     []int
 	returned int
 }

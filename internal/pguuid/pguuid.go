@@ -1,12 +1,18 @@
 package pguuid
 
-import "github.com/google/uuid"
+import (
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// Arg is id as a uuid argument.
+func Arg(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
 
 // Array is ids as a uuid[] argument.
-func Array(ids []uuid.UUID) [][16]byte {
-	out := make([][16]byte, len(ids))
+func Array(ids []uuid.UUID) []pgtype.UUID {
+	out := make([]pgtype.UUID, len(ids))
 	for i, id := range ids {
-		out[i] = id
+		out[i] = Arg(id)
 	}
 	return out
 }
