@@ -35,6 +35,12 @@ fuzz: ## Run every Fuzz target in the tree for FUZZTIME each (default 10000x exe
 bench: ## Run the benchmarks; each prints its figures beside a baseline measured in the same run.
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m $(PKGS)
 
+MODE_PKGS ?= ./outbox/... ./relay/... ./inbox/... ./participants/... ./sagastate/... ./internal/demo/
+
+test-modes: ## The core packages' tests again in pgx's exec and simple_protocol query modes (default_query_exec_mode, as behind PgBouncer).
+	SAGABOX_TEST_QUERY_EXEC_MODE=exec $(GO) test -count=1 -timeout $(TIMEOUT) $(MODE_PKGS)
+	SAGABOX_TEST_QUERY_EXEC_MODE=simple_protocol $(GO) test -count=1 -timeout $(TIMEOUT) $(MODE_PKGS)
+
 lint: ## gofmt, go vet and staticcheck (pinned by the tool directive in go.mod), with and without the integration tag.
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: run 'gofmt -w .' on the files above" >&2; exit 1; }
 	$(GO) vet $(PKGS)
@@ -57,4 +63,4 @@ images: ## Build the local PostgreSQL and broker images for the integration suit
 build: ## Build the binaries into bin/ (stamped with the VCS revision for --version when built in a git clone).
 	$(GO) build -buildvcs=auto -o bin/ ./cmd/...
 
-.PHONY: help demo test test-race fuzz bench lint tidy build integration soak images
+.PHONY: help demo test test-modes test-race fuzz bench lint tidy build integration soak images

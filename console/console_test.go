@@ -15,6 +15,7 @@ import (
 
 	"github.com/sagabox/sagabox/console"
 	"github.com/sagabox/sagabox/inbox"
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/outbox"
 	"github.com/sagabox/sagabox/sagastate"
 )
@@ -297,7 +298,7 @@ func deadOutbox(t *testing.T, f *fixture, n int) []uuid.UUID {
 		var id uuid.UUID
 		if err := f.db.Pool.QueryRow(ctx, `UPDATE sagabox.outbox_messages SET dead_at = now(), attempts = 5,
  last_error = 'message too large (MESSAGE_TOO_LARGE)' WHERE dead_at IS NULL AND id NOT IN (SELECT unnest($1::uuid[]))
- AND topic = 'orders.events' RETURNING id`, ids).Scan(&id); err != nil {
+ AND topic = 'orders.events' RETURNING id`, pguuid.Array(ids)).Scan(&id); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 )
@@ -29,7 +30,7 @@ func TestOperatorFunctions(t *testing.T) {
 		// Dead-letter the first two, as the relay does after its last attempt.
 		if _, err := db.Pool.Exec(ctx, `UPDATE "sagabox"."outbox_messages"
 SET "dead_at" = now(), "attempts" = 5, "last_error" = 'too large', "created_at" = now() - interval '1 hour'
-WHERE "id" = ANY($1)`, []uuid.UUID{msgs[0].ID, msgs[1].ID}); err != nil {
+WHERE "id" = ANY($1)`, pguuid.Array([]uuid.UUID{msgs[0].ID, msgs[1].ID})); err != nil {
 			t.Fatal(err)
 		}
 		return db, msgs

@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/wire"
@@ -61,7 +62,7 @@ func TestRetentionDeletesFinishedSagasPastTheWindowOnly(t *testing.T) {
 		}
 	}
 	gone := []uuid.UUID{oldCompleted, oldCompensated}
-	if n := scalar[int](t, db, `SELECT (SELECT count(*) FROM sagabox.saga_steps WHERE saga_id = ANY($1)) + (SELECT count(*) FROM sagabox.saga_events WHERE saga_id = ANY($1))`, gone); n != 0 {
+	if n := scalar[int](t, db, `SELECT (SELECT count(*) FROM sagabox.saga_steps WHERE saga_id = ANY($1)) + (SELECT count(*) FROM sagabox.saga_events WHERE saga_id = ANY($1))`, pguuid.Array(gone)); n != 0 {
 		t.Fatalf("%d steps and events of deleted sagas left", n)
 	}
 	if n, err := o.DeleteFinished(ctx); err != nil || n != 0 {

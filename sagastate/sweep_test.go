@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/sagastate"
 	"github.com/sagabox/sagabox/wire"
@@ -167,7 +168,7 @@ func TestSweepBatchWithBrokenSagasHandlesTheOthers(t *testing.T) {
 		t.Fatalf("sweep handled %d, %v; want the %d good sagas of the batch", n, err, len(r.good))
 	}
 	r.checkPostponed(t)
-	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND version = 2 AND status = 'timeout'`, r.good); got != len(r.good) {
+	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND version = 2 AND status = 'timeout'`, pguuid.Array(r.good)); got != len(r.good) {
 		t.Fatalf("%d of %d good sagas timed out", got, len(r.good))
 	}
 }
@@ -209,10 +210,10 @@ func newBrittleSweep(t *testing.T, batch int) *brittleSweep {
 	// The broken sagas' steps cannot be read back: every attempt to handle them fails.
 	// (A hand edit of steps goes with one of the instance row, as sagastate's doc says:
 	// the orchestrator reads the steps again only when the row changed.)
-	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_steps SET retry = '"not a policy"' WHERE saga_id = ANY($1)`, r.broken); err != nil {
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_steps SET retry = '"not a policy"' WHERE saga_id = ANY($1)`, pguuid.Array(r.broken)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_instances SET version = version WHERE id = ANY($1)`, r.broken); err != nil {
+	if _, err := r.db.Pool.Exec(ctx, `UPDATE sagabox.saga_instances SET version = version WHERE id = ANY($1)`, pguuid.Array(r.broken)); err != nil {
 		t.Fatal(err)
 	}
 	r.clk.Advance(time.Second)
@@ -222,7 +223,7 @@ func newBrittleSweep(t *testing.T, batch int) *brittleSweep {
 // checkPostponed checks that the broken sagas are looked at again SweepRetryDelay later.
 func (r *brittleSweep) checkPostponed(t *testing.T) {
 	t.Helper()
-	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND wake_at >= $2`, r.broken, r.clk.Now().Add(sagastate.SweepRetryDelay)); got != len(r.broken) {
+	if got := scalar[int](t, r.db, `SELECT count(*) FROM sagabox.saga_instances WHERE id = ANY($1) AND wake_at >= $2`, pguuid.Array(r.broken), r.clk.Now().Add(sagastate.SweepRetryDelay)); got != len(r.broken) {
 		t.Fatalf("%d of %d broken sagas postponed by SweepRetryDelay", got, len(r.broken))
 	}
 }

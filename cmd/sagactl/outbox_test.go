@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sagabox/sagabox/internal/pguuid"
 	"github.com/sagabox/sagabox/internal/testenv"
 	"github.com/sagabox/sagabox/outbox"
 )
@@ -37,7 +38,7 @@ func kill(t *testing.T, db *testenv.DB, ids ...uuid.UUID) {
 	t.Helper()
 	if _, err := db.Pool.Exec(context.Background(), `UPDATE "sagabox"."outbox_messages"
 		SET "dead_at" = now(), "attempts" = 5, "last_error" = 'kafka: message too large'
-		WHERE "id" = ANY($1)`, ids); err != nil {
+		WHERE "id" = ANY($1)`, pguuid.Array(ids)); err != nil {
 		t.Fatal(err)
 	}
 }

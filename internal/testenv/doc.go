@@ -10,5 +10,9 @@
 // test gets an in-process kfake cluster of its own. Use Topic for names, so tests
 // sharing a real cluster never share a topic.
 //
+// SAGABOX_TEST_QUERY_EXEC_MODE sets pgx's default_query_exec_mode in every database
+// URL handed out (make test-modes runs the core packages in exec and simple_protocol,
+// the modes a pool behind PgBouncer in transaction mode uses).
+//
 // Call Run from TestMain so the throwaway servers stop when the tests end.
 package testenv

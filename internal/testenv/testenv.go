@@ -175,6 +175,11 @@ func withDatabase(rawURL, db string) string {
 		panic(fmt.Sprintf("testenv: database URL must be a URL (postgres://...): %v", err))
 	}
 	u.Path = "/" + db
+	if mode := os.Getenv("SAGABOX_TEST_QUERY_EXEC_MODE"); mode != "" {
+		q := u.Query()
+		q.Set("default_query_exec_mode", mode)
+		u.RawQuery = q.Encode()
+	}
 	return u.String()
 }
 
