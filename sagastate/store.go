@@ -299,11 +299,11 @@ func (q queries) start(ctx context.Context, db DB, out *outbox.Writer, replyTo s
 	}
 	if !inserted {
 		if len(msgs) > 0 {
-			ids := make([]uuid.UUID, len(msgs))
+			ids := make([]pgtype.UUID, len(msgs))
 			for i, m := range msgs {
-				ids[i] = m.ID // set by Enqueue
+				ids[i] = pguuid.Arg(m.ID) // set by Enqueue
 			}
-			if _, err := db.Exec(ctx, q.sql("unsend_commands"), pguuid.Array(ids)); err != nil {
+			if _, err := db.Exec(ctx, q.sql("unsend_commands"), ids); err != nil {
 				return fmt.Errorf("sagastate: take back the commands of duplicate saga %s: %w", s.ID, err)
 			}
 		}

@@ -1,16 +1,12 @@
 package demo_test
 
 import (
-	"context"
 	"fmt"
-	"net/url"
 	"testing"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagabox/sagabox/internal/demo"
-	"github.com/sagabox/sagabox/internal/testenv"
 )
 
 // TestOrderSagasRunInEveryQueryExecMode runs order sagas with every service's pool in
@@ -33,23 +29,4 @@ func TestOrderSagasRunInEveryQueryExecMode(t *testing.T) {
 			})
 		})
 	}
-}
-
-// withExecMode returns db with a pool of its own whose queries run in pgx's query
-// exec mode mode, closed when t ends.
-func withExecMode(t *testing.T, db *testenv.DB, mode string) *testenv.DB {
-	t.Helper()
-	u, err := url.Parse(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("default_query_exec_mode", mode)
-	u.RawQuery = q.Encode()
-	pool, err := pgxpool.New(context.Background(), u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return &testenv.DB{Name: db.Name, URL: u.String(), Pool: pool}
 }

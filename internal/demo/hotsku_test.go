@@ -150,7 +150,7 @@ func startOrderSagas(t *testing.T, mode string, stock map[string]int, partitions
 	t.Helper()
 	db, k := testenv.NewDB(t), testenv.NewKafka(t)
 	if mode != "" {
-		db = withExecMode(t, db, mode)
+		db = db.InQueryExecMode(t, mode)
 	}
 	ctx := context.Background()
 	svc, err := demo.NewServices(demo.Schemas{})

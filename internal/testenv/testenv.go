@@ -176,11 +176,27 @@ func withDatabase(rawURL, db string) string {
 	}
 	u.Path = "/" + db
 	if mode := os.Getenv("SAGABOX_TEST_QUERY_EXEC_MODE"); mode != "" {
-		q := u.Query()
-		q.Set("default_query_exec_mode", mode)
-		u.RawQuery = q.Encode()
+		setQueryExecMode(u, mode)
 	}
 	return u.String()
+}
+
+// InQueryExecMode returns db with a pool of its own whose queries run in pgx's query
+// exec mode mode (default_query_exec_mode), closed when t ends.
+func (db *DB) InQueryExecMode(t testing.TB, mode string) *DB {
+	t.Helper()
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setQueryExecMode(u, mode)
+	return withPool(t, &DB{Name: db.Name, URL: u.String()})
+}
+
+func setQueryExecMode(u *url.URL, mode string) {
+	q := u.Query()
+	q.Set("default_query_exec_mode", mode)
+	u.RawQuery = q.Encode()
 }
 
 func redact(rawURL string) string {
